@@ -1,0 +1,3 @@
+"""tina: tiny reasoning models via LoRA-GRPO."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from tina.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,461 @@
+"""Recipes: YAML files with sections, loaded into typed, strict config objects.
+
+A recipe has the sections ``model``, ``lora``, ``data``, ``rollout``, ``algorithm``, ``rewards``, ``train``, ``cost``
+(and ``eval``).  Every section but ``rewards`` is a dataclass below; ``rewards`` maps a reward name (or an import path
+``package.module:function``) to its ``weight`` and parameters::
+
+    rewards:
+      accuracy: {weight: 2.0}
+      cosine: {weight: 1.0, max_len: 3584}
+
+Loading is strict: an unknown section, key or reward parameter, a value of the wrong type, or an impossible
+combination (batch not divisible by the group size, ...) raises :class:`tina.errors.ConfigError` with a one-line
+message naming the key and, for typos, the closest valid key.  ``--set section.key=value`` overrides any key; the
+value is parsed as YAML (``20`` is an int, ``true`` a bool, ``[a, b]`` a list).
+
+The resolved config (:func:`to_dict`) is itself a valid recipe: ``tina train RUN/config.yaml`` reproduces a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tina.errors import ConfigError, did_you_mean
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+SCHEDULERS = ("constant", "cosine", "cosine_with_min_lr")
+SCALE_REWARDS = ("group", "batch", "none")
+TEMPLATES = ("tokenizer", "r1-distill", "chatml", "plain")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class ModelConfig:
+    """The base model. ``name_or_path`` is a hub id, a local folder, or ``builtin:tiny-arith`` (the demo model)."""
+
+    name_or_path: str = "builtin:tiny-arith"
+    revision: str | None = None
+    dtype: str = "auto"  # auto = bfloat16 on a GPU that supports it, float32 on CPU
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    bias: str = "none"
+    init_adapter: str | None = None  # continue from an existing adapter folder
+
+
+@dataclass
+class DataConfig:
+    """Training problems. ``source`` is a hub id, a local .jsonl/.json/.parquet file, or ``builtin:arith``."""
+
+    source: str = "builtin:arith"
+    adapter: str = "auto"
+    subset: str | None = None
+    split: str = "train"
+    problem_field: str | None = None
+    answer_field: str | None = None
+    limit: int | None = None
+    system_prompt: str | None = None  # a name in tina.prompts.SYSTEM_PROMPTS, or literal text
+    template: str = "tokenizer"
+    l1_mode: str | None = None  # "exact" | "max": append L1's "think for N tokens" to each prompt
+    l1_target: int | None = None  # fixed N; rows with their own target (meta) use theirs
+    holdout: int = 0  # problems held out of training (first after a seeded shuffle) for validation
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    num_generations: int = 8  # G completions per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+
+
+@dataclass
+class AlgorithmConfig:
+    objective: str = "grpo"  # grpo | dr_grpo | dapo | bnpo | gspo
+    beta: float = 0.0  # KL penalty to the base model (adapter disabled)
+    epsilon: float = 0.2  # ratio clip (low side, and high side unless epsilon_high is set)
+    epsilon_high: float | None = None
+    num_iterations: int = 1  # optimizer updates per generated batch (>1 uses stored old log-probs + clipping)
+    scale_rewards: str = "group"  # group | batch | none (Dr.GRPO uses none)
+    mask_truncated_completions: bool = False
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100  # length of the learning-rate schedule
+    stop_step: int | None = None  # stop early (Tina: schedule over 2x the steps actually run)
+    batch_size: int = 64  # completions per micro-batch; must be divisible by rollout.num_generations
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # for cosine_with_min_lr
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_steps: int = 50
+    save_total_limit: int | None = None
+    logging_steps: int = 1
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    grader_timeout: float = 5.0
+    report_to: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CostConfig:
+    """What the hardware costs, so every run's ledger can say what it cost."""
+
+    device_name: str = "cpu"
+    num_devices: int = 1
+    usd_per_device_hour: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation inside `tina demo` (and defaults for `tina eval`)."""
+
+    num_problems: int = 256
+    samples: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 256
+
+
+@dataclass
+class RewardConfig:
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rewards: list[RewardConfig] = field(
+        default_factory=lambda: [RewardConfig("accuracy", 1.0), RewardConfig("format", 0.1)]
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.train.batch_size // self.rollout.num_generations * self.train.gradient_accumulation_steps
+
+    @property
+    def last_step(self) -> int:
+        return self.train.stop_step if self.train.stop_step is not None else self.train.max_steps
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "algorithm": AlgorithmConfig,
+    "train": TrainConfig,
+    "cost": CostConfig,
+    "eval": EvalConfig,
+}
+ALL_SECTIONS = [*SECTIONS, "rewards"]
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A recipe argument is a path to a YAML file or the name of a bundled recipe (``tina recipes`` lists them)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    bundled = RECIPES_DIR / f"{recipe}.yaml"
+    if bundled.is_file():
+        return bundled
+    if path.suffix in (".yaml", ".yml") or "/" in str(recipe):
+        raise ConfigError(f"recipe file not found: {recipe}")
+    raise ConfigError(
+        f"no recipe file or bundled recipe named '{recipe}'{did_you_mean(str(recipe), bundled_recipes())};"
+        " run `tina recipes` to list them"
+    )
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_config(recipe: str | Path | dict | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a recipe (path, bundled name, or dict), apply ``section.key=value`` overrides, validate."""
+    if recipe is None:
+        raw: dict = {}
+    elif isinstance(recipe, dict):
+        raw = _deepcopy(recipe)
+    else:
+        path = resolve_recipe_path(recipe)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"recipe {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections ({', '.join(ALL_SECTIONS)})")
+    for item in overrides or []:
+        apply_override(raw, item)
+    cfg = from_dict(raw)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one ``section.key=value`` override to a raw recipe dict (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.max_steps=20)")
+    dotted, value_text = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override '{item}' must name section.key (e.g. train.max_steps=20)")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict) -> Config:
+    unknown = [k for k in raw if k not in ALL_SECTIONS]
+    for key in unknown:
+        raise ConfigError(f"unknown recipe section '{key}'{did_you_mean(key, ALL_SECTIONS)}")
+    kwargs: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        section = raw.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ConfigError(f"recipe section '{name}' must be a mapping of keys, got {type(section).__name__}")
+        kwargs[name] = _build_section(name, cls, section)
+    if "rewards" in raw:
+        kwargs["rewards"] = _build_rewards(raw["rewards"])
+    return Config(**kwargs)
+
+
+def _build_section(section: str, cls: type, values: dict) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key '{section}.{key}'{did_you_mean(str(key), fields)}")
+        out[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**out)
+
+
+def _build_rewards(raw: Any) -> list[RewardConfig]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            "recipe section 'rewards' must map reward names to settings, e.g. rewards: {accuracy: {weight: 2.0}}"
+        )
+    out = []
+    for name, settings in raw.items():
+        settings = {} if settings is None else settings
+        if isinstance(settings, (int, float)) and not isinstance(settings, bool):
+            settings = {"weight": settings}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"rewards.{name} must be a mapping like {{weight: 1.0, ...params}}")
+        settings = dict(settings)
+        weight = _coerce(f"rewards.{name}.weight", settings.pop("weight", 1.0), float)
+        out.append(RewardConfig(str(name), weight, settings))
+    return out
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check/convert a YAML value to the declared type; wrong types are errors, never guesses."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if hint is Any:
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this module, not user input
+
+
+# -------------------------------------------------------------------------------------------------------- validation
+def _choice(key: str, value: str | None, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}{did_you_mean(str(value), choices)}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+    from tina.rewards import check_params  # late import: rewards import the grader
+    from tina.rl.losses import LOSSES
+
+    _choice("model.dtype", cfg.model.dtype, DTYPES)
+    _choice("model.attn_implementation", cfg.model.attn_implementation, ATTN_IMPLEMENTATIONS)
+    _positive("lora.r", cfg.lora.r)
+    _positive("lora.alpha", cfg.lora.alpha)
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if not cfg.lora.target_modules:
+        raise ConfigError("lora.target_modules: must name at least one module (e.g. [q_proj, v_proj])")
+    _choice("lora.bias", cfg.lora.bias, ("none", "all", "lora_only"))
+    _choice("data.template", cfg.data.template, TEMPLATES)
+    if cfg.data.l1_mode is not None:
+        _choice("data.l1_mode", cfg.data.l1_mode, ("exact", "max"))
+    _positive("data.holdout", cfg.data.holdout, allow_zero=True)
+    if cfg.data.limit is not None:
+        _positive("data.limit", cfg.data.limit)
+    _choice("rollout.backend", cfg.rollout.backend, ("hf",))
+    if cfg.rollout.num_generations < 2:
+        raise ConfigError(
+            f"rollout.num_generations: must be >= 2 (group-relative advantages need a group), got {cfg.rollout.num_generations}"
+        )
+    _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
+    _positive("rollout.temperature", cfg.rollout.temperature)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    _positive("rollout.top_k", cfg.rollout.top_k, allow_zero=True)
+    _choice("algorithm.objective", cfg.algorithm.objective, LOSSES)
+    _choice("algorithm.scale_rewards", cfg.algorithm.scale_rewards, SCALE_REWARDS)
+    _positive("algorithm.beta", cfg.algorithm.beta, allow_zero=True)
+    _positive("algorithm.epsilon", cfg.algorithm.epsilon)
+    if cfg.algorithm.epsilon_high is not None:
+        _positive("algorithm.epsilon_high", cfg.algorithm.epsilon_high)
+    _positive("algorithm.num_iterations", cfg.algorithm.num_iterations)
+    t = cfg.train
+    _positive("train.max_steps", t.max_steps)
+    if t.stop_step is not None and not 0 < t.stop_step <= t.max_steps:
+        raise ConfigError(f"train.stop_step: must be in 1..train.max_steps ({t.max_steps}), got {t.stop_step}")
+    _positive("train.batch_size", t.batch_size)
+    if t.batch_size % cfg.rollout.num_generations:
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} completions is not divisible by rollout.num_generations "
+            f"({cfg.rollout.num_generations}); use a multiple such as {cfg.rollout.num_generations * max(1, t.batch_size // cfg.rollout.num_generations)}"
+        )
+    _positive("train.gradient_accumulation_steps", t.gradient_accumulation_steps)
+    _positive("train.learning_rate", t.learning_rate)
+    _choice("train.lr_scheduler", t.lr_scheduler, SCHEDULERS)
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {t.min_lr_ratio}")
+    _positive("train.weight_decay", t.weight_decay, allow_zero=True)
+    _positive("train.max_grad_norm", t.max_grad_norm, allow_zero=True)
+    _positive("train.save_steps", t.save_steps)
+    if t.save_total_limit is not None:
+        _positive("train.save_total_limit", t.save_total_limit)
+    _positive("train.logging_steps", t.logging_steps)
+    _choice("train.device", t.device, DEVICES)
+    _positive("train.grader_timeout", t.grader_timeout)
+    for tracker in t.report_to:
+        _choice("train.report_to", tracker, ("tensorboard", "wandb"))
+    _positive("cost.num_devices", cfg.cost.num_devices)
+    _positive("cost.usd_per_device_hour", cfg.cost.usd_per_device_hour, allow_zero=True)
+    _positive("eval.num_problems", cfg.eval.num_problems)
+    _positive("eval.samples", cfg.eval.samples)
+    if not cfg.rewards:
+        raise ConfigError("rewards: at least one reward is needed, e.g. rewards: {accuracy: {weight: 1.0}}")
+    for reward in cfg.rewards:
+        check_params(reward.name, reward.params)  # unknown reward or parameter -> ConfigError with a suggestion
+
+
+# ----------------------------------------------------------------------------------------------------------- dumping
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as a plain dict in recipe form (a valid recipe)."""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        out[name] = dataclasses.asdict(getattr(cfg, name))
+    out["rewards"] = {r.name: {"weight": r.weight, **r.params} for r in cfg.rewards}
+    order = ["model", "lora", "data", "rollout", "algorithm", "rewards", "train", "cost", "eval"]
+    return {k: out[k] for k in order}
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=120)
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj

@@ -1,0 +1,41 @@
+"""Training and evaluation data: load rows (local file or hub) and normalise them to `Example(problem, answer, id, meta)`.
+
+>>> from tina.data import load_examples
+>>> exs = load_examples("train/limr.jsonl", adapter="limr")          # doctest: +SKIP
+>>> exs[0].problem, exs[0].answer, exs.dropped                        # doctest: +SKIP
+
+See `tina.data.adapters` for each dataset's schema and `tina.data.loading` for what a source can be.
+"""
+
+from tina.data.adapters import (
+    ADAPTERS,
+    HUB_IDS,
+    Adapter,
+    detect_adapter,
+    get_adapter,
+    last_boxed,
+    read_verification_info,
+    split_hub_id,
+    split_l1_suffix,
+    with_l1_targets,
+)
+from tina.data.example import Example, Examples
+from tina.data.loading import load_examples, load_rows, resolve_source
+
+__all__ = [
+    "ADAPTERS",
+    "HUB_IDS",
+    "Adapter",
+    "Example",
+    "Examples",
+    "detect_adapter",
+    "get_adapter",
+    "last_boxed",
+    "load_examples",
+    "load_rows",
+    "read_verification_info",
+    "resolve_source",
+    "split_hub_id",
+    "split_l1_suffix",
+    "with_l1_targets",
+]

@@ -1,0 +1,463 @@
+"""Per-dataset row normalisers: one row of a known dataset -> `Example(problem, answer, id, meta)`.
+
+Each adapter knows which columns hold the problem and the answer in one dataset's real schema, tried in order.
+Schemas, as Tina's code (shangshang-wang/Tina, `tina/post_train_hf/grpo.py`) and the dataset cards use them.
+"sure" means Tina's own code reads those columns; "unsure" means recalled from the dataset card, so the adapter
+also accepts the obvious alternatives:
+
+| adapter | hub id (HUB_IDS) | problem from | answer from | confidence |
+|---|---|---|---|---|
+| open-rs | knoveleng/open-rs | problem | answer, else last \\boxed{} of solution | problem/solution sure, answer unsure |
+| open-s1 | knoveleng/open-s1 | problem | answer, else last \\boxed{} of solution | same as open-rs |
+| still-3 | RUC-AIBOX/STILL-3-Preview-RL-Data | question | answer | sure (Tina reads question/answer) |
+| deepscaler | agentica-org/DeepScaleR-Preview-Dataset | problem | answer (solution is a worked solution) | sure |
+| ii-thought | Intelligent-Internet/II-Thought-RL-v0-Math-50K | messages[0].content, or problem | json.loads(verification_info)["answer"]["value"] | sure (Tina's 2thought code) |
+| limr | GAIR/LIMR | problem, or prompt (hub column) | answer | sure (Tina renames prompt->problem) |
+| openr1-math | open-r1/OpenR1-Math-220k (default) | problem | answer unless "proof"/"notfound", else \\boxed{} of solution | sure for problem/answer/solution/uuid |
+| curated-thoughts | bethgelab/CuratedThoughts (OpenThoughts-114k-math-default) | problem | answer, else \\boxed{} of solution, else of ground_truth_solution | unsure |
+| l1 | agentica-org/DeepScaleR-Preview-Dataset (Tina's planned L1 runs) | prompt[-1 user].content (verl rows) or problem | reward_model.ground_truth, or answer | sure for L1's verl parquet |
+| plain | (local files) | problem | answer, else last \\boxed{} of solution | by definition |
+
+Notes:
+- II-Thought: Tina used the Math-50K subset.  Its `verification_info` is a JSON string such as
+  `{"answer": {"value": "12"}}`; the reader also accepts a dict, `{"answer": "12"}` and `{"ground_truth": ...}`.
+  Rows without an answer there (e.g. code rows with test cases in the full II-Thought-RL-v0) get an empty answer
+  and are dropped by the loader.
+- L1 (cmu-l3/l1 `scripts/data/deepscaler_dataset.py`) writes verl rows: `prompt=[{"role": "user", "content":
+  "<problem> Let's think step by step and output the final answer within \\boxed{}. Think for N tokens."}]`,
+  `reward_model={"ground_truth": answer, "num_tokens": N}` (N < 0 means "Think for maximum |N| tokens", -1 none),
+  `extra_info={"index": i}`.  The adapter strips the trailing "Think for ... tokens." sentence from the problem and
+  puts the target in `meta["l1_target"]` / `meta["l1_mode"]` ("exact" or "max"), so
+  `tina.prompts.render_prompt(..., l1_mode=, l1_target=)` rebuilds the same text.  Tina's own (commented-out) L1 runs
+  used plain DeepScaleR rows and drew a target uniformly from 100..4000; `with_l1_targets` does that.
+- The adapters never simplify an answer: numbers become their text (27.0 -> "27.0"), a list becomes its first
+  element with the rest in `meta["answer_alternatives"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tina.data.example import Example
+from tina.errors import ConfigError, DataError, did_you_mean
+
+# Columns that may hold a row's own id, tried in order.
+ID_FIELDS = ("id", "uuid", "unique_id", "problem_id", "idx")
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Value readers: a column value -> text.  Each returns "" when the value holds no usable text.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last `\boxed{...}` (or `\fbox{...}`) in `text`, braces matched; None if there is none.
+
+    >>> last_boxed(r"so $x = \boxed{\frac{1}{2}}$ and \boxed{3}")
+    '3'
+    >>> last_boxed(r"\boxed{\frac{1}{2}}")
+    '\\frac{1}{2}'
+    >>> last_boxed(r"\boxed 7.") is None, last_boxed("none") is None
+    (False, True)
+    """
+    if not isinstance(text, str):
+        return None
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1 : j]
+        return None  # unbalanced braces
+    # "\boxed 7" form: the answer runs to the next "$" or whitespace.
+    m = re.match(r"[^\s$]+", text[i:])
+    return m.group(0).rstrip(".") if m else None
+
+
+def _scalar_text(value: Any) -> str:
+    """A scalar answer as text: strings stripped, numbers as their text (27.0 -> '27.0'), None -> ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        for key in ("value", "answer", "ground_truth"):
+            if key in value:
+                return _scalar_text(value[key])
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value).strip()
+
+
+def read_answer(value: Any) -> tuple[str, list[str]]:
+    """A generic answer column -> (answer, alternatives).  A list gives its first non-empty element."""
+    if isinstance(value, (list, tuple)):
+        texts = [t for t in (_scalar_text(v) for v in value) if t]
+        return (texts[0], texts) if texts else ("", [])
+    return _scalar_text(value), []
+
+
+def _read_boxed(value: Any) -> tuple[str, list[str]]:
+    """A worked-solution column -> the content of its last \\boxed{}."""
+    boxed = last_boxed(value) if isinstance(value, str) else None
+    return (boxed.strip() if boxed else ""), []
+
+
+def read_verification_info(value: Any) -> tuple[str, list[str]]:
+    """II-Thought's `verification_info` (JSON string or dict) -> the answer.
+
+    >>> read_verification_info('{"answer": {"value": "12"}, "type": "math_verifiable"}')
+    ('12', [])
+    >>> read_verification_info({"answer": 3})
+    ('3', [])
+    >>> read_verification_info('{"test_cases": []}')
+    ('', [])
+    """
+    info = value
+    if isinstance(value, str):
+        try:
+            info = json.loads(value)
+        except json.JSONDecodeError:
+            return "", []
+    if not isinstance(info, dict):
+        return read_answer(info)
+    for key in ("answer", "ground_truth", "expected_answer"):
+        if key in info:
+            inner = info[key]
+            if isinstance(inner, dict) and "value" in inner:
+                inner = inner["value"]
+            return read_answer(inner)
+    return "", []
+
+
+def _read_reward_model(value: Any) -> tuple[str, list[str]]:
+    """verl's `reward_model` struct -> its ground_truth."""
+    if isinstance(value, dict):
+        return read_answer(value.get("ground_truth"))
+    return read_answer(value)
+
+
+_NO_ANSWER = {"proof", "notfound", "not found"}
+
+
+def _read_openr1_answer(value: Any) -> tuple[str, list[str]]:
+    """OpenR1-Math's `answer`, where proof problems say 'proof' and a few rows 'notfound': those count as empty."""
+    text, alts = read_answer(value)
+    return ("", []) if text.lower() in _NO_ANSWER else (text, alts)
+
+
+def read_text(value: Any) -> str:
+    """A problem column -> text.  A chat-message list gives its last user message (or last message)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "content" in value:
+        return read_text(value["content"])
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return ""
+        if all(isinstance(m, dict) for m in value):
+            users = [m for m in value if m.get("role") == "user"]
+            return read_text((users or list(value))[-1].get("content"))
+        if len(value) == 1:
+            return read_text(value[0])
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# L1 target-length suffix
+# ----------------------------------------------------------------------------------------------------------------------
+
+_L1_SUFFIX = re.compile(r"\s*Think for (maximum )?(\d+) tokens\.?\s*$")
+
+
+def split_l1_suffix(text: str) -> tuple[str, dict]:
+    """Strip a trailing L1 'Think for [maximum] N tokens.' sentence; return (text, meta).
+
+    >>> split_l1_suffix("Find x. Think for 512 tokens.")
+    ('Find x.', {'l1_target': 512, 'l1_mode': 'exact'})
+    >>> split_l1_suffix("Find x. Think for maximum 90 tokens.")
+    ('Find x.', {'l1_target': 90, 'l1_mode': 'max'})
+    >>> split_l1_suffix("Find x.")
+    ('Find x.', {})
+    """
+    m = _L1_SUFFIX.search(text)
+    if not m:
+        return text, {}
+    return text[: m.start()], {"l1_target": int(m.group(2)), "l1_mode": "max" if m.group(1) else "exact"}
+
+
+def _l1_post(row: dict, problem: str) -> tuple[str, dict]:
+    problem, meta = split_l1_suffix(problem)
+    rm = row.get("reward_model")
+    if not meta and isinstance(rm, dict) and isinstance(rm.get("num_tokens"), int) and rm["num_tokens"] not in (-1, 0):
+        n = rm["num_tokens"]
+        meta = {"l1_target": abs(n), "l1_mode": "max" if n < 0 else "exact"}
+    for key in ("l1_target", "target_length", "num_tokens"):
+        if not meta and isinstance(row.get(key), int) and row[key] > 0:
+            meta = {"l1_target": row[key], "l1_mode": str(row.get("l1_mode") or "exact")}
+    return problem, meta
+
+
+def with_l1_targets(
+    examples: Iterable[Example], *, mode: str = "exact", low: int = 100, high: int = 4000, seed: int = 0
+) -> list[Example]:
+    """Give every example without an L1 target one drawn uniformly from [low, high] (as L1 and Tina did).
+
+    Deterministic for a given seed and order.  Examples that already carry `meta["l1_target"]` keep it.
+
+    >>> [e.meta["l1_target"] for e in with_l1_targets([Example("p", "1", "0")], low=5, high=5)]
+    [5]
+    """
+    if mode not in ("exact", "max"):
+        raise ConfigError(f"unknown L1 mode '{mode}'{did_you_mean(mode, ['exact', 'max'])}; use 'exact' or 'max'")
+    if not (0 < low <= high):
+        raise ConfigError(f"L1 target range must satisfy 0 < low <= high; got low={low}, high={high}")
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        if "l1_target" in ex.meta:
+            out.append(ex)
+        else:
+            out.append(replace(ex, meta={**ex.meta, "l1_target": rng.randint(low, high), "l1_mode": mode}))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Adapters
+# ----------------------------------------------------------------------------------------------------------------------
+
+Reader = Callable[[Any], tuple[str, list[str]]]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Row normaliser for one dataset schema.  Call it on a row dict to get an Example.
+
+    problem_fields / answer_fields: (column, reader) pairs tried in order; the first non-empty result wins.
+    meta_fields: small columns copied into `Example.meta` when present.
+    post: optional (row, problem) -> (problem, extra meta) hook (L1 target parsing).
+    """
+
+    name: str
+    problem_fields: tuple[tuple[str, Callable[[Any], str]], ...]
+    answer_fields: tuple[tuple[str, Reader], ...]
+    meta_fields: tuple[str, ...] = ()
+    post: Callable[[dict, str], tuple[str, dict]] | None = None
+    schema: str = ""
+    sure: bool = True
+    id_fields: tuple[str, ...] = field(default=ID_FIELDS)
+
+    @property
+    def problem_columns(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.problem_fields)
+
+    @property
+    def answer_columns(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.answer_fields)
+
+    def columns_used(self) -> tuple[str, ...]:
+        """Every column this adapter may read (loaders keep only these from big hub datasets)."""
+        cols = [*self.problem_columns, *self.answer_columns, *self.meta_fields, *self.id_fields, "extra_info"]
+        return tuple(dict.fromkeys(cols))
+
+    def missing_columns(self, columns: Sequence[str], *, problem_field: str | None = None,
+                        answer_field: str | None = None) -> list[str]:
+        """Human phrases for the required column groups absent from `columns` (empty list = all good)."""
+        present = set(columns)
+        missing = []
+        for override, group in ((problem_field, self.problem_columns), (answer_field, self.answer_columns)):
+            wanted = (override,) if override else group
+            if not present.intersection(wanted):
+                missing.append(" or ".join(f"'{c}'" for c in wanted))
+        return missing
+
+    def __call__(self, row: dict, index: int | None = None, *, problem_field: str | None = None,
+                 answer_field: str | None = None) -> Example:
+        """Normalise one row.  `index` (row number) is the id when the row has none.
+
+        problem_field / answer_field read that column instead of the adapter's own (answer values then go through
+        this adapter's reader for that column if it has one, else the generic one).
+        """
+        if problem_field:
+            problem = read_text(row.get(problem_field))
+        else:
+            problem = ""
+            for col, reader in self.problem_fields:
+                if col in row:
+                    problem = reader(row[col])
+                    if problem.strip():
+                        break
+        readers = dict(self.answer_fields)
+        answer, alternatives = "", []
+        if answer_field:
+            answer, alternatives = readers.get(answer_field, read_answer)(row.get(answer_field))
+        else:
+            for col, reader in self.answer_fields:
+                if col in row:
+                    answer, alternatives = reader(row[col])
+                    if answer:
+                        break
+        meta = {k: row[k] for k in self.meta_fields if _is_small(row.get(k))}
+        if len(alternatives) > 1:
+            meta["answer_alternatives"] = alternatives
+        if self.post is not None:
+            problem, extra = self.post(row, problem)
+            meta.update(extra)
+        return Example(problem=problem, answer=answer, id=row_id(row, index, problem, self.id_fields), meta=meta)
+
+
+def _is_small(value: Any) -> bool:
+    return value is not None and (isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) <= 200))
+
+
+def row_id(row: dict, index: int | None, problem: str, id_fields: Sequence[str] = ID_FIELDS) -> str:
+    """The row's own id as text; else its index; else a short hash of the problem text."""
+    for key in id_fields:
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    extra = row.get("extra_info")
+    if isinstance(extra, dict) and extra.get("index") is not None:
+        return str(extra["index"])
+    if index is not None:
+        return str(index)
+    return "sha1-" + hashlib.sha1(problem.encode("utf-8")).hexdigest()[:12]
+
+
+_PROBLEM = ("problem", read_text)
+_ANSWER = ("answer", read_answer)
+_SOLUTION_BOXED = ("solution", _read_boxed)
+
+ADAPTERS: dict[str, Adapter] = {  # plus "auto", added below
+    "open-rs": Adapter(
+        "open-rs", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), meta_fields=("level",),
+        schema="problem, solution, answer, level", sure=False),
+    "open-s1": Adapter(
+        "open-s1", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), meta_fields=("level", "source"),
+        schema="problem, solution, answer (+ source)", sure=False),
+    "still-3": Adapter(
+        "still-3", (("question", read_text), _PROBLEM), (_ANSWER,),
+        schema="question, answer"),
+    "deepscaler": Adapter(
+        "deepscaler", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED),
+        schema="problem, answer, solution"),
+    "ii-thought": Adapter(
+        "ii-thought", (("messages", read_text), _PROBLEM), (("verification_info", read_verification_info), _ANSWER),
+        meta_fields=("source", "domain", "data_source"),
+        schema='id, messages=[{role: user, content}], verification_info=JSON {"answer": {"value": ...}}'),
+    "limr": Adapter(
+        "limr", (_PROBLEM, ("prompt", read_text)), (_ANSWER,),
+        schema="hub: prompt, answer; local normalised file: id, problem, answer"),
+    "openr1-math": Adapter(
+        "openr1-math", (_PROBLEM,), (("answer", _read_openr1_answer), _SOLUTION_BOXED),
+        meta_fields=("problem_type", "question_type", "source"),
+        schema="problem, solution, answer, problem_type, question_type, source, uuid, generations, messages, ..."),
+    "curated-thoughts": Adapter(
+        "curated-thoughts", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED, ("ground_truth_solution", _read_boxed)),
+        meta_fields=("source", "domain"),
+        schema="problem, solution (NuminaMath-CoT worked solution with \\boxed{}), ...", sure=False),
+    "l1": Adapter(
+        "l1", (("prompt", read_text), _PROBLEM), (("reward_model", _read_reward_model), _ANSWER),
+        meta_fields=("data_source",), post=_l1_post,
+        schema="verl: prompt=[{role, content}], reward_model={ground_truth, num_tokens}, extra_info={index}; "
+               "or problem, answer"),
+    "plain": Adapter(
+        "plain", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED),
+        schema="problem, answer (solution's last \\boxed{} if answer is empty)"),
+}
+
+
+
+class AutoAdapter:
+    """`ADAPTERS["auto"]`: picks the adapter for each row from its keys (see `detect_adapter`).
+
+    `load_examples` detects once from the dataset's columns instead; this is for normalising single rows.
+    """
+
+    name = "auto"
+
+    def __call__(self, row: dict, index: int | None = None, *, problem_field: str | None = None,
+                 answer_field: str | None = None) -> Example:
+        keys = set(row) | ({"problem"} if problem_field else set()) | ({"answer"} if answer_field else set())
+        name = detect_adapter(sorted(keys))
+        if name is None:
+            raise DataError(f"cannot tell the format of a row with columns: {', '.join(row)}; pick an adapter "
+                            f"(one of: {', '.join(a for a in ADAPTERS if a != 'auto')})")
+        return ADAPTERS[name](row, index, problem_field=problem_field, answer_field=answer_field)
+
+
+ADAPTERS["auto"] = AutoAdapter()  # type: ignore[assignment]
+
+# The hub datasets Tina used (shangshang-wang/Tina tina/utils/constant.py).  "owner/name:config" names a config.
+HUB_IDS: dict[str, str] = {
+    "open-rs": "knoveleng/open-rs",
+    "open-s1": "knoveleng/open-s1",
+    "still-3": "RUC-AIBOX/STILL-3-Preview-RL-Data",
+    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
+    "ii-thought": "Intelligent-Internet/II-Thought-RL-v0-Math-50K",
+    "limr": "GAIR/LIMR",
+    "openr1-math": "open-r1/OpenR1-Math-220k:default",
+    "curated-thoughts": "bethgelab/CuratedThoughts:OpenThoughts-114k-math-default",
+    # Tina's L1 runs (commented out in its constant.py) drew target lengths on the fly over DeepScaleR.
+    "l1": "agentica-org/DeepScaleR-Preview-Dataset",
+}
+
+
+def split_hub_id(hub_id: str) -> tuple[str, str | None]:
+    """'owner/name:config' -> ('owner/name', 'config'); 'owner/name' -> ('owner/name', None)."""
+    repo, sep, config = hub_id.partition(":")
+    return repo, (config or None) if sep else None
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter called `name`; ConfigError with a suggestion if there is none."""
+    if name in ADAPTERS:
+        return ADAPTERS[name]
+    names = list(ADAPTERS)
+    raise ConfigError(
+        f"unknown data adapter '{name}'{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
+
+
+def detect_adapter(columns: Sequence[str]) -> str | None:
+    """Pick an adapter name from a dataset's column names, or None if nothing fits.
+
+    >>> detect_adapter(["id", "problem", "answer"]), detect_adapter(["question", "answer"])
+    ('plain', 'still-3')
+    >>> detect_adapter(["id", "messages", "verification_info"]), detect_adapter(["prompt", "answer"])
+    ('ii-thought', 'limr')
+    """
+    cols = set(columns)
+    if "verification_info" in cols:
+        return "ii-thought"
+    if "reward_model" in cols and "prompt" in cols:
+        return "l1"
+    if "problem" in cols and {"uuid", "problem_type"} <= cols and "answer" in cols:
+        return "openr1-math"
+    if "problem" in cols and cols & {"answer", "solution"}:
+        return "plain"
+    if "question" in cols and "answer" in cols:
+        return "still-3"
+    if "prompt" in cols and "answer" in cols:
+        return "limr"
+    if "problem" in cols and "ground_truth_solution" in cols:
+        return "curated-thoughts"
+    return None

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, generation + grading, and honest statistics."""

@@ -1,0 +1,82 @@
+"""The unit every reward works on: one training step's completions, flat, groups contiguous.
+
+Grading (the expensive, timeout-guarded math-verify call) happens once per batch in `grade_batch`; every reward that
+needs correctness reads the shared `batch.verdicts` instead of grading again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tina.grading import Verdict
+
+
+@dataclass
+class RewardBatch:
+    """Completions of one step, `group_size` per prompt, groups contiguous.
+
+    Completion ``i`` belongs to group ``i // group_size``. All per-completion lists have the same length.
+
+    >>> b = RewardBatch(["a", "bb"], ["1", "1"], ["p", "p"], [1, 2], group_size=2)
+    >>> b.num_groups
+    1
+    """
+
+    completions: list[str]
+    answers: list[str]  # gold answer per completion
+    prompts: list[str]  # rendered prompt text per completion
+    completion_lengths: list[int]  # tokens generated per completion (EOS included)
+    group_size: int  # G completions per prompt
+    verdicts: list[Verdict] | None = None  # filled once by `grade_batch`
+
+    def __post_init__(self) -> None:
+        n = len(self.completions)
+        for field_name in ("answers", "prompts", "completion_lengths"):
+            if len(getattr(self, field_name)) != n:
+                got = len(getattr(self, field_name))
+                raise ValueError(f"RewardBatch.{field_name} has {got} entries, expected {n} (one per completion)")
+        if self.verdicts is not None and len(self.verdicts) != n:
+            raise ValueError(f"RewardBatch.verdicts has {len(self.verdicts)} entries, expected {n}")
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"RewardBatch.group_size must be a positive int, got {self.group_size!r}")
+        if n % self.group_size != 0:
+            raise ValueError(f"{n} completions do not split into groups of {self.group_size}")
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.completions) // self.group_size
+
+    def group_slices(self) -> list[range]:
+        """Index ranges of the groups, in order: ``[range(0, G), range(G, 2G), ...]``."""
+        g = self.group_size
+        return [range(start, start + g) for start in range(0, len(self.completions), g)]
+
+    def select(self, indices: list[int], *, group_size: int = 1) -> RewardBatch:
+        """A sub-batch of the given completions (used to find the one sample a reward fails on)."""
+        return RewardBatch(
+            completions=[self.completions[i] for i in indices],
+            answers=[self.answers[i] for i in indices],
+            prompts=[self.prompts[i] for i in indices],
+            completion_lengths=[self.completion_lengths[i] for i in indices],
+            group_size=group_size,
+            verdicts=None if self.verdicts is None else [self.verdicts[i] for i in indices],
+        )
+
+
+def grade_batch(batch: RewardBatch, *, timeout: float = 5.0, task: str = "math") -> RewardBatch:
+    """Grade every completion against its gold answer once; return a copy of `batch` with `verdicts` filled.
+
+    Uses THE grader (`tina.grading.grade_many`), the same one evaluation uses. The input batch is not modified.
+    """
+    from tina.grading import grade_many  # imported here so the rest of the package works without the grader
+
+    verdicts = list(grade_many(list(batch.completions), list(batch.answers), task=task, timeout=timeout))
+    if len(verdicts) != len(batch):
+        raise RuntimeError(f"grade_many returned {len(verdicts)} verdicts for {len(batch)} completions")
+    return dataclasses.replace(batch, verdicts=verdicts)

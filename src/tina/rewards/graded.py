@@ -1,0 +1,199 @@
+"""Rewards that need correctness: accuracy, cosine, length (Kimi-1.5), length_l1_exact, length_l1_max.
+
+They read `batch.verdicts` (filled once per batch by `grade_batch`, using the same grader as evaluation) and return
+None for a completion whose verdict is ungradable (``verdict.correct is None``: gold unparseable or grader timeout).
+Unlike open-r1/Tina, an unparseable gold never turns into a reward of 1.0 or into "treated as correct".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from tina.errors import ConfigError, RewardError
+from tina.rewards.batch import RewardBatch
+
+F = TypeVar("F", bound=Callable[..., list])
+
+
+def needs_verdicts(fn: F) -> F:
+    """Mark a reward as reading `batch.verdicts`; `score` checks that the batch was graded before calling it."""
+    fn.needs_verdicts = True  # type: ignore[attr-defined]
+    return fn
+
+
+def correctness(batch: RewardBatch) -> list[bool | None]:
+    """Per-completion True / False / None (ungradable) from the batch's verdicts."""
+    if batch.verdicts is None:
+        raise ValueError(
+            "batch.verdicts is None: call tina.rewards.grade_batch(batch) before a reward that needs correctness"
+        )
+    out: list[bool | None] = []
+    for i, verdict in enumerate(batch.verdicts):
+        correct = verdict.correct
+        if correct is not None and not isinstance(correct, bool):
+            raise ValueError(f"verdict {i} has correct={correct!r}; expected True, False or None")
+        out.append(correct)
+    return out
+
+
+@needs_verdicts
+def accuracy(batch: RewardBatch) -> list[float | None]:
+    """1.0 if the grader says correct, 0.0 if wrong, None if ungradable (the sample is then left out of the update).
+
+    >>> from types import SimpleNamespace as V
+    >>> b = RewardBatch(["a", "b", "c"], ["1"] * 3, ["p"] * 3, [1] * 3, 1,
+    ...                 [V(correct=True), V(correct=False), V(correct=None)])
+    >>> accuracy(b)
+    [1.0, 0.0, None]
+    """
+    return [None if c is None else float(c) for c in correctness(batch)]
+
+
+@needs_verdicts
+def cosine(
+    batch: RewardBatch,
+    *,
+    min_value_wrong: float = 0.0,
+    max_value_wrong: float = -0.5,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
+    max_len: int = 1000,
+) -> list[float | None]:
+    """Cosine-scaled correctness by completion length in characters (open-r1's ``get_cosine_scaled_reward``).
+
+    With ``p = min(len(text) / max_len, 1)`` and ``c = cos(pi * p)`` the value is ``lo + 0.5 * (hi - lo) * (1 + c)``:
+    ``hi`` at length 0, ``lo`` at length >= `max_len`, a half-cosine in between. For correct answers
+    ``hi = max_value_correct``, ``lo = min_value_correct`` (1.0 -> 0.5: shorter is better). For wrong answers open-r1
+    swaps the names: ``hi = min_value_wrong``, ``lo = max_value_wrong``. The defaults are open-r1's and Tina's
+    (``min_value_wrong=0.0``, ``max_value_wrong=-0.5``), so a wrong answer scores 0.0 at length 0 down to -0.5 at
+    `max_len`: with the defaults, shorter is better for wrong answers too, exactly as Tina ran. Two differences from
+    open-r1: the progress is clipped at 1 (open-r1's cosine swings back up past `max_len`), and an ungradable
+    completion gets None (open-r1 gives 1.0).
+
+    >>> from types import SimpleNamespace as V
+    >>> b = RewardBatch(["", "x" * 10, "", "x" * 10], ["1"] * 4, ["p"] * 4, [1] * 4, 1,
+    ...                 [V(correct=True), V(correct=True), V(correct=False), V(correct=False)])
+    >>> cosine(b, max_len=10)
+    [1.0, 0.5, 0.0, -0.5]
+    """
+    if max_len <= 0:
+        raise ConfigError(f"cosine: max_len must be positive, got {max_len}")
+    out: list[float | None] = []
+    for text, correct in zip(batch.completions, correctness(batch)):
+        if correct is None:
+            out.append(None)
+            continue
+        progress = min(len(text) / max_len, 1.0)
+        cos = math.cos(math.pi * progress)
+        lo, hi = (min_value_correct, max_value_correct) if correct else (max_value_wrong, min_value_wrong)
+        out.append(lo + 0.5 * (hi - lo) * (1.0 + cos))
+    return out
+
+
+@needs_verdicts
+def length(batch: RewardBatch) -> list[float | None]:
+    """Kimi-1.5 group-relative length reward, length in characters (as open-r1/Tina measure it).
+
+    Within each group of `batch.group_size` completions, ``lam = 0.5 - (len - min_len) / (max_len - min_len)``;
+    correct -> ``lam`` (shortest +0.5, longest -0.5), wrong -> ``min(0, lam)`` (never rewarded for being short).
+    If every completion of the group has the same length, every value is 0.0. Ungradable completions get None but
+    their length still counts toward the group's min and max. open-r1/Tina take min/max over the reward call's batch,
+    which in Tina's recipes (per-device batch == num_generations) is exactly one group.
+
+    >>> from types import SimpleNamespace as V
+    >>> b = RewardBatch(["ab", "abcd", "abcdef", "ab"], ["1"] * 4, ["p"] * 4, [1] * 4, 4,
+    ...                 [V(correct=True), V(correct=True), V(correct=True), V(correct=False)])
+    >>> length(b)
+    [0.5, 0.0, -0.5, 0.0]
+    """
+    correct = correctness(batch)
+    out: list[float | None] = [None] * len(batch)
+    for group in batch.group_slices():
+        lengths = [len(batch.completions[i]) for i in group]
+        lo, hi = min(lengths), max(lengths)
+        for i, n in zip(group, lengths):
+            if correct[i] is None:
+                continue
+            if hi == lo:
+                out[i] = 0.0
+                continue
+            lam = 0.5 - (n - lo) / (hi - lo)
+            out[i] = lam if correct[i] else min(0.0, lam)
+    return out
+
+
+# L1 (Aggarwal & Welleck 2025) appends "Think for N tokens." (L1-Exact) or "Think for maximum N tokens." (L1-Max) to
+# the problem. We also accept "at most" / "up to", any case, and thousands separators ("1,024").
+TARGET_PATTERN = re.compile(
+    r"think\s+for\s+(?:maximum\s+|max\s+|at\s+most\s+|up\s+to\s+)?(\d[\d,]*)\s+tokens", re.IGNORECASE
+)
+
+
+def target_tokens(prompt: str) -> int | None:
+    """The token budget in an L1 prompt (the last "Think for [maximum] N tokens" in it), or None if there is none.
+
+    >>> target_tokens("Solve x+1=2. Think for maximum 1,024 tokens.")
+    1024
+    """
+    matches = TARGET_PATTERN.findall(prompt)
+    return int(matches[-1].replace(",", "")) if matches else None
+
+
+def _targets(batch: RewardBatch, reward_name: str) -> list[int]:
+    targets = []
+    for i, prompt in enumerate(batch.prompts):
+        target = target_tokens(prompt)
+        if target is None:
+            tail = prompt[-80:].replace("\n", "\\n")
+            raise RewardError(
+                f"reward '{reward_name}' needs a target length in the prompt (\"Think for N tokens.\" or \"Think for "
+                f"maximum N tokens.\"), but prompt {i} has none (it ends with '...{tail}'). Use a prompt template "
+                "that appends the L1 length instruction, or drop this reward."
+            )
+        targets.append(target)
+    return targets
+
+
+@needs_verdicts
+def length_l1_exact(batch: RewardBatch, *, alpha: float = 0.0003) -> list[float | None]:
+    """L1-Exact: ``correct - alpha * |n_gold - n_y|``, n_gold from the prompt, n_y = generated tokens (EOS included).
+
+    >>> from types import SimpleNamespace as V
+    >>> b = RewardBatch(["a", "b"], ["1"] * 2, ["Think for 1000 tokens."] * 2, [1500, 900], 1,
+    ...                 [V(correct=True), V(correct=False)])
+    >>> [round(v, 6) for v in length_l1_exact(b)]
+    [0.85, -0.03]
+    """
+    correct = correctness(batch)
+    targets = _targets(batch, "length_l1_exact")
+    out: list[float | None] = []
+    for c, n_gold, n_y in zip(correct, targets, batch.completion_lengths):
+        out.append(None if c is None else float(c) - alpha * abs(n_gold - n_y))
+    return out
+
+
+@needs_verdicts
+def length_l1_max(batch: RewardBatch, *, alpha: float = 0.0003, delta: float = 0.5) -> list[float | None]:
+    """L1-Max: ``correct * clip(alpha * (n_gold - n_y) + delta, 0, 1)``; n_y = generated tokens (EOS included).
+
+    A correct answer exactly at the budget scores `delta`; under budget scores more (up to 1), over budget less (down
+    to 0). A wrong answer scores 0.
+
+    >>> from types import SimpleNamespace as V
+    >>> b = RewardBatch(["a", "b"], ["1"] * 2, ["Think for maximum 1000 tokens."] * 2, [500, 3000], 1,
+    ...                 [V(correct=True)] * 2)
+    >>> [round(v, 6) for v in length_l1_max(b)]
+    [0.65, 0.0]
+    """
+    correct = correctness(batch)
+    targets = _targets(batch, "length_l1_max")
+    out: list[float | None] = []
+    for c, n_gold, n_y in zip(correct, targets, batch.completion_lengths):
+        if c is None:
+            out.append(None)
+            continue
+        out.append(float(c) * min(1.0, max(0.0, alpha * (n_gold - n_y) + delta)))
+    return out

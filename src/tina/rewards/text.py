@@ -1,0 +1,97 @@
+"""Rewards that look only at the completion text: format, tag_count, reasoning_steps, repetition_penalty.
+
+They need no grading, so they never return None.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tina.errors import ConfigError
+from tina.rewards.batch import RewardBatch
+
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "\n</think>\n"
+
+
+def format_reward(batch: RewardBatch) -> list[float]:
+    r"""1.0 if the completion contains the closing tag ``"\n</think>\n"`` exactly once, else 0.0 (Tina's rule).
+
+    The R1-distill chat template pre-fills ``"<think>\n"`` at the end of the prompt, so only the closing tag is
+    checked. The rule is a plain substring count over the whole text, so multi-line reasoning is handled with no regex
+    flags to forget (open-r1's early ``^<think>.*?</think>`` regex lacked DOTALL and scored 0 on any multi-line text).
+    A closing tag at the very end of the text (no newline after it) does not count.
+
+    >>> b = RewardBatch(["a\nb\n</think>\n\\boxed{1}", "x\n</think>\ny\n</think>\n"], ["1"] * 2, ["p"] * 2, [1, 1], 1)
+    >>> format_reward(b)
+    [1.0, 0.0]
+    """
+    return [1.0 if text.count(THINK_CLOSE) == 1 else 0.0 for text in batch.completions]
+
+
+def tag_count(batch: RewardBatch) -> list[float]:
+    r"""Tina's tag count: +0.5 if ``"<think>\n"`` occurs exactly once, +0.5 if ``"\n</think>\n"`` occurs exactly once.
+
+    This is the Tina variant (two tags, 0.5 each), not open-r1's four-tag version (0.25 each for ``<think>\n``,
+    ``\n</think>\n``, ``\n<answer>\n`` and ``\n</answer>``): the R1-distill prompt asks for no ``<answer>`` tags.
+    Because the R1-distill template pre-fills ``<think>\n`` in the prompt, a typical well-formed completion contains
+    only the closing tag and scores 0.5.
+
+    >>> b = RewardBatch(["<think>\nhm\n</think>\n42", "hm\n</think>\n42", "42"], ["1"] * 3, ["p"] * 3, [1] * 3, 1)
+    >>> tag_count(b)
+    [1.0, 0.5, 0.0]
+    """
+    out = []
+    for text in batch.completions:
+        value = 0.0
+        if text.count(THINK_OPEN) == 1:
+            value += 0.5
+        if text.count(THINK_CLOSE) == 1:
+            value += 0.5
+        out.append(value)
+    return out
+
+
+# open-r1's step-marker alternatives: "Step N:", a numbered-list item "N." at the start of a line, a line starting with
+# "-" or "*", and the transition words "First," "Second," "Next," "Finally,". open-r1 compiles this without
+# re.MULTILINE, so its "^\d+\." only ever matches at the very start of the completion even though its docstring says
+# "at start of line"; we use re.MULTILINE so numbered lists count as documented.
+STEP_PATTERN = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,)", re.MULTILINE)
+
+
+def reasoning_steps(batch: RewardBatch) -> list[float]:
+    r"""min(1, #step markers / 3): full reward from three markers on (open-r1's "magic number 3").
+
+    Markers are non-overlapping matches of `STEP_PATTERN`. Note ``"\n-"`` also matches a line that starts with a minus
+    sign or ``---``; that is open-r1's behaviour and kept.
+
+    >>> b = RewardBatch(["Step 1: a\nStep 2: b", "First, x\n1. y\n- z\n* w"], ["1"] * 2, ["p"] * 2, [1, 1], 1)
+    >>> [round(v, 4) for v in reasoning_steps(b)]
+    [0.6667, 1.0]
+    """
+    return [min(1.0, len(STEP_PATTERN.findall(text)) / 3) for text in batch.completions]
+
+
+def repetition_penalty(batch: RewardBatch, *, ngram_size: int = 3, max_penalty: float = -1.0) -> list[float]:
+    """N-gram repetition penalty (Yeo et al. 2025, App. C.2; open-r1 semantics): ``(1 - unique/total) * max_penalty``.
+
+    Words are ``text.lower().split()``; n-grams are consecutive word windows. A text with fewer than `ngram_size` words
+    has no n-grams and scores 0.0. With no repeats the value is 0.0; the more repeats, the closer to `max_penalty`.
+
+    >>> b = RewardBatch(["a b c a b c", "a b"], ["1"] * 2, ["p"] * 2, [1, 1], 1)
+    >>> repetition_penalty(b)  # 4 trigrams, 3 unique -> (1 - 3/4) * -1
+    [-0.25, 0.0]
+    """
+    if max_penalty > 0:
+        raise ConfigError(f"repetition_penalty: max_penalty must be <= 0 (it is a penalty), got {max_penalty}")
+    if not isinstance(ngram_size, int) or ngram_size < 1:
+        raise ConfigError(f"repetition_penalty: ngram_size must be a positive integer, got {ngram_size!r}")
+    out = []
+    for text in batch.completions:
+        words = text.lower().split()
+        if len(words) < ngram_size:
+            out.append(0.0)
+            continue
+        ngrams = [tuple(words[i : i + ngram_size]) for i in range(len(words) - ngram_size + 1)]
+        out.append((1.0 - len(set(ngrams)) / len(ngrams)) * max_penalty + 0.0)  # + 0.0 turns -0.0 into 0.0
+    return out

@@ -1,0 +1,36 @@
+"""Learning-rate schedules as plain functions of the step: constant, cosine, cosine with a floor; linear warmup.
+
+Tina's trick is a schedule laid over ``train.max_steps`` while the run stops at ``train.stop_step`` (about half), so
+the learning rate is still high when training ends.  The schedule only knows ``total_steps``; the loop stops early.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_multiplier(step: int, *, total_steps: int, kind: str, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
+
+    >>> lr_multiplier(0, total_steps=10, kind="cosine", warmup_steps=2)
+    0.5
+    >>> round(lr_multiplier(6, total_steps=10, kind="cosine", warmup_steps=2), 4)
+    0.5
+    >>> lr_multiplier(10, total_steps=10, kind="cosine_with_min_lr", min_ratio=0.1)
+    0.1
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "cosine":
+        return cosine
+    if kind == "cosine_with_min_lr":
+        return min_ratio + (1.0 - min_ratio) * cosine
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
+    return math.ceil(total_steps * warmup_ratio)
