@@ -12,6 +12,8 @@ fallback patterns only look at the last `TAIL_CHARS` characters of the completio
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from functools import lru_cache
 
 __all__ = ["TAIL_CHARS", "extract_answer", "extract_boxed", "extract_choice"]
 
@@ -22,6 +24,14 @@ TAIL_CHARS = 20_000
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE_RE = re.compile(r"[{}]")
 _BARE_BOX_ARG_RE = re.compile(r"\s+([^\s${}\\]+)")
+
+
+def _last(matches: Iterator[re.Match[str]]) -> re.Match[str] | None:
+    """The last match of an iterator of matches, or None."""
+    last = None
+    for last in matches:  # noqa: B007 - we want the last one
+        pass
+    return last
 
 
 def _matched_braces(text: str, open_index: int) -> str | None:
@@ -54,9 +64,7 @@ def extract_boxed(text: str) -> str | None:
     >>> extract_boxed(r"$\boxed 5$")
     '5'
     """
-    last = None
-    for last in _BOX_RE.finditer(text):  # noqa: B007 - we want the last match
-        pass
+    last = _last(_BOX_RE.finditer(text))
     if last is None:
         return None
     rest = last.end()
@@ -124,16 +132,12 @@ def extract_answer(text: str) -> str | None:
         if boxed.strip():
             return boxed.strip()
     tail = text[-TAIL_CHARS:]
-    phrase = None
-    for phrase in _ANSWER_PHRASE_RE.finditer(tail):  # noqa: B007 - we want the last match
-        pass
+    phrase = _last(_ANSWER_PHRASE_RE.finditer(tail))
     if phrase is not None:
         answer = _clean_phrase_answer(phrase.group("rest"))
         if answer:
             return answer
-    span = None
-    for span in _INLINE_MATH_RE.finditer(tail):  # noqa: B007
-        pass
+    span = _last(_INLINE_MATH_RE.finditer(tail))
     if span is not None:
         content = next(g for g in span.groups() if g is not None).strip()
         return content or None
@@ -144,6 +148,19 @@ def _letters(n_choices: int) -> str:
     if not 1 <= n_choices <= 26:
         raise ValueError(f"n_choices must be in 1..26, got {n_choices}")
     return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_choices]
+
+
+@lru_cache(maxsize=32)
+def _choice_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """(answer phrase, parenthesised letter, completion that is just a letter) for the allowed letters."""
+    phrase = re.compile(
+        rf"answer(?:\s+is)?\s*:?\s*(?:is\s*)?:?[\s*]*(?:\$?\\(?:text|textbf|mathrm|mathbf)\s*\{{)?"
+        rf"(?P<open>[(\[])?\s*(?P<letter>[{letters}])(?![A-Za-z0-9])",
+        re.IGNORECASE,
+    )
+    paren = re.compile(rf"\(([{letters}])\)")
+    whole = re.compile(rf"\s*[(\[]?([{letters}])[)\]]?\.?\s*")
+    return phrase, paren, whole
 
 
 def _choice_in_box(content: str, letters: str) -> str | None:
@@ -161,7 +178,7 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     r"""The multiple-choice letter (GPQA) a completion picked, uppercase, or None.
 
     Strong signals first, last one wins: a boxed letter (``\boxed{C}``, ``\boxed{\text{(C)}}``) or an answer
-    phrase ("Answer: C", "the answer is (C)", "answer is **C**"; the letter must be uppercase here so that
+    phrase ("Answer: C", "the answer is (c)", "answer is **C**"; a bare letter must be uppercase here so that
     "the answer is a ..." is not read as A). If there is none, the last parenthesised letter "(C)"; if there is
     none either, a completion that is just a letter ("C" or "C.").
 
@@ -173,30 +190,27 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     True
     """
     letters = _letters(n_choices)
+    phrase_re, paren_re, whole_re = _choice_patterns(letters)
     tail = text[-TAIL_CHARS:]
     best: tuple[int, str] | None = None
     for box in _BOX_RE.finditer(tail):
         j = box.end()
         while j < len(tail) and tail[j] in " \t":
             j += 1
-        content = _matched_braces(tail, j) if j < len(tail) and tail[j] == "{" else None
+        # a choice box is short: only look 200 characters ahead (keeps many unclosed boxes linear)
+        content = _matched_braces(tail[j : j + 200], 0) if j < len(tail) and tail[j] == "{" else None
         letter = _choice_in_box(content, letters) if content is not None else None
         if letter:
             best = (box.start(), letter)
-    phrase_re = re.compile(
-        rf"answer(?:\s+is)?\s*:?\s*(?:is\s*)?:?[\s*]*(?:\$?\\(?:text|textbf|mathrm|mathbf)\s*\{{)?"
-        rf"[(\[]?\s*([{letters}])(?![A-Za-z0-9])",
-        re.IGNORECASE,
-    )
     for m in phrase_re.finditer(tail):
-        if m.group(1).isupper() and (best is None or m.start() > best[0]):
-            best = (m.start(), m.group(1))
+        letter = m.group("letter")
+        # a bare lowercase letter is probably an article ("the answer is a ..."); "(c)" is a choice
+        if (letter.isupper() or m.group("open")) and (best is None or m.start() > best[0]):
+            best = (m.start(), letter.upper())
     if best is not None:
         return best[1]
-    paren = None
-    for paren in re.finditer(rf"\(([{letters}])\)", tail):  # noqa: B007
-        pass
+    paren = _last(paren_re.finditer(tail))
     if paren is not None:
         return paren.group(1)
-    whole = re.fullmatch(rf"\s*[(\[]?([{letters}])[)\]]?\.?\s*", tail)
+    whole = whole_re.fullmatch(tail)
     return whole.group(1) if whole else None

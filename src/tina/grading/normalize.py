@@ -26,10 +26,13 @@ __all__ = ["MAX_ANSWER_CHARS", "gold_core", "math_input", "pred_core", "text_key
 MAX_ANSWER_CHARS = 1000
 
 _MATH_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+# Minerva stores one answer as Python source ("np.arcsin(10/13)"); numpy names become latex commands.
+_NUMPY_RE = re.compile(r"\bnp\.(arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|exp|log|sqrt|pi)\b")
 
 
 def _core(text: str) -> str:
     s = _MATH_DOLLAR_RE.sub("", text)
+    s = _NUMPY_RE.sub(r"\\\1", s)
     s = re.sub(r"\s+", " ", s).strip()
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip()
@@ -43,6 +46,8 @@ def gold_core(gold: str) -> str:
     '\\dfrac{3}{4}'
     >>> gold_core("$(-\\infty, 0) \\cup\\{1\\}$.")
     '(-\\infty, 0) \\cup\\{1\\}'
+    >>> gold_core("np.arcsin(10/13)")
+    '\\arcsin(10/13)'
     """
     if "\\boxed" in gold or "\\fbox" in gold:
         boxed = extract_boxed(gold)

@@ -4,7 +4,7 @@ Why a plain child process (``subprocess.Popen([python, -m, tina.grading._worker]
 ``multiprocessing`` pool: it is started by fork+exec, so nothing of the parent (torch threads, CUDA state, locks)
 is inherited -- the same guarantee as the "spawn" start method -- but unlike multiprocessing it does not re-import
 the parent's ``__main__`` (a training script), and it can be started from inside daemonic multiprocessing workers,
-which may not have multiprocessing children. Start-up (imports + a warm-up parse, about 1 s) is paid once per
+which may not have multiprocessing children. Start-up (imports + a warm-up parse, about 0.4 s on a 2-core box) is paid once per
 worker; the worker is reused until it times out, crashes, or `shutdown` is called.
 
 Timeout policy (`run_batch`): a batch is sent in ONE frame; the worker answers item by item, in order. Each item
@@ -25,7 +25,7 @@ import atexit
 import logging
 import os
 import pickle
-import select
+import selectors
 import subprocess
 import sys
 import threading
@@ -68,11 +68,15 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            cwd=_SRC_DIR,  # `-m` puts the cwd first on sys.path: never let a stray ./tina or ./sympy shadow ours
             close_fds=True,
         )
         self.ready = False
         self._buffer = bytearray()
         self._frames: list[Any] = []
+        # selectors (epoll on Linux), not select.select: the pipe fd may be above FD_SETSIZE in a busy trainer
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
 
     def send(self, obj: Any) -> None:
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -89,8 +93,7 @@ class _Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Timeout
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
+            if not self._selector.select(remaining):
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -136,6 +139,7 @@ class _Worker:
             self.proc.wait()
 
     def _close_pipes(self) -> None:
+        self._selector.close()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
@@ -158,11 +162,18 @@ def _current_worker() -> _Worker:
     return _worker
 
 
-def _discard_worker() -> None:
-    """Kill the current worker and start a replacement right away (its start-up overlaps the caller's work)."""
+def _kill_worker() -> None:
+    """Kill the current worker, if any (caller holds `_lock`)."""
     global _worker
     if _worker is not None:
         _worker.kill()
+    _worker = None
+
+
+def _discard_worker() -> None:
+    """Kill the current worker and start a replacement right away (its start-up overlaps the caller's work)."""
+    global _worker
+    _kill_worker()
     _worker = _Worker()
 
 
@@ -195,7 +206,6 @@ def run_batch(items: list[tuple[Any, str, tuple]], timeout: float) -> dict[Any, 
                 while done < len(pending):
                     key, status, payload = worker.recv(time.monotonic() + timeout)
                     if key != pending[done][0]:
-                        _discard_worker()
                         raise RuntimeError(f"grader protocol error: expected key {pending[done][0]!r}, got {key!r}")
                     results[key] = (status, payload)
                     done += 1
@@ -206,6 +216,9 @@ def run_batch(items: list[tuple[Any, str, tuple]], timeout: float) -> dict[Any, 
                 log.warning("grader worker died on an item: %s", exc)
                 results[pending[done][0]] = ("error", f"grader worker died: {exc}")
                 _discard_worker()
+            except BaseException:
+                _kill_worker()  # interrupted mid-batch (Ctrl-C, protocol bug): its pipe state is unknown, never reuse it
+                raise
             pending = pending[done + 1 :]
     return results
 
@@ -243,5 +256,6 @@ def _after_fork_in_child() -> None:
         inherited._close_pipes()  # our copies only, so the parent's worker still sees EOF when the parent closes
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(shutdown)
