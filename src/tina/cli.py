@@ -54,7 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Validate a recipe (strictly: unknown keys, wrong types and impossible values are "
                                    "errors) and print the resolved config, itself a valid recipe.")
     _add_recipe_args(p)
+
+    for module in _command_modules():
+        module.register(sub)
     return parser
+
+
+# Subcommands that live next to their code: each module has register(subparsers) and run(args) -> int, and sets
+# `command=<name>` on its parser via set_defaults(command_module=__name__).
+COMMAND_MODULES: list[str] = []
+
+
+def _command_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in COMMAND_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if getattr(args, "command_module", None):
+        import importlib
+
+        return importlib.import_module(args.command_module).run(args)
     if args.command == "check":
         from tina.config import load_config, to_yaml
 

@@ -280,7 +280,9 @@ def _build_section(section: str, cls: type, values: dict) -> Any:
     out = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown key '{section}.{key}'{did_you_mean(str(key), fields)}")
+            raise ConfigError(
+                f"unknown key '{section}.{key}'{did_you_mean(f'{section}.{key}', [f'{section}.{f}' for f in fields])}"
+            )
         out[key] = _coerce(f"{section}.{key}", value, hints[key])
     return cls(**out)
 
