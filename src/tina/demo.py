@@ -15,8 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from tina import config as cfgmod
 from tina.errors import TinaError
 
@@ -38,10 +36,9 @@ def evaluate_arith(model, tokenizer, cfg, *, seed: int) -> dict:
     prompts, golds = held_out_prompts(tokenizer, cfg)
     backend = HFBackend(model, tokenizer)
     e = cfg.eval
-    torch.manual_seed(seed)
-    sampled = generate_and_grade(
+    sampled = generate_and_grade(  # seeded: each problem's samples are the same whatever the batching
         backend, prompts, golds,
-        Sampling(n=e.samples, max_new_tokens=e.max_new_tokens, temperature=e.temperature),
+        Sampling(n=e.samples, max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=seed),
         batch_problems=max(1, e.batch_size // e.samples),
     )
     greedy = generate_and_grade(

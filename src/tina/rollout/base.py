@@ -16,6 +16,9 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    # With a seed, sampling is batch-invariant (tina.rollout.sampling): completion j of the prompt with key k draws
+    # from its own stream row_seed(seed, k, j), whatever else is in the batch or on other processes.
+    seed: int | None = None
 
 
 @dataclass
@@ -41,4 +44,6 @@ class Rollout:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: list[str], sampling: Sampling) -> Rollout: ...
+    def generate(self, prompts: list[str], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
+        """``sampling.n`` completions per prompt; ``keys`` (one stable integer per prompt) select the streams."""
+        ...

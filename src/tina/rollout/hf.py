@@ -10,6 +10,7 @@ import torch
 
 from tina.rl.masks import completion_lengths
 from tina.rollout.base import Rollout, Sampling
+from tina.rollout.sampling import GumbelSampler, row_seed
 
 
 class HFBackend:
@@ -20,18 +21,20 @@ class HFBackend:
         self.batch_size = batch_size  # rows per generate call (None = all at once)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: Sampling) -> Rollout:
-        from transformers import GenerationConfig
+    def generate(self, prompts: list[str], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
+        from transformers import GenerationConfig, LogitsProcessorList
 
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         prompt_ids = enc["input_ids"].repeat_interleave(sampling.n, dim=0)  # [N, P]
         prompt_mask = enc["attention_mask"].repeat_interleave(sampling.n, dim=0)  # [N, P]
+        seeded = sampling.seed is not None and not sampling.greedy
+        native = not sampling.greedy and not seeded  # torch.multinomial on the global RNG
         config = GenerationConfig(
-            do_sample=not sampling.greedy,
-            temperature=None if sampling.greedy else sampling.temperature,
-            top_p=None if sampling.greedy else sampling.top_p,
-            top_k=None if sampling.greedy or not sampling.top_k else sampling.top_k,
+            do_sample=native,
+            temperature=sampling.temperature if native else None,
+            top_p=sampling.top_p if native else None,
+            top_k=(sampling.top_k or None) if native else None,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0],
@@ -40,13 +43,21 @@ class HFBackend:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        if seeded:
+            keys = list(range(len(prompts))) if keys is None else keys
+            seeds = torch.tensor([row_seed(sampling.seed, k, j) for k in keys for j in range(sampling.n)])  # [N]
         chunks = []
         step = self.batch_size or prompt_ids.shape[0]
         try:
             for i in range(0, prompt_ids.shape[0], step):
                 ids = prompt_ids[i : i + step].to(device)
                 mask = prompt_mask[i : i + step].to(device)
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                processors = LogitsProcessorList()
+                if seeded:
+                    processors.append(GumbelSampler(seeds[i : i + step], ids.shape[1], temperature=sampling.temperature,
+                                                    top_k=sampling.top_k, top_p=sampling.top_p))
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                          logits_processor=processors)
                 chunks.append(out[:, ids.shape[1] :].cpu())  # [n, T_i]
         finally:
             self.model.train(was_training)
