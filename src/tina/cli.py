@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", required=True, type=Path, help="run directory (RUN)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still written)")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="data-parallel processes (one per GPU; on CPU, gloo): runs `accelerate launch` for you")
+    p.add_argument("--accelerate-config", default="ddp", metavar="NAME|PATH",
+                   help="with --num-processes: a shipped accelerate config (ddp, zero2, fsdp) or a YAML path")
 
     p = sub.add_parser("demo", help="the embedded default: teach a tiny model arithmetic on CPU in minutes",
                        description="Build a tiny Qwen2 model offline, evaluate it on held-out problems, train a LoRA "
@@ -46,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key of the bundled demo recipe, e.g. --set train.max_steps=60")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("recipes", help="list the bundled recipes",
-                       description="List the bundled recipes with their dataset, rewards, objective and steps.")
+    p = sub.add_parser("recipes", help="list the bundled recipes (or import an original one)",
+                       description="List the bundled recipes with their dataset, rewards, objective, steps and "
+                                   "estimated training cost.  `tina recipes import ORIGINAL.yaml` converts an original "
+                                   "Tina / open-r1 / TRL GRPO recipe into a tina recipe.")
     p.add_argument("--paths", action="store_true", help="also print each recipe's file path")
+    _add_recipes_import(p)
 
     p = sub.add_parser("check", help="validate a recipe and print the resolved config",
                        description="Validate a recipe (strictly: unknown keys, wrong types and impossible values are "
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that live next to their code: each module has register(subparsers) and run(args) -> int, and sets
 # `command=<name>` on its parser via set_defaults(command_module=__name__).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["tina.eval.cli", "tina.report"]
 
 
 def _command_modules():
@@ -72,8 +79,12 @@ def _command_modules():
 
 
 def main(argv: list[str] | None = None) -> int:
+    import time
+
+    started_at = time.perf_counter()  # the cost ledger books imports and model loading as setup
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started_at = started_at
     if args.command is None:
         parser.print_help()
         return 2
@@ -98,6 +109,9 @@ def _dispatch(args) -> int:
         cfg = load_config(args.recipe, args.overrides)
         print(f"# {args.recipe}: valid ({cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
               f"per step, {cfg.last_step} steps)")
+        from tina.estimates import describe, estimate_cost
+
+        print(f"# {describe(estimate_cost(cfg))}")
         print(to_yaml(cfg), end="")
         return 0
     if args.command == "recipes":
@@ -106,8 +120,22 @@ def _dispatch(args) -> int:
         from tina.config import load_config
         from tina.train import train
 
-        cfg = load_config(args.recipe, args.overrides)
-        result = train(cfg, args.output_dir, resume=args.resume, progress=not args.no_progress)
+        cfg = load_config(args.recipe, args.overrides)  # validate here, before any process is started
+        if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            from tina.distributed import launch
+
+            prompts = cfg.train.batch_size // cfg.rollout.num_generations
+            if prompts % args.num_processes:
+                from tina.errors import ConfigError
+
+                raise ConfigError(
+                    f"train.batch_size: {prompts} prompts per micro-batch do not split over {args.num_processes} "
+                    f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions")
+            return launch(args.num_processes, args.accelerate_config, _train_args_without_launch(args))
+        result = train(cfg, args.output_dir, resume=args.resume, progress=not args.no_progress,
+                       started_at=args.started_at)
+        if result.stopped_early:
+            return 0  # train() printed where it stopped and the exact resume command
         last = result.metrics[-1] if result.metrics else {}
         print(f"done: {result.steps} steps, last reward {last.get('reward')}, run in {args.output_dir}")
         return 0
@@ -119,21 +147,87 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+def _train_args_without_launch(args) -> list[str]:
+    """The `tina train` arguments each launched process gets (everything but --num-processes/--accelerate-config)."""
+    out = [str(args.recipe), "--output-dir", str(args.output_dir)]
+    for item in args.overrides:
+        out += ["--set", item]
+    if args.resume:
+        out.append("--resume")
+    if args.no_progress:
+        out.append("--no-progress")
+    return out
+
+
 def _recipes(args) -> int:
     from tina.config import bundled_recipes, load_config, resolve_recipe_path
+    from tina.estimates import cost_cell, estimate_cost, paper_cell
 
+    if getattr(args, "recipes_action", None) == "import":
+        return _recipes_import(args)
     rows = []
     for name in bundled_recipes():
         cfg = load_config(name)
         rewards = "+".join(f"{r.name}" + (f"x{r.weight:g}" if r.weight != 1 else "") for r in cfg.rewards)
         steps = f"{cfg.last_step}/{cfg.train.max_steps}" if cfg.train.stop_step else f"{cfg.train.max_steps}"
-        rows.append((name, cfg.data.source, rewards, cfg.algorithm.objective, steps, str(resolve_recipe_path(name))))
-    headers = ("recipe", "dataset", "rewards", "objective", "steps")
+        est = estimate_cost(cfg)
+        rows.append((name, cfg.data.source, rewards, cfg.algorithm.objective, steps, cost_cell(est), paper_cell(est),
+                     str(resolve_recipe_path(name))))
+    headers = ("recipe", "dataset", "rewards", "objective", "steps", "est. cost", "paper")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for r in rows:
         line = "  ".join(c.ljust(w) for c, w in zip(r, widths))
-        print(line + (f"  {r[5]}" if args.paths else ""))
+        print((line + f"  {r[-1]}") if args.paths else line.rstrip())
+    print("\nsteps: run/schedule when a run stops early (Tina's trick).  est. cost: an ESTIMATE of training only, "
+          "steps run x cost.seconds_per_step x devices x $/device-hour\n(Tina recipes: 30 s/step on 2x L40S at $1/h, "
+          "from the paper's Table 1; `tina check RECIPE` shows the arithmetic).  paper: the training cost Tina's "
+          "Table 1 reports for that run.")
+    return 0
+
+
+def _add_recipes_import(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="recipes_action", metavar="ACTION")
+    q = actions.add_parser(
+        "import", help="convert an original Tina / open-r1 / TRL GRPO recipe (flat YAML) into a tina recipe",
+        description="Convert an original Tina / open-r1 / TRL GRPO recipe into a tina recipe.  Every key is mapped, "
+                    "or listed as dropped (no effect in tina: vLLM, hub, logging, ...), or is an error - an unknown "
+                    "key exits 2 with the closest known key (TRL silently ignored them: Tina's `scale_reward` typo).  "
+                    "Keys the original leaves out take TRL 0.15's defaults.")
+    q.add_argument("original", type=Path, help="the original recipe YAML")
+    q.add_argument("--output", "-o", type=Path, help="write the tina recipe here (default: print it)")
+    q.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="GPUs the original trained on (train.batch_size = per-device batch x N; default 2 for Tina "
+                        "recipes, else 1)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the converted recipe, e.g. --set train.max_steps=2000")
+    q.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+
+
+def _recipes_import(args) -> int:
+    from tina.config import apply_override, load_config
+    from tina.errors import ConfigError
+    from tina.importer import convert, read_original
+
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ConfigError(f"--num-processes must be >= 1, got {args.num_processes}")
+    raw, text = read_original(args.original)
+    imported = convert(raw, text, source=args.original.name, num_processes=args.num_processes)
+    for item in args.overrides:
+        apply_override(imported.recipe, item)
+    if "max_steps" not in imported.recipe.get("train", {}) and imported.missing_max_steps:
+        raise ConfigError(imported.missing_max_steps)
+    load_config(imported.recipe)  # the result must be a valid recipe (ConfigError names the key otherwise)
+    out_text = imported.to_text(str(args.output) if args.output else None)
+    if args.output is None:
+        print(out_text, end="")
+        return 0
+    if args.output.exists() and not args.force:
+        raise ConfigError(f"{args.output} exists; pass --force to overwrite it")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(out_text)
+    print(f"wrote {args.output} ({len(imported.dropped)} keys dropped, {len(imported.notes)} notes); "
+          f"check it with: tina check {args.output}", file=sys.stderr)
     return 0
 
 

@@ -33,9 +33,9 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-SCHEDULERS = ("constant", "cosine", "cosine_with_min_lr")
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_min_lr")
 SCALE_REWARDS = ("group", "batch", "none")
-TEMPLATES = ("tokenizer", "r1-distill", "chatml", "plain")
+TEMPLATES = ("tokenizer", "r1-distill", "r1-distill-tina", "chatml", "plain")  # == tina.prompts.TEMPLATE_NAMES
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -77,6 +77,9 @@ class DataConfig:
     template: str = "tokenizer"
     l1_mode: str | None = None  # "exact" | "max": append L1's "think for N tokens" to each prompt
     l1_target: int | None = None  # fixed N; rows with their own target (meta) use theirs
+    # [low, high]: rows without a target get one drawn uniformly from this range, seeded by train.seed (Tina's L1
+    # runs and L1 itself drew from [100, 4000]).  Exclusive with l1_target.
+    l1_target_range: list[int] | None = None
     holdout: int = 0  # problems held out of training (first after a seeded shuffle) for validation
     shuffle: bool = True
 
@@ -102,6 +105,16 @@ class AlgorithmConfig:
     mask_truncated_completions: bool = False
 
 
+# The probe prompt Tina watched during training: the first AIME 2024 problem (public competition text).
+AIME24_PROBE = (
+    "Every morning Aya goes for a $9$-kilometer-long walk and stops at a coffee shop afterwards. When she walks at a "
+    "constant speed of $s$ kilometers per hour, the walk takes her 4 hours, including $t$ minutes spent in the coffee "
+    "shop. When she walks $s+2$ kilometers per hour, the walk takes her 2 hours and 24 minutes, including $t$ minutes "
+    "spent in the coffee shop. Suppose Aya walks at $s+\\frac{1}{2}$ kilometers per hour. Find the number of minutes "
+    "the walk takes her, including the $t$ minutes spent in the coffee shop."
+)
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 100  # length of the learning-rate schedule
@@ -124,16 +137,28 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "auto"
     grader_timeout: float = 5.0
+    collective_timeout: float = 1800.0  # seconds a multi-process collective may wait before failing (no hangs)
     report_to: list[str] = field(default_factory=list)
+    max_bad_steps: int = 5  # abort (after checkpointing the last good state) after this many non-finite steps in a row
+    probe_prompt: str = AIME24_PROBE  # greedy completion logged to RUN/probes.jsonl at each checkpoint; "" = none
+    probe_max_new_tokens: int = 512
 
 
 @dataclass
 class CostConfig:
-    """What the hardware costs, so every run's ledger can say what it cost."""
+    """What the hardware costs, so every run's ledger can say what it cost — and, before a run, what it will cost.
+
+    The ledger measures the real figure.  The three optional keys only feed the *estimate* that ``tina recipes`` and
+    ``tina check`` print (see :mod:`tina.estimates`): ``steps x seconds_per_step x num_devices x usd_per_device_hour``,
+    next to a published figure for the same run when there is one.
+    """
 
     device_name: str = "cpu"
     num_devices: int = 1
     usd_per_device_hour: float = 0.0
+    seconds_per_step: float | None = None  # estimated wall-clock seconds per optimizer step on this hardware
+    reference_usd: float | None = None  # a published training cost of this very run (e.g. Tina's Table 1)
+    estimate_note: str | None = None  # where seconds_per_step / reference_usd come from (one line)
 
 
 @dataclass
@@ -373,6 +398,13 @@ def validate(cfg: Config) -> None:
 
     _choice("model.dtype", cfg.model.dtype, DTYPES)
     _choice("model.attn_implementation", cfg.model.attn_implementation, ATTN_IMPLEMENTATIONS)
+    # Impossible on CPU whatever is installed.  (On device "auto", flash-attn and the GPU are checked when the model
+    # loads, so a GPU recipe still validates on a laptop.)
+    if cfg.train.device == "cpu" and cfg.model.dtype == "float16":
+        raise ConfigError("model.dtype: float16 is not supported on CPU (train.device=cpu); use bfloat16 or float32")
+    if cfg.train.device == "cpu" and cfg.model.attn_implementation == "flash_attention_2":
+        raise ConfigError("model.attn_implementation: flash_attention_2 needs a CUDA GPU but train.device is cpu;"
+                          " use sdpa or eager")
     _positive("lora.r", cfg.lora.r)
     _positive("lora.alpha", cfg.lora.alpha)
     if not 0 <= cfg.lora.dropout < 1:
@@ -381,8 +413,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("lora.target_modules: must name at least one module (e.g. [q_proj, v_proj])")
     _choice("lora.bias", cfg.lora.bias, ("none", "all", "lora_only"))
     _choice("data.template", cfg.data.template, TEMPLATES)
+    _check_system_prompt(cfg.data.system_prompt)
     if cfg.data.l1_mode is not None:
         _choice("data.l1_mode", cfg.data.l1_mode, ("exact", "max"))
+    if cfg.data.l1_target is not None:
+        _positive("data.l1_target", cfg.data.l1_target)
+    if cfg.data.l1_target_range is not None:
+        rng = cfg.data.l1_target_range
+        if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+            raise ConfigError(f"data.l1_target_range: must be [low, high] with 0 < low <= high, got {rng}")
+        if cfg.data.l1_target is not None:
+            raise ConfigError("data.l1_target_range and data.l1_target are exclusive: a fixed target or a range")
+    if (cfg.data.l1_target is not None or cfg.data.l1_target_range is not None) and cfg.data.l1_mode is None:
+        raise ConfigError("data.l1_mode: an L1 target (data.l1_target / data.l1_target_range) needs l1_mode exact"
+                          " or max")
     _positive("data.holdout", cfg.data.holdout, allow_zero=True)
     if cfg.data.limit is not None:
         _positive("data.limit", cfg.data.limit)
@@ -428,16 +472,34 @@ def validate(cfg: Config) -> None:
     _positive("train.logging_steps", t.logging_steps)
     _choice("train.device", t.device, DEVICES)
     _positive("train.grader_timeout", t.grader_timeout)
+    _positive("train.collective_timeout", t.collective_timeout)
     for tracker in t.report_to:
         _choice("train.report_to", tracker, ("tensorboard", "wandb"))
+    _positive("train.max_bad_steps", t.max_bad_steps)
+    _positive("train.probe_max_new_tokens", t.probe_max_new_tokens)
     _positive("cost.num_devices", cfg.cost.num_devices)
     _positive("cost.usd_per_device_hour", cfg.cost.usd_per_device_hour, allow_zero=True)
+    if cfg.cost.seconds_per_step is not None:
+        _positive("cost.seconds_per_step", cfg.cost.seconds_per_step)
+    if cfg.cost.reference_usd is not None:
+        _positive("cost.reference_usd", cfg.cost.reference_usd, allow_zero=True)
     _positive("eval.num_problems", cfg.eval.num_problems)
     _positive("eval.samples", cfg.eval.samples)
     if not cfg.rewards:
         raise ConfigError("rewards: at least one reward is needed, e.g. rewards: {accuracy: {weight: 1.0}}")
     for reward in cfg.rewards:
         check_params(reward.name, reward.params)  # unknown reward or parameter -> ConfigError with a suggestion
+
+
+def _check_system_prompt(system_prompt: str | None) -> None:
+    """A system prompt that looks like a misspelt key of tina.prompts.SYSTEM_PROMPTS is an error now, not at run
+    time."""
+    from tina.prompts import resolve_system_prompt
+
+    try:
+        resolve_system_prompt(system_prompt)
+    except ConfigError as exc:
+        raise ConfigError(f"data.system_prompt: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------- dumping

@@ -1,4 +1,4 @@
-"""Learning-rate schedules as plain functions of the step: constant, cosine, cosine with a floor; linear warmup.
+"""Learning-rate schedules as plain functions of the step: constant, linear, cosine, cosine with a floor; linear warmup.
 
 Tina's trick is a schedule laid over ``train.max_steps`` while the run stops at ``train.stop_step`` (about half), so
 the learning rate is still high when training ends.  The schedule only knows ``total_steps``; the loop stops early.
@@ -24,6 +24,8 @@ def lr_multiplier(step: int, *, total_steps: int, kind: str, warmup_steps: int =
     if kind == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if kind == "linear":  # transformers' "linear": straight down to 0 at total_steps
+        return 1.0 - progress
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     if kind == "cosine":
         return cosine

@@ -1,0 +1,653 @@
+"""`tina eval`: models (the base and LoRA adapters) x benchmarks x seeds, with the base model loaded ONCE.
+
+The flow, top to bottom (`run_eval`)::
+
+    base, tokenizer = load_model_and_tokenizer(model)            # once; base_weights_digest for the protocol
+    [--select-on]  every checkpoint on the validation set -> choose_checkpoint (ties -> earliest); keep only it
+    for model in (base, adapters):                               # AdapterSwitcher: PEFT load/set/delete_adapter
+        for benchmark, seed:
+            generate_and_grade(..., Sampling(seed=benchmark_seed(seed, benchmark)))  # correct [problems, samples]
+            append every completion to samples.jsonl             # streamed: long completions never pile up
+    summarize (tina.eval.stats) -> results.json, results.md, accuracy_by_checkpoint.png; book the cost in the ledger
+
+Every model sees the same prompts and the same per-problem random streams (seeded, batch-invariant sampling), so a
+paired comparison between two models is between two samples of the same problems; an adapter whose LoRA update is
+zero gives exactly the base model's completions, and ``--limit`` keeps the samples of the problems it keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import re
+import time
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from tina.errors import TinaError
+from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_validation
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------------------ options
+@dataclass
+class EvalOptions:
+    """Everything `tina eval` takes (the CLI fills it from its flags; Python callers build it directly)."""
+
+    model: str | None = None  # hub id, folder or builtin:...; default: the run's / adapters' base model
+    adapters: list[str] = field(default_factory=list)
+    run: str | None = None  # evaluate every RUN/checkpoint-*
+    benchmarks: list[str] = field(default_factory=lambda: list(TINA_SIX))
+    samples: int = 1  # completions per problem and seed
+    seeds: list[int] = field(default_factory=lambda: [0])
+    temperature: float = 0.6  # 0 = greedy
+    top_p: float = 0.95
+    max_new_tokens: int = 32768
+    limit: int | None = None  # first N problems of each benchmark (and of the validation set)
+    batch_size: int = 64  # sequences (problems x samples) per generate call
+    output_dir: str | None = None
+    data_dir: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    attn_implementation: str = "sdpa"
+    template: str = "tokenizer"  # chat template (tina.prompts.TEMPLATE_NAMES)
+    include_base: bool | None = None  # default: on with --run, off otherwise
+    merge_adapters: bool = True  # fold each adapter into the weights (Tina's protocol, plain-model speed)
+    select_on: str | None = None  # validation JSONL or benchmark name
+    select_prompt: str = "eval"  # "eval": Tina's math prompt; "train": the run's training format
+    grader_timeout: float = 5.0
+    bootstrap_resamples: int = 2000
+    progress: bool = True
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to evaluate: the base (adapter None) or the base with one adapter."""
+
+    label: str
+    adapter: Path | None = None
+    step: int | None = None  # training step of a checkpoint-<step> folder
+
+
+BASE = Candidate("base")
+
+
+# ----------------------------------------------------------------------------------------------------- discovery
+def run_checkpoints(run_dir: str | Path) -> list[Candidate]:
+    """Every ``RUN/checkpoint-<step>/`` holding a PEFT adapter, oldest first."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        m = _CKPT.match(path.name)
+        if m and (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file():
+            found.append(Candidate(path.name, path, int(m.group(1))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def adapter_candidates(paths: list[str]) -> list[Candidate]:
+    """Candidates for ``--adapter`` folders, labelled by folder name (``run/checkpoint-50`` if names collide)."""
+    out, seen = [], Counter()
+    folders = [Path(p) for p in paths]
+    names = Counter(p.name for p in folders)
+    for p in folders:
+        if not (p / "adapter_config.json").is_file():
+            raise TinaError(f"--adapter {p}: no adapter_config.json there (expected a PEFT adapter folder)")
+        label = p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}"
+        seen[label] += 1
+        if seen[label] > 1:
+            label = f"{label}#{seen[label]}"
+        m = _CKPT.match(p.name)
+        out.append(Candidate(label, p, int(m.group(1)) if m else None))
+    return out
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """RUN/config.yaml as a plain dict ({} when absent); read loosely, only a few keys are used."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TinaError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def base_model_for(adapter_dir: str | Path) -> str | None:
+    """The base model of an adapter: ``model.name_or_path`` of RUN/config.yaml next to it (portable: it keeps
+    ``builtin:`` names and hub ids), else ``base_model_name_or_path`` of its adapter_config.json."""
+    adapter_dir = Path(adapter_dir)
+    name = (read_run_config(adapter_dir.parent).get("model") or {}).get("name_or_path")
+    if name:
+        return str(name)
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cfg.get("base_model_name_or_path")
+
+
+def sha256_files(folder: str | Path, names: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")
+                 ) -> str:
+    """sha256 over the named files of a folder (name, then bytes, for each) -- the identity of an adapter."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+        with open(Path(folder) / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ adapter swapping
+class AdapterSwitcher:
+    """One base model in memory; adapters come and go in place -- the base is never reloaded.
+
+    ``with switcher.use(path_or_None) as model:`` gives the model with exactly that adapter applied (None: the base).
+    Two ways, the same results up to floating-point rounding:
+
+    * ``merge=False``: PEFT ``load_adapter`` / ``set_adapter`` / ``delete_adapter`` (the previous adapter is deleted
+      only once the new one is active); the base through PEFT's ``disable_adapter``.  The forward pass is the one
+      training used, LoRA matmuls included.
+    * ``merge=True``: the adapter is folded into the weights (PEFT ``merge_and_unload``), as Tina evaluated merged
+      checkpoints; before the next adapter (or the base) the weights are restored bit for bit from a CPU copy taken
+      at the first merge.  Generation runs at plain-model speed, for one CPU copy of the parameters.
+    """
+
+    def __init__(self, base, *, merge: bool = False):
+        self.base = base
+        self.merge = merge
+        self.model = base  # unmerged: becomes a PeftModel with the first adapter
+        self.active: str | None = None
+        self.loaded_from: Path | None = None
+        self._count = 0
+        self._pristine: dict | None = None  # merged: name -> CPU copy of every base parameter
+
+    @contextmanager
+    def use(self, adapter: Path | None):
+        adapter = Path(adapter) if adapter is not None else None
+        if self.merge:
+            if adapter != self.loaded_from:
+                self._merge_in(adapter)
+            yield self.base
+            return
+        if adapter is None:
+            context = self.model.disable_adapter() if self.model is not self.base else nullcontext()
+            with context:
+                yield self.model
+            return
+        if self.loaded_from != adapter:
+            self._swap(adapter)
+        yield self.model
+
+    def _swap(self, adapter: Path) -> None:
+        name = f"adapter{self._count}"
+        self._count += 1
+        with _adapter_errors(adapter):
+            if self.model is self.base:
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name,
+                                                       low_cpu_mem_usage=True)
+            else:
+                self.model.load_adapter(str(adapter), adapter_name=name, low_cpu_mem_usage=True)
+        if self.active is not None:
+            self.model.set_adapter(name)
+            self.model.delete_adapter(self.active)
+        self.model.eval()
+        self.active, self.loaded_from = name, adapter
+
+    def _merge_in(self, adapter: Path | None) -> None:
+        import torch
+        from peft import PeftModel
+
+        if self._pristine is None:
+            self._pristine = {n: p.detach().to("cpu", copy=True) for n, p in self.base.named_parameters()}
+        elif self.loaded_from is not None:
+            with torch.no_grad():
+                for n, p in self.base.named_parameters():
+                    p.copy_(self._pristine[n])
+        self.loaded_from = None
+        if adapter is not None:
+            with _adapter_errors(adapter):
+                merged = PeftModel.from_pretrained(self.base, str(adapter), low_cpu_mem_usage=True).merge_and_unload()
+            if merged is not self.base:  # PEFT returns the wrapped model itself; anything else would be a copy
+                raise RuntimeError("PEFT merge_and_unload returned a new model; merged adapter switching needs it "
+                                   "in place (use merge=False)")
+            self.base.eval()
+            self.loaded_from = adapter
+
+
+@contextmanager
+def _adapter_errors(adapter: Path):
+    """Loading an adapter that is missing, corrupt or made for another model is a one-line TinaError."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        raise TinaError(f"cannot load adapter {adapter}: {' '.join(lines[:2])[:300]} (is it a complete PEFT "
+                        f"adapter of this base model?)") from None
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+def summarize(correct: np.ndarray, *, seeds: list[int], samples: int, resamples: int = 2000) -> dict:
+    """Statistics of one model on one benchmark from its correctness matrix [problems, seeds * samples].
+
+    Columns are grouped by seed (seed 0's samples first).  Ungradable entries (nan) count as incorrect and are
+    counted in ``n_ungradable``.
+
+    >>> s = summarize(np.array([[1.0, 0.0], [1.0, 1.0]]), seeds=[0], samples=2)
+    >>> s["mean"], s["pass_at_k"], s["n_samples"]
+    (0.75, {'1': 0.75, '2': 1.0}, 2)
+    """
+    from tina.eval.stats import bootstrap_ci, mean_at_n, pass_at_k_all
+
+    n_problems, n_samples = correct.shape
+    per_seed = {str(s): mean_at_n(correct[:, i * samples:(i + 1) * samples]) for i, s in enumerate(seeds)}
+    return {
+        "mean": mean_at_n(correct),
+        "ci95": list(bootstrap_ci(correct, resamples=resamples, seed=0)),
+        "pass_at_k": {str(k): v for k, v in pass_at_k_all(correct).items()},
+        "per_seed_mean": per_seed,
+        "n_problems": int(n_problems),
+        "n_samples": int(n_samples),  # completions per problem = samples x seeds
+        "n_completions": int(n_problems * n_samples),
+        "seeds": list(seeds),
+        "n_ungradable": int(np.isnan(correct).sum()),
+    }
+
+
+def paired(baseline: np.ndarray, other: np.ndarray, *, label: str, resamples: int = 2000) -> dict:
+    """Paired difference (other - baseline) with its 95% bootstrap CI over problems."""
+    from tina.eval.stats import paired_bootstrap_ci
+
+    diff, low, high = paired_bootstrap_ci(baseline, other, resamples=resamples, seed=0)
+    return {"baseline": label, "diff": diff, "ci95": [low, high]}
+
+
+def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
+    """The candidate with the highest validation score; ties go to the earliest (lowest step, then list order).
+
+    >>> a, b, c = (Candidate(f"checkpoint-{s}", step=s) for s in (1, 2, 3))
+    >>> choose_checkpoint([(c, 0.5), (a, 0.25), (b, 0.5)]).label
+    'checkpoint-2'
+    """
+    if not scores:
+        raise ValueError("no checkpoints to choose from")
+    order = {id(c): i for i, (c, _) in enumerate(scores)}
+    best = max(s for _, s in scores)
+    tied = [c for c, s in scores if s == best]
+    return min(tied, key=lambda c: (c.step if c.step is not None else math.inf, order[id(c)]))
+
+
+# ---------------------------------------------------------------------------------------------------- the ledger
+def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None) -> dict | None:
+    """Book ``seconds`` of evaluation into RUN/ledger.json, if the run has one; return the updated ledger.
+
+    ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
+    ``num_devices * seconds / 3600`` (default: the ledger's own ``num_devices``) and ``usd`` is recomputed as
+    ``device_hours * usd_per_device_hour``.  The ``evaluation`` key keeps the evaluation totals on their own:
+    ``{"seconds", "device_hours", "usd", "runs"}``.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "ledger.json").write_text(json.dumps({"wall_seconds": 3600, "phases": {"evaluation": 0},
+    ...     "num_devices": 2, "device_hours": 2.0, "usd_per_device_hour": 1.5, "usd": 3.0}))
+    >>> add_eval_cost(d, 1800)["usd"]      # 2 devices x 0.5 h more at $1.5
+    4.5
+    """
+    from tina.ledger import atomic_write_text
+
+    path = Path(run_dir) / "ledger.json"
+    if not path.is_file():
+        return None
+    try:
+        ledger = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TinaError(f"cannot read {path}: {exc}") from None
+    devices = num_devices if num_devices is not None else int(ledger.get("num_devices") or 1)
+    hours = devices * seconds / 3600
+    price = float(ledger.get("usd_per_device_hour") or 0.0)
+    phases = ledger.setdefault("phases", {})
+    phases["evaluation"] = round(float(phases.get("evaluation", 0.0)) + seconds, 4)
+    ledger["wall_seconds"] = round(float(ledger.get("wall_seconds", 0.0)) + seconds, 4)
+    ledger["device_hours"] = round(float(ledger.get("device_hours", 0.0)) + hours, 6)
+    ledger["usd"] = round(ledger["device_hours"] * price, 6)
+    ev = ledger.setdefault("evaluation", {})
+    ev["seconds"] = round(float(ev.get("seconds", 0.0)) + seconds, 4)
+    ev["device_hours"] = round(float(ev.get("device_hours", 0.0)) + hours, 6)
+    ev["usd"] = round(ev["device_hours"] * price, 6)
+    ev["runs"] = int(ev.get("runs", 0)) + 1
+    atomic_write_text(path, json.dumps(ledger, indent=2))
+    return ledger
+
+
+# ----------------------------------------------------------------------------------------------------- protocol
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tina
+
+    out = {"tina": tina.__version__, "python": platform.python_version()}
+    for dist in ("transformers", "torch", "peft", "math-verify", "numpy", "datasets"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def grader_digest() -> str:
+    """sha256 of the grader's source files: a changed grader gives a different digest in results.json."""
+    import tina.grading
+
+    h = hashlib.sha256()
+    for path in sorted(Path(tina.grading.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def benchmark_seed(seed: int, benchmark: str) -> int:
+    """The sampling seed of one benchmark under a user seed: ``row_seed(seed, first 8 bytes of sha256(name))``.
+
+    Every model gets the same streams on a benchmark (paired comparisons compare like with like), while problem i
+    of two benchmarks does not share its random stream.  Within a benchmark, completion j of problem i draws from
+    ``row_seed(benchmark_seed, i, j)`` (tina.rollout.sampling), whatever the batch size.
+
+    >>> benchmark_seed(0, "aime24") == benchmark_seed(0, "aime24") != benchmark_seed(0, "aime25")
+    True
+    """
+    from tina.rollout.sampling import row_seed
+
+    return row_seed(seed, int.from_bytes(hashlib.sha256(benchmark.encode()).digest()[:7], "big"))
+
+
+@dataclass
+class Outcome:
+    correct: np.ndarray  # [problems, seeds * samples]
+    lengths: np.ndarray  # [problems, seeds * samples] completion tokens
+    truncated: np.ndarray  # [problems, seeds * samples] bool
+    reasons: Counter
+    n_tokens: int
+    seconds: float
+
+
+class Session:
+    """The loaded base model, its tokenizer and the adapter switcher, plus the samples.jsonl writer."""
+
+    def __init__(self, model, tokenizer, opts: EvalOptions, samples_file, bar):
+        from tina.rollout import Sampling
+
+        self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
+        self.tokenizer = tokenizer
+        self.opts = opts
+        self.samples_file = samples_file
+        self.bar = bar
+        self._sampling = Sampling(n=opts.samples, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                                  top_p=opts.top_p, greedy=opts.temperature == 0)
+        self._prompts: dict[tuple[str, int], tuple[list, list[str]]] = {}
+        self.tokens = 0
+        self._start = time.perf_counter()
+
+    def prompts(self, bench: Benchmark, seed: int):
+        """(items, rendered prompts) of a benchmark under a seed -- the same for every model."""
+        from tina.prompts import render_prompt
+
+        key = (bench.name, seed)
+        if key not in self._prompts:
+            items = bench.items(seed)
+            template = bench.chat_template or self.opts.template
+            texts = [render_prompt(self.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
+                     for it in items]
+            self._prompts[key] = (items, texts)
+        return self._prompts[key]
+
+    def evaluate(self, cand: Candidate, bench: Benchmark, *, phase: str = "test") -> Outcome:
+        from tina.eval.generate import generate_and_grade
+        from tina.rollout import HFBackend
+
+        o = self.opts
+        start = time.perf_counter()
+        mats, lens, truncs, reasons, tokens = [], [], [], Counter(), 0
+        with self.switcher.use(cand.adapter) as model:
+            backend = HFBackend(model, self.tokenizer, batch_size=o.batch_size)
+            for seed in o.seeds:
+                items, prompts = self.prompts(bench, seed)
+                self.bar.set_description(f"{cand.label} {bench.name} seed {seed}")
+                sampling = replace(self._sampling, seed=benchmark_seed(seed, bench.name))
+                graded = generate_and_grade(backend, prompts, [it.gold for it in items], sampling,
+                                            task=bench.task, timeout=o.grader_timeout,
+                                            batch_problems=max(1, o.batch_size // o.samples), progress=self._tick)
+                self._write_samples(cand, bench, seed, items, graded, phase)
+                mats.append(graded.correct)
+                lens.append(graded.lengths)
+                truncs.append(graded.truncated)
+                reasons.update(r for row in graded.reasons for r in row)
+                tokens += graded.n_tokens
+        return Outcome(np.hstack(mats), np.hstack(lens), np.hstack(truncs), reasons, tokens,
+                       time.perf_counter() - start)
+
+    def _tick(self, n_problems: int, n_tokens: int) -> None:
+        self.tokens += n_tokens
+        self.bar.update(n_problems)
+        elapsed = time.perf_counter() - self._start
+        if elapsed > 0:
+            self.bar.set_postfix_str(f"{self.tokens / elapsed:.0f} tok/s")
+
+    def _write_samples(self, cand, bench, seed, items, graded, phase) -> None:
+        for i, item in enumerate(items):
+            for j, text in enumerate(graded.completions[i]):
+                c = graded.correct[i, j]
+                record = {
+                    "model": cand.label, "benchmark": bench.name, "phase": phase, "problem_id": bench.rows[i]["id"],
+                    "seed": seed, "sample": j, "task": bench.task, "gold": item.gold, "completion": text,
+                    "extracted": graded.extracted[i][j], "correct": None if np.isnan(c) else bool(c),
+                    "reason": graded.reasons[i][j], "tokens": int(graded.lengths[i, j]),
+                    "truncated": bool(graded.truncated[i, j]), **item.meta,
+                }
+                self.samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.samples_file.flush()
+
+
+# ------------------------------------------------------------------------------------------------------- the run
+def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
+    """(base model name, adapter candidates, include base) from the options; user errors are TinaErrors."""
+    if opts.run and opts.adapters:
+        raise TinaError("give --run or --adapter, not both")
+    if opts.run:
+        if not Path(opts.run).is_dir():
+            raise TinaError(f"--run {opts.run}: no such directory")
+        adapters = run_checkpoints(opts.run)
+        if not adapters:
+            raise TinaError(f"--run {opts.run}: no checkpoint-<step>/ folders with a PEFT adapter in it")
+    else:
+        adapters = adapter_candidates(opts.adapters)
+    include_base = opts.include_base if opts.include_base is not None else bool(opts.run) or not adapters
+    model = opts.model
+    if model is None and opts.run:
+        model = (read_run_config(opts.run).get("model") or {}).get("name_or_path")
+    if model is None and adapters:
+        bases = {base_model_for(c.adapter) for c in adapters} - {None}
+        if len(bases) > 1:
+            raise TinaError(f"the adapters have different base models ({', '.join(sorted(bases))}); pass --model")
+        model = next(iter(bases), None)
+    if model is None:
+        raise TinaError("no model to evaluate: pass --model (a hub id, a folder or builtin:...), --run or --adapter")
+    if opts.select_on and len(adapters) < 1:
+        raise TinaError("--select-on chooses among checkpoints: pass --run RUN (or several --adapter)")
+    if opts.samples < 1 or not opts.seeds:
+        raise TinaError("--samples must be >= 1 and --seeds must name at least one seed")
+    return str(model), adapters, include_base
+
+
+def run_eval(opts: EvalOptions, *, echo=print) -> dict:
+    """Evaluate, write results.json / samples.jsonl / results.md (and the checkpoint plot); return the results."""
+    from tqdm.auto import tqdm
+
+    from tina.eval import report
+    from tina.models import base_weights_digest, load_model_and_tokenizer, resolve_model_path
+
+    started = time.perf_counter()
+    model_name, adapters, include_base = plan(opts)
+    out = Path(opts.output_dir or (Path(opts.run) / "eval" if opts.run else "tina-eval"))
+    if not opts.overwrite and ((out / "results.json").exists() or (out / "samples.jsonl").exists()):
+        raise TinaError(f"{out} already holds evaluation results; choose another --output-dir or pass --overwrite")
+    benches = [load_benchmark(name, data_dir=opts.data_dir, limit=opts.limit) for name in opts.benchmarks]
+    validation = _validation_set(opts, benches) if opts.select_on else None
+
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=opts.dtype, device=opts.device,
+                                                attn_implementation=opts.attn_implementation)
+    common = {
+        "model": model_name,
+        "model_path": resolve_model_path(model_name) if model_name.startswith("builtin:") else model_name,
+        "model_revision": getattr(model.config, "_commit_hash", None),  # hub commit when loaded from the hub
+        "base_weights_sha256": base_weights_digest(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": str(next(model.parameters()).device),
+        "adapters": "merged into the weights (PEFT merge_and_unload; base restored exactly between adapters)"
+                    if opts.merge_adapters else "unmerged PEFT LoRA layers (load_adapter/set_adapter/delete_adapter)",
+        "chat_template": opts.template,
+        "chat_template_sha256": hashlib.sha256((getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest(),
+        "sampling": {"samples": opts.samples, "seeds": list(opts.seeds), "temperature": opts.temperature,
+                     "top_p": opts.top_p, "max_new_tokens": opts.max_new_tokens, "greedy": opts.temperature == 0,
+                     "batch_size": opts.batch_size,
+                     "streams": "batch-invariant: completion j of problem i draws from row_seed(benchmark_seed("
+                                "seed, benchmark), i, j) (tina.rollout.sampling, tina.eval.runner.benchmark_seed), "
+                                "the same for every model and batch size"},
+        "grader": {"name": "tina.grading", "source_sha256": grader_digest(), "timeout_seconds": opts.grader_timeout,
+                   "ungradable": "counted as incorrect in mean/pass@k; reported as n_ungradable"},
+        "statistics": {"ci": "95% percentile bootstrap over problems", "resamples": opts.bootstrap_resamples,
+                       "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds", "bootstrap_seed": 0},
+        "versions": library_versions(),
+    }
+    adapter_sha = {c.label: sha256_files(c.adapter) for c in adapters}
+
+    out.mkdir(parents=True, exist_ok=True)
+    models_for_test = ([BASE] if include_base else []) + adapters
+    n_val = (len(validation.rows) * len(opts.seeds) * (len(adapters) + include_base)) if validation else 0
+    n_test_models = (include_base + 1) if validation else len(models_for_test)
+    total = n_val + n_test_models * sum(len(b.rows) for b in benches) * len(opts.seeds)
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as samples_file, \
+            tqdm(total=total, unit="problem", disable=not opts.progress, dynamic_ncols=True) as bar:
+        session = Session(model, tokenizer, opts, samples_file, bar)
+        selection = None
+        if validation is not None:
+            selection, chosen = _select(session, validation, adapters, include_base, opts)
+            models_for_test = ([BASE] if include_base else []) + [chosen]
+        outcomes = {(c.label, b.name): session.evaluate(c, b) for c in models_for_test for b in benches}
+
+    results = _assemble(opts, common, models_for_test, benches, outcomes, adapter_sha, session, selection)
+    results["seconds"] = round(time.perf_counter() - started, 3)
+    results["tokens_generated"] = session.tokens
+    if opts.run:
+        results["ledger"] = add_eval_cost(opts.run, results["seconds"]) is not None
+    report.write_all(out, results, plot=bool(opts.run))
+    echo(report.markdown_table(results))
+    echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
+    return results
+
+
+def _validation_set(opts: EvalOptions, benches: list[Benchmark]) -> Benchmark:
+    if opts.select_on in opts.benchmarks:
+        raise TinaError(f"--select-on {opts.select_on} is also a test benchmark: choosing a checkpoint on the test set "
+                        f"leaks; select on a held-out file (e.g. RUN/holdout.jsonl) or another benchmark")
+    style, system_prompt, template = "math", None, None
+    if opts.select_prompt == "train":
+        data = (read_run_config(opts.run).get("data") or {}) if opts.run else {}
+        style, system_prompt, template = "raw", data.get("system_prompt"), data.get("template", "tokenizer")
+    val = load_validation(opts.select_on, data_dir=opts.data_dir, limit=opts.limit, style=style,
+                          system_prompt=system_prompt, chat_template=template)
+    test_problems = {r.get("problem") or r.get("question") for b in benches for r in b.rows}
+    overlap = [r["id"] for r in val.rows if (r.get("problem") or r.get("question")) in test_problems]
+    if overlap:
+        raise TinaError(f"validation set {opts.select_on} shares {len(overlap)} problem(s) with the test benchmarks "
+                        f"(ids {', '.join(overlap[:5])}); selecting on them would leak")
+    return val
+
+
+def _select(session: Session, val: Benchmark, adapters: list[Candidate], include_base: bool, opts: EvalOptions):
+    """Evaluate every checkpoint (and the base, for reference) on the validation set; choose the best."""
+    scored, rows = [], []
+    for cand in ([BASE] if include_base else []) + adapters:
+        outcome = session.evaluate(cand, val, phase="selection")
+        s = summarize(outcome.correct, seeds=opts.seeds, samples=opts.samples, resamples=opts.bootstrap_resamples)
+        rows.append({"model": cand.label, "step": cand.step, "mean": s["mean"], "ci95": s["ci95"],
+                     "n_problems": s["n_problems"], "n_samples": s["n_samples"], "n_ungradable": s["n_ungradable"]})
+        if cand.adapter is not None:
+            scored.append((cand, s["mean"]))
+    chosen = choose_checkpoint(scored)
+    selection = {
+        "on": opts.select_on, "name": val.name, "source": val.source, "data_sha256": val.data_sha256,
+        "rows_sha256": val.rows_sha256, "n_problems": len(val.rows), "prompt": opts.select_prompt,
+        "prompt_template": val.template, "metric": "mean@n over samples x seeds",
+        "tie_break": "earliest checkpoint", "all_tied": len(scored) > 1 and len({m for _, m in scored}) == 1,
+        "scores": rows, "chosen": chosen.label, "chosen_step": chosen.step,
+        "chosen_adapter": str(chosen.adapter),
+    }
+    return selection, chosen
+
+
+def _assemble(opts, common, models, benches, outcomes, adapter_sha, session, selection) -> dict:
+    res: dict = {}
+    for cand in models:
+        res[cand.label] = {}
+        for bench in benches:
+            o = outcomes[(cand.label, bench.name)]
+            s = summarize(o.correct, seeds=opts.seeds, samples=opts.samples, resamples=opts.bootstrap_resamples)
+            s["reasons"] = dict(o.reasons)
+            s["truncated_fraction"] = float(o.truncated.mean())
+            s["mean_completion_tokens"] = float(o.lengths.mean())
+            s["seconds"] = round(o.seconds, 3)
+            s["tokens"] = o.n_tokens
+            items, prompts = session.prompts(bench, opts.seeds[0])
+            s["protocol"] = {
+                **common,
+                "adapter": str(cand.adapter) if cand.adapter else None,
+                "adapter_sha256": adapter_sha.get(cand.label),
+                "benchmark": {"name": bench.name, "source": bench.source, "data_sha256": bench.data_sha256,
+                              "rows_sha256": bench.rows_sha256, "n_rows": bench.n_total, "limit": bench.limit,
+                              "grader_task": bench.task},
+                "prompt_template": bench.template,
+                "gpqa_choice_order": "sorted by sha256('gpqa|{seed}|{id}|{i}')" if bench.task == "gpqa" else None,
+                "example_prompt": prompts[0] if prompts else None,
+            }
+            res[cand.label][bench.name] = s
+    base = BASE.label if BASE in models else None
+    previous = None
+    for cand in models:
+        if cand.adapter is None:
+            continue
+        for bench in benches:
+            entry = res[cand.label][bench.name]
+            mine = outcomes[(cand.label, bench.name)].correct
+            if base:
+                entry["vs_base"] = paired(outcomes[(base, bench.name)].correct, mine, label=base,
+                                          resamples=opts.bootstrap_resamples)
+            if previous is not None:
+                entry["vs_previous"] = paired(outcomes[(previous.label, bench.name)].correct, mine,
+                                              label=previous.label, resamples=opts.bootstrap_resamples)
+        previous = cand
+    return {
+        "tina_eval_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "models": [{"label": c.label, "adapter": str(c.adapter) if c.adapter else None, "step": c.step,
+                    "adapter_sha256": adapter_sha.get(c.label)} for c in models],
+        "benchmarks": [b.name for b in benches],
+        "averages": {c.label: float(np.mean([res[c.label][b.name]["mean"] for b in benches])) for c in models},
+        "results": res,
+        "selection": selection,
+    }

@@ -1,0 +1,631 @@
+"""``tina recipes import``: turn an original Tina / open-r1 / TRL GRPO recipe (one flat YAML) into a tina recipe.
+
+Every key of the original is accounted for, in one of three ways:
+
+* **mapped** onto a tina key (``lora_r`` -> ``lora.r``, ``max_completion_length`` -> ``rollout.max_new_tokens``, ...);
+* **dropped** because it has no effect in tina (vLLM, hub, logging, output paths, DeepSpeed); the written recipe
+  lists them in a ``# Dropped`` comment;
+* anything else is an **error** naming the key and, for typos, the closest known key - exit code 2.  That is the
+  point: TRL 0.15's parser silently ignored ``scale_reward: false`` in Tina's Dr.GRPO recipe, which therefore ran
+  plain GRPO; here the same file stops with "did you mean 'scale_rewards'?".  Keys tina knows but cannot honour
+  (``use_dora: true``, ``load_in_4bit: true``, a ``linear``-only optimiser other than AdamW, ...) are errors too.
+
+Keys the original leaves out take the defaults of TRL 0.15 (the version Tina and early open-r1 ran), not tina's:
+``beta`` 0.04, ``temperature`` 0.9, ``num_generations`` 8, ``max_completion_length`` 256, per-device batch 8,
+``learning_rate`` 1e-6, ``lr_scheduler_type`` linear, ``loss_type`` grpo (per-sequence mean), ``scale_rewards`` true.
+
+Tina's own recipes (keys ``model_post_train_*`` / ``rl_post_train_*``) also get what Tina's code did outside the
+YAML: its dataset table (``curated_open_rs3`` -> ``knoveleng/open-rs``), its system-prompt rule (the Open-RS prompt
+for ``knoveleng/open-rs``, the OpenR1 prompt otherwise), its chat template (``r1-distill-tina``), bf16 weights, the
+``--cosine_max_len 3584`` its launch script passed for four runs, L1 targets drawn from 100..4000, and the stop step
+written in the ``max_steps`` comment ("use 1500 for lr scheduler but stop at 850 steps").
+
+Batch sizes: TRL counts ``per_device_train_batch_size`` completions per GPU; tina's ``train.batch_size`` counts the
+completions of one micro-batch in one process, so it is ``per_device_train_batch_size x num_processes`` (2 for Tina,
+``--num-processes`` otherwise), and ``gradient_accumulation_steps`` carries over: an optimizer step sees the same
+prompts and completions as the original.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tina.errors import ConfigError, did_you_mean
+
+# Tina's RL_POST_TRAIN_CONFIG_MAP (tina/utils/constant.py); v1 recipes prefix the names with "curated_".
+TINA_DATASETS: dict[str, str] = {
+    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
+    "2thought": "Intelligent-Internet/II-Thought-RL-v0-Math-50K",
+    "l1_exact": "agentica-org/DeepScaleR-Preview-Dataset",
+    "l1_max": "agentica-org/DeepScaleR-Preview-Dataset",
+    "fastcurl": "Nickyang/FastCuRL",
+    "still": "RUC-AIBOX/STILL-3-Preview-RL-Data",
+    "open_rs3": "knoveleng/open-rs",
+    "open_rs2": "knoveleng/open-rs",
+    "open_rs1": "knoveleng/open-s1",
+    "limr": "GAIR/LIMR",
+    "open_r1": "open-r1/OpenR1-Math-220k",
+    "thoughts": "bethgelab/CuratedThoughts",
+    "limr_large_lr_ablation": "GAIR/LIMR",
+    "limr_small_lr_ablation": "GAIR/LIMR",
+    "limr_large_rank_ablation": "GAIR/LIMR",
+    "limr_medium_rank_ablation": "GAIR/LIMR",
+    "limr_small_rank_ablation": "GAIR/LIMR",
+    "limr_tiny_rank_ablation": "GAIR/LIMR",
+    "open_rs3_drgrpo_ablation": "knoveleng/open-rs",
+    "open_rs3_format_ablation": "knoveleng/open-rs",
+    "open_rs3_long_completion_ablation": "knoveleng/open-rs",
+}
+# Tina's train script added `--cosine_max_len 3584` for exactly these dataset names (default 1000).
+TINA_COSINE_3584 = {"thoughts", "open_r1", "open_rs3", "open_rs3_drgrpo_ablation"}
+# Tina's short model names (its scripts resolve them to a local copy of the hub model).
+TINA_MODELS = {
+    "DeepSeek-R1-Distill-Qwen-1.5B": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "Qwen2.5-1.5B": "Qwen/Qwen2.5-1.5B",
+    "Qwen2.5-Math-1.5B": "Qwen/Qwen2.5-Math-1.5B",
+}
+# Training rows, to turn num_train_epochs into steps when max_steps is absent.  Rounded figures from Tina's
+# constant.py comments (exact for OpenR1-Math default); the note in the written recipe says so.
+DATASET_ROWS = {
+    "agentica-org/DeepScaleR-Preview-Dataset": 40_300,
+    "Intelligent-Internet/II-Thought-RL-v0-Math-50K": 53_300,
+    "Nickyang/FastCuRL": 80_600,
+    "RUC-AIBOX/STILL-3-Preview-RL-Data": 33_000,
+    "knoveleng/open-rs": 7_000,
+    "knoveleng/open-s1": 18_600,
+    "GAIR/LIMR": 1_390,
+    "open-r1/OpenR1-Math-220k": 93_733,
+    "bethgelab/CuratedThoughts": 66_100,
+}
+
+# TRL 0.15 GRPOConfig / transformers TrainingArguments defaults for keys an original leaves out.
+TRL_DEFAULTS = {
+    "beta": 0.04,
+    "temperature": 0.9,
+    "num_generations": 8,
+    "max_completion_length": 256,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 1e-6,
+    "lr_scheduler_type": "linear",
+    "epsilon": 0.2,
+    "num_iterations": 1,
+    "seed": 42,
+    "save_steps": 500,
+}
+
+# Known keys with no effect in tina -> why.  Prefixes end with "*".
+DROPPED: dict[str, str] = {
+    "use_vllm": "rollouts use transformers generate",
+    "vllm_*": "no vLLM backend",
+    "ds3_gather_for_generation": "no DeepSpeed",
+    "deepspeed": "no DeepSpeed",
+    "fsdp*": "single process",
+    "ddp_*": "single process",
+    "dataloader_*": "no dataloader",
+    "output_dir": "pass --output-dir to tina train",
+    "overwrite_output_dir": "tina refuses to overwrite a run; --resume continues one",
+    "run_name": "output only",
+    "resume_from_checkpoint": "use tina train --resume",
+    "push_to_hub": "no hub upload",
+    "hub_*": "no hub upload",
+    "log_level": "logging",
+    "log_level_replica": "logging",
+    "logging_first_step": "logging (every step is logged)",
+    "logging_strategy": "logging (every step is logged)",
+    "logging_dir": "logging",
+    "log_completions": "logging",
+    "num_completions_to_print": "logging",
+    "wandb_*": "logging (train.report_to chooses trackers)",
+    "save_strategy": "checkpoints every train.save_steps",
+    "save_only_model": "tina checkpoints hold the adapter plus trainer state",
+    "do_eval": "no in-training eval here; use tina eval",
+    "do_train": "implied",
+    "eval_*": "no in-training eval here; use tina eval",
+    "per_device_eval_batch_size": "no in-training eval here",
+    "benchmarks": "use tina eval",
+    "callbacks": "no callbacks",
+    "dataset_test_split": "no in-training eval here",
+    "dataset_num_proc": "preprocessing is in-process",
+    "gradient_checkpointing_kwargs": "tina always uses non-reentrant checkpointing",
+    "lora_task_type": "always CAUSAL_LM",
+    "use_peft": "tina always trains a LoRA adapter",
+    "bf16": "read as model.dtype",
+    "fp16": "read as model.dtype",
+    "tf32": "a CUDA matmul setting",
+    "torch_compile": "not used",
+    "use_liger_kernel": "not used",
+    "use_liger_loss": "not used",
+    "remove_unused_columns": "no dataloader",
+    "data_seed": "train.seed drives sampling",
+    "model_post_train_type": "checked: grpo only",
+    "code_language": "no code rewards",
+    "max_prompt_length": "tina does not truncate prompts (TRL cut them from the left)",
+    "chat_template": "a literal jinja template cannot be imported; data.template names one",
+    "optim": "checked: torch AdamW only",
+    "num_train_epochs": "read as train.max_steps when max_steps is absent",
+}
+
+# Known keys that map onto tina keys (checked below; listed here for suggestions).
+MAPPED = {
+    "model_name_or_path", "model_revision", "torch_dtype", "attn_implementation", "trust_remote_code",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "use_rslora", "use_dora",
+    "load_in_4bit", "load_in_8bit",
+    "dataset_name", "dataset_config", "dataset_train_split", "dataset_prompt_column", "dataset_mixture",
+    "model_post_train_dataset_name", "model_post_train_dataset_config", "model_post_train_dataset_path",
+    "system_prompt", "num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
+    "repetition_penalty", "generation_batch_size", "steps_per_generation",
+    "beta", "epsilon", "epsilon_high", "num_iterations", "scale_rewards", "loss_type", "mask_truncated_completions",
+    "importance_sampling_level", "sync_ref_model", "top_entropy_quantile", "delta",
+    "reward_funcs", "reward_weights", "rl_post_train_reward_funcs", "rl_post_train_reward_weights",
+    "cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct", "cosine_max_value_correct",
+    "cosine_max_len", "repetition_n_grams", "repetition_max_penalty",
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "max_grad_norm",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "save_steps", "save_total_limit",
+    "logging_steps", "report_to",
+}
+
+_REWARD_PARAMS = {  # original key -> (reward, parameter)
+    "cosine_min_value_wrong": ("cosine", "min_value_wrong"),
+    "cosine_max_value_wrong": ("cosine", "max_value_wrong"),
+    "cosine_min_value_correct": ("cosine", "min_value_correct"),
+    "cosine_max_value_correct": ("cosine", "max_value_correct"),
+    "cosine_max_len": ("cosine", "max_len"),
+    "repetition_n_grams": ("repetition_penalty", "ngram_size"),
+    "repetition_max_penalty": ("repetition_penalty", "max_penalty"),
+}
+_OBJECTIVES = {"grpo": "grpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "bnpo": "bnpo"}
+_SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine",
+               "cosine_with_min_lr": "cosine_with_min_lr"}
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+           "float32": "float32", "fp32": "float32", "float": "float32", "auto": "auto"}
+
+
+@dataclass
+class Imported:
+    """A converted recipe: ``recipe`` is a raw tina recipe dict (validate it with ``load_config``)."""
+
+    recipe: dict
+    notes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    source: str = "ORIGINAL.yaml"
+    missing_max_steps: str | None = None  # why max_steps could not be worked out (an error unless overridden)
+
+    def to_text(self, recipe_path: str | None = None) -> str:
+        """The recipe as YAML, with the run command on the first line and the notes and dropped keys as comments."""
+        stem = Path(recipe_path or self.source).stem
+        target = recipe_path or "THIS_FILE.yaml"  # printed: the user chooses where to save it
+        lines = [f"# tina train {target} --output-dir runs/{stem}",
+                 f"# Imported by `tina recipes import` from {self.source}; keys it leaves out take TRL 0.15's "
+                 "defaults."]
+        for note in self.notes:
+            wrapped = textwrap.wrap(note, width=114, break_on_hyphens=False, break_long_words=False) or [""]
+            lines.append(f"# - {wrapped[0]}")
+            lines += [f"#   {more}" for more in wrapped[1:]]
+        if self.dropped:
+            lines.append("# Dropped (no effect in tina):")
+            lines += _wrap_list(self.dropped)
+        body = yaml.dump(self.recipe, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120,
+                         allow_unicode=True)
+        return "\n".join(lines) + "\n" + body
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with multi-line strings (system prompts) written as literal blocks."""
+
+
+def _str_representer(dumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def _wrap_list(items: list[str], width: int = 116) -> list[str]:
+    out, line = [], "#  "
+    for item in items:
+        piece = f" {item},"
+        if len(line) + len(piece) > width:
+            out.append(line.rstrip())
+            line = "#  "
+        line += piece
+    out.append(line.rstrip().rstrip(","))
+    return out
+
+
+def _dropped_reason(key: str) -> str | None:
+    if key in DROPPED:
+        return DROPPED[key]
+    for pattern, reason in DROPPED.items():
+        if pattern.endswith("*") and key.startswith(pattern[:-1]):
+            return reason
+    return None
+
+
+def _suggest(key: str) -> str:
+    names = sorted(MAPPED | {k for k in DROPPED if not k.endswith("*")})
+    return did_you_mean(key, names)
+
+
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value)  # YAML 1.1 reads "1e-06" as a string
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def _int(key: str, value: Any) -> int:
+    number = _float(key, value)
+    if not number.is_integer():
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return int(number)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _list(key: str, value: Any) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    return value
+
+
+def _system_prompt_key(text: str) -> str:
+    from tina.prompts import SYSTEM_PROMPTS
+
+    for name, prompt in SYSTEM_PROMPTS.items():
+        if text.strip() == prompt.strip():
+            return name
+    return text
+
+
+def read_original(path: str | Path) -> tuple[dict, str]:
+    """(parsed mapping, raw text) of an original recipe; a clear ConfigError for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"original recipe not found: {path}")
+    text = p.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an original recipe is a flat mapping of TRL/open-r1 keys")
+    return raw, text
+
+
+def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_processes: int | None = None) -> Imported:
+    """Convert a parsed original recipe (``text`` is its raw text, read for the stop-step comment)."""
+    unknown = [k for k in raw if k not in MAPPED and _dropped_reason(k) is None]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key)}; tina refuses to guess (TRL would have "
+                          "ignored it silently)")
+    get = raw.get
+    notes: list[str] = []
+    dropped = [k for k in raw if k not in MAPPED and not _dropped_reason(k).startswith(("read as", "checked"))]
+    tina_style = any(k.startswith(("model_post_train_", "rl_post_train_")) for k in raw)
+
+    def unsupported(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key}: {raw[key]!r} is not supported by tina ({why})")
+
+    # ------------------------------------------------------------------------------------------------------- model
+    model: dict[str, Any] = {}
+    name = get("model_name_or_path")
+    if name is None:
+        raise ConfigError(f"{source}: model_name_or_path is missing")
+    name = str(name)
+    if name in TINA_MODELS:
+        notes.append(f"model '{name}' is Tina's short name for {TINA_MODELS[name]}")
+        name = TINA_MODELS[name]
+    model["name_or_path"] = name
+    if get("model_revision") not in (None, "main"):
+        model["revision"] = str(get("model_revision"))
+    dtype = get("torch_dtype")
+    if dtype is not None:
+        if str(dtype) not in _DTYPES:
+            raise ConfigError(f"{source}: torch_dtype '{dtype}' is not one of {', '.join(_DTYPES)}")
+        model["dtype"] = _DTYPES[str(dtype)]
+    elif tina_style:
+        model["dtype"] = "bfloat16"  # grpo.py loads with torch_dtype=torch.bfloat16 whatever the recipe says
+    elif get("bf16"):
+        model["dtype"] = "bfloat16"
+    elif get("fp16"):
+        model["dtype"] = "float16"
+    if get("attn_implementation") is not None:
+        model["attn_implementation"] = str(get("attn_implementation"))
+    if get("trust_remote_code") is not None:
+        model["trust_remote_code"] = _bool("trust_remote_code", get("trust_remote_code"))
+
+    # -------------------------------------------------------------------------------------------------------- lora
+    if get("use_peft") is False:
+        unsupported("use_peft", "it trains LoRA adapters only, not all weights")
+    if get("use_peft") is None:
+        notes.append("the original sets no use_peft (full fine-tuning in TRL); tina trains a LoRA adapter instead")
+    for key, why in (("use_dora", "no DoRA"), ("use_rslora", "no rsLoRA"), ("load_in_4bit", "no quantised base"),
+                     ("load_in_8bit", "no quantised base")):
+        if get(key):
+            unsupported(key, why)
+    if get("lora_modules_to_save"):
+        unsupported("lora_modules_to_save", "only LoRA weights are trained")
+    lora: dict[str, Any] = {}
+    if get("lora_r") is not None:
+        lora["r"] = _int("lora_r", get("lora_r"))
+    if get("lora_alpha") is not None:
+        lora["alpha"] = _int("lora_alpha", get("lora_alpha"))
+    if get("lora_dropout") is not None:
+        lora["dropout"] = _float("lora_dropout", get("lora_dropout"))
+    if get("lora_target_modules") is not None:
+        targets = get("lora_target_modules")
+        lora["target_modules"] = ["all-linear"] if targets == "all-linear" else [str(t) for t in _list(
+            "lora_target_modules", targets)]
+
+    # -------------------------------------------------------------------------------------------------------- data
+    data: dict[str, Any] = {}
+    tina_name = None
+    if get("dataset_mixture") is not None:
+        unsupported("dataset_mixture", "one dataset per recipe")
+    if get("model_post_train_type") not in (None, "grpo"):
+        unsupported("model_post_train_type", "tina runs GRPO-family RL only")
+    if get("model_post_train_dataset_path") is not None:
+        data["source"] = str(get("model_post_train_dataset_path"))
+    elif get("model_post_train_dataset_name") is not None:
+        tina_name = str(get("model_post_train_dataset_name")).removeprefix("curated_")
+        if tina_name not in TINA_DATASETS:
+            raise ConfigError(f"{source}: model_post_train_dataset_name '{get('model_post_train_dataset_name')}' is "
+                              f"not in Tina's dataset table{did_you_mean(tina_name, TINA_DATASETS)}")
+        data["source"] = TINA_DATASETS[tina_name]
+        notes.append(f"dataset '{get('model_post_train_dataset_name')}' is {data['source']} in Tina's dataset table")
+        if get("model_post_train_dataset_config") is not None:
+            data["subset"] = str(get("model_post_train_dataset_config"))
+    elif get("dataset_name") is not None:
+        data["source"] = str(get("dataset_name"))
+        if get("dataset_config") is not None:
+            data["subset"] = str(get("dataset_config"))
+    else:
+        raise ConfigError(f"{source}: no dataset (dataset_name, or Tina's model_post_train_dataset_name)")
+    if data["source"] == "open-r1/OpenR1-Math-220k" and "subset" not in data:
+        data["subset"] = "default"
+    data["adapter"] = _adapter_for(data["source"])
+    if get("dataset_train_split") is not None:
+        data["split"] = str(get("dataset_train_split"))
+    if get("dataset_prompt_column") not in (None, "prompt", "problem"):
+        data["problem_field"] = str(get("dataset_prompt_column"))
+    if get("system_prompt") is not None:
+        data["system_prompt"] = _system_prompt_key(str(get("system_prompt")))
+    elif tina_style:
+        data["system_prompt"] = "open-rs" if "open-rs" in data["source"] else "openr1"
+        notes.append(f"system prompt '{data['system_prompt']}' by Tina's rule (Open-RS prompt for knoveleng/open-rs)")
+    if tina_style:
+        data["template"] = "r1-distill-tina"
+    if tina_name and tina_name.startswith("l1_"):
+        data["l1_mode"] = tina_name.removeprefix("l1_")
+        data["l1_target_range"] = [100, 4000]
+        notes.append("L1 targets drawn uniformly from 100..4000 per problem, as Tina's grpo.py did")
+
+    # ----------------------------------------------------------------------------------------------------- rollout
+    for key, why in (("generation_batch_size", "TRL >= 0.18 generation batching"),
+                     ("steps_per_generation", "TRL >= 0.18 generation batching")):
+        if get(key) is not None:
+            unsupported(key, why)
+    if get("min_p") not in (None, 0, 0.0):
+        unsupported("min_p", "no min-p sampling")
+    if get("repetition_penalty") not in (None, 1, 1.0):
+        unsupported("repetition_penalty", "no sampling repetition penalty; the repetition_penalty *reward* exists")
+    rollout: dict[str, Any] = {
+        "num_generations": _int("num_generations", get("num_generations", TRL_DEFAULTS["num_generations"])),
+        "max_new_tokens": _int("max_completion_length",
+                               get("max_completion_length", TRL_DEFAULTS["max_completion_length"])),
+        "temperature": _float("temperature", get("temperature", TRL_DEFAULTS["temperature"])),
+    }
+    if get("top_p") is not None:
+        rollout["top_p"] = _float("top_p", get("top_p"))
+    if get("top_k") is not None:
+        rollout["top_k"] = _int("top_k", get("top_k"))
+
+    # --------------------------------------------------------------------------------------------------- algorithm
+    if get("sync_ref_model"):
+        unsupported("sync_ref_model", "the reference is always the base model")
+    if get("delta") is not None:
+        unsupported("delta", "no two-sided clipping")
+    if get("top_entropy_quantile") not in (None, 1, 1.0):
+        unsupported("top_entropy_quantile", "no entropy masking")
+    algorithm: dict[str, Any] = {"objective": "grpo", "beta": _float("beta", get("beta", TRL_DEFAULTS["beta"]))}
+    loss_type = get("loss_type")
+    if loss_type is not None:
+        if str(loss_type) not in _OBJECTIVES:
+            raise ConfigError(f"{source}: loss_type '{loss_type}' is not supported; tina has "
+                              f"{', '.join(_OBJECTIVES)} (and gspo via importance_sampling_level: sequence)"
+                              f"{did_you_mean(str(loss_type), _OBJECTIVES)}")
+        algorithm["objective"] = _OBJECTIVES[str(loss_type)]
+    level = get("importance_sampling_level")
+    if level not in (None, "token", "sequence"):
+        raise ConfigError(f"{source}: importance_sampling_level '{level}' is not token or sequence")
+    if level == "sequence":
+        algorithm["objective"] = "gspo"
+    scale = get("scale_rewards")
+    if scale is not None:
+        if isinstance(scale, bool):
+            algorithm["scale_rewards"] = "group" if scale else "none"
+        elif str(scale) in ("group", "batch", "none"):
+            algorithm["scale_rewards"] = str(scale)
+        else:
+            raise ConfigError(f"{source}: scale_rewards '{scale}' is not true, false, group, batch or none")
+        if tina_style and scale is False and loss_type is None:
+            algorithm["objective"] = "dr_grpo"
+            notes.append("scale_rewards: false in a Tina recipe means Dr.GRPO: objective dr_grpo (Tina's trainer "
+                         "normalised by the global token count instead; --set algorithm.objective=dapo for that)")
+    for key in ("epsilon", "epsilon_high"):
+        if get(key) is not None:
+            algorithm[key] = _float(key, get(key))
+    if get("num_iterations") is not None:
+        algorithm["num_iterations"] = _int("num_iterations", get("num_iterations"))
+    if get("mask_truncated_completions") is not None:
+        algorithm["mask_truncated_completions"] = _bool("mask_truncated_completions",
+                                                        get("mask_truncated_completions"))
+
+    # ----------------------------------------------------------------------------------------------------- rewards
+    rewards = _rewards(raw, source, tina_style, tina_name, notes, dropped)
+
+    # ------------------------------------------------------------------------------------------------------- train
+    train: dict[str, Any] = {}
+    nproc = num_processes if num_processes is not None else (2 if tina_style else 1)
+    if num_processes is None:
+        notes.append(f"{nproc} process(es) assumed ({'Tina ran 2 GPUs' if tina_style else 'pass --num-processes N'}"
+                     "): train.batch_size = per_device_train_batch_size x processes")
+    per_device = _int("per_device_train_batch_size",
+                      get("per_device_train_batch_size", TRL_DEFAULTS["per_device_train_batch_size"]))
+    train["batch_size"] = per_device * nproc
+    if train["batch_size"] % rollout["num_generations"]:
+        raise ConfigError(f"{source}: per_device_train_batch_size {per_device} x {nproc} process(es) = "
+                          f"{train['batch_size']} completions is not divisible by num_generations "
+                          f"{rollout['num_generations']}; pass the original's GPU count with --num-processes")
+    train["gradient_accumulation_steps"] = _int(
+        "gradient_accumulation_steps", get("gradient_accumulation_steps", TRL_DEFAULTS["gradient_accumulation_steps"]))
+    prompts_per_step = train["batch_size"] // rollout["num_generations"] * train["gradient_accumulation_steps"]
+    missing_max_steps = None
+    max_steps = get("max_steps")
+    if max_steps is not None and _int("max_steps", max_steps) > 0:
+        train["max_steps"] = _int("max_steps", max_steps)
+        stop = _stop_from_comment(text)
+        if stop is not None and 0 < stop < train["max_steps"]:
+            train["stop_step"] = stop
+            notes.append(f"stop_step {stop} from the max_steps comment (the schedule runs over {train['max_steps']})")
+    else:
+        epochs = _float("num_train_epochs", get("num_train_epochs", 3.0))
+        rows = DATASET_ROWS.get(data["source"])
+        if rows is None:
+            missing_max_steps = (f"{source} sets no max_steps and tina does not know the size of {data['source']}; "
+                                 f"add --set train.max_steps=N (N = epochs x rows / {prompts_per_step} prompts per "
+                                 "step)")
+        else:
+            train["max_steps"] = math.ceil(epochs * rows / prompts_per_step)
+            notes.append(f"max_steps {train['max_steps']} = {epochs:g} epoch(s) x ~{rows:,} rows / "
+                         f"{prompts_per_step} prompts per step (dataset size approximate)")
+    train["learning_rate"] = _float("learning_rate", get("learning_rate", TRL_DEFAULTS["learning_rate"]))
+    sched = str(get("lr_scheduler_type", TRL_DEFAULTS["lr_scheduler_type"]))
+    if sched not in _SCHEDULERS:
+        raise ConfigError(f"{source}: lr_scheduler_type '{sched}' is not supported; tina has "
+                          f"{', '.join(_SCHEDULERS)}{did_you_mean(sched, _SCHEDULERS)}")
+    train["lr_scheduler"] = _SCHEDULERS[sched]
+    kwargs = get("lr_scheduler_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{source}: lr_scheduler_kwargs must be a mapping, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if key == "min_lr_rate":
+            train["min_lr_ratio"] = _float("lr_scheduler_kwargs.min_lr_rate", value)
+        elif key == "min_lr":
+            train["min_lr_ratio"] = _float("lr_scheduler_kwargs.min_lr", value) / train["learning_rate"]
+        else:
+            raise ConfigError(f"{source}: lr_scheduler_kwargs.{key} is not supported (only min_lr_rate, min_lr)"
+                              f"{did_you_mean(key, ['min_lr_rate', 'min_lr'])}")
+    if get("warmup_ratio") is not None:
+        train["warmup_ratio"] = _float("warmup_ratio", get("warmup_ratio"))
+    if get("warmup_steps") not in (None, 0):
+        warmup = _int("warmup_steps", get("warmup_steps"))
+        if "max_steps" not in train:
+            raise ConfigError(f"{source}: warmup_steps needs max_steps (tina stores warmup as a ratio)")
+        ratio = warmup / train["max_steps"]
+        if math.ceil(train["max_steps"] * ratio) != warmup:
+            ratio = (warmup - 0.5) / train["max_steps"]
+        train["warmup_ratio"] = ratio
+    optim = get("optim")
+    if optim is not None and str(optim) not in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
+        unsupported("optim", "the optimiser is torch AdamW")
+    for key, ours in (("weight_decay", "weight_decay"), ("adam_beta1", "adam_beta1"), ("adam_beta2", "adam_beta2"),
+                      ("adam_epsilon", "adam_epsilon"), ("max_grad_norm", "max_grad_norm")):
+        if get(key) is not None:
+            train[ours] = _float(key, get(key))
+    if get("save_strategy") not in (None, "steps"):
+        notes.append(f"save_strategy '{get('save_strategy')}': tina saves every train.save_steps steps instead")
+    train["seed"] = _int("seed", get("seed", TRL_DEFAULTS["seed"]))
+    train["save_steps"] = _int("save_steps", get("save_steps", TRL_DEFAULTS["save_steps"]))
+    if get("save_total_limit") is not None:
+        train["save_total_limit"] = _int("save_total_limit", get("save_total_limit"))
+    if get("logging_steps") is not None:
+        train["logging_steps"] = _int("logging_steps", get("logging_steps"))
+    if get("gradient_checkpointing") is not None:
+        train["gradient_checkpointing"] = _bool("gradient_checkpointing", get("gradient_checkpointing"))
+    if get("report_to") is not None:
+        trackers = get("report_to")
+        trackers = [trackers] if isinstance(trackers, str) else _list("report_to", trackers)
+        train["report_to"] = [t for t in trackers if t in ("tensorboard", "wandb")]
+
+    cost: dict[str, Any] = {"num_devices": nproc}
+    if tina_style:
+        cost.update(device_name="NVIDIA L40S", usd_per_device_hour=1.0, seconds_per_step=30.0,
+                    estimate_note="Tina's hardware and price; 30 s/step from the paper's Table 1 (an estimate)")
+    recipe = {"model": model, "lora": lora, "data": data, "rollout": rollout, "algorithm": algorithm,
+              "rewards": rewards, "train": train, "cost": cost}
+    recipe = {k: v for k, v in recipe.items() if v}
+    return Imported(recipe, notes, dropped, source, missing_max_steps)
+
+
+def _adapter_for(source: str) -> str:
+    from tina.data.adapters import HUB_IDS, split_hub_id
+
+    matches = [name for name, hub in HUB_IDS.items() if split_hub_id(hub)[0] == source and name != "l1"]
+    return matches[0] if matches else "auto"
+
+
+def _stop_from_comment(text: str) -> int | None:
+    """Tina wrote the stop step only in a comment: ``max_steps: 1500 # use 1500 for lr scheduler but stop at 850``."""
+    m = re.search(r"^max_steps:[^\n#]*#[^\n]*?stop at (\d+)", text, flags=re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def _rewards(raw: dict, source: str, tina_style: bool, tina_name: str | None, notes: list[str],
+             dropped: list[str]) -> dict:
+    if raw.get("rl_post_train_reward_funcs") is not None or raw.get("rl_post_train_reward_weights") is not None:
+        names_key, weights_key = "rl_post_train_reward_funcs", "rl_post_train_reward_weights"
+    else:
+        names_key, weights_key = "reward_funcs", "reward_weights"
+    names = raw.get(names_key)
+    weights = raw.get(weights_key)
+    if names is None:
+        if tina_style:
+            names, default_weights = ["accuracy", "format"], [2.0, 1.0]  # Tina's ModelPTConfig defaults
+        else:
+            names, default_weights = ["accuracy", "format", "tag_count"], [1.0, 1.0, 1.0]  # open-r1's defaults
+        notes.append(f"no reward list: the original's defaults {names}")
+        weights = default_weights if weights is None else weights
+    names = [str(n) for n in _list(names_key, names)]
+    weights = [1.0] * len(names) if weights is None else [_float(weights_key, w) for w in _list(weights_key, weights)]
+    if len(weights) != len(names):
+        raise ConfigError(f"{source}: {len(names)} rewards ({names_key}) but {len(weights)} weights ({weights_key})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: {names_key} lists a reward twice: {names}")
+    rewards: dict[str, dict] = {n: {"weight": w} for n, w in zip(names, weights)}
+    for key, (reward, param) in _REWARD_PARAMS.items():
+        if raw.get(key) is None:
+            continue
+        if reward in rewards:
+            value = raw[key]
+            rewards[reward][param] = _int(key, value) if param in ("max_len", "ngram_size") else _float(key, value)
+        else:
+            dropped.append(key)
+    if "cosine" in rewards and "max_len" not in rewards["cosine"]:
+        if tina_style and tina_name in TINA_COSINE_3584:
+            rewards["cosine"]["max_len"] = 3584
+            notes.append("cosine max_len 3584: Tina's train script passed --cosine_max_len 3584 for this run")
+        else:
+            rewards["cosine"]["max_len"] = 1000
+    return rewards

@@ -1,0 +1,123 @@
+"""Data parallelism through accelerate on CPU (gloo): 2 processes == 1 process, one writer, no hang on a dead peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tina import cli
+from tina.distributed import Dist, config_path
+from tina.errors import TinaError
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["--set", "train.batch_size=32", "--set", "rollout.num_generations=8", "--set", "train.max_steps=3",
+          "--set", "train.save_steps=3", "--set", "rollout.max_new_tokens=24", "--no-progress"]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _tina(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tina", *args], env=_env(), capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from tina.tiny import resolve_builtin
+
+    resolve_builtin("builtin:tiny-arith", progress=False)  # build once, outside the timed subprocesses
+    out = tmp_path_factory.mktemp("dist")
+    one = _tina("train", "demo", "-o", str(out / "one"), *COMMON)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _tina("train", "demo", "-o", str(out / "two"), *COMMON, "--num-processes", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    return out / "one", out / "two"
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(runs):
+    one, two = runs
+    a = load_file(str(one / "checkpoint-3" / "adapter_model.safetensors"))
+    b = load_file(str(two / "checkpoint-3" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:  # only the all-reduce's summation order differs
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=2e-5), (key, (a[key] - b[key]).abs().max())
+    m1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(m1, m2, strict=True):  # the same completions were sampled: keyed, batch-invariant sampling
+        assert x["tokens"] == y["tokens"] and x["completion_length"] == y["completion_length"]
+        assert x["reward"] == pytest.approx(y["reward"], abs=1e-9)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_only_the_main_process_writes(runs):
+    _, two = runs
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 3  # not 3 per process
+    assert len((two / "probes.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoint-3", "config.yaml", "ledger.json", "metrics.jsonl",
+                                                     "probes.jsonl"]
+    ledger = json.loads((two / "ledger.json").read_text())
+    assert ledger["num_devices"] == 2  # device-hours count every process
+    assert ledger["device_hours"] == pytest.approx(2 * ledger["wall_seconds"] / 3600, rel=1e-3)
+
+
+def test_a_dead_process_makes_the_run_exit_nonzero_without_hanging(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tina", "train", "demo", "-o", str(run), "--num-processes", "2",
+           *COMMON[:-1], "--set", "train.max_steps=500", "--set", "train.save_steps=500", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run / "metrics.jsonl").is_file() or \
+                not (run / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "the 2-process run never logged a step"
+            time.sleep(0.5)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "tina" in " ".join(p.cmdline()) and "accelerate" not in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in workers]
+        killed_at = time.time()
+        workers[-1].send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=180)
+        assert code != 0
+        assert time.time() - killed_at < 180
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_shipped_accelerate_configs_exist_and_unknown_names_are_clear():
+    for name in ("ddp", "zero2", "fsdp"):
+        assert config_path(name).is_file()
+    with pytest.raises(TinaError, match="did you mean 'zero2'"):
+        config_path("zero3x")
+
+
+def test_single_process_world_shares_everything():
+    d = Dist()
+    assert d.share(8) == slice(0, 8) and d.sum([1.0, 2.0]) == [1.0, 2.0] and d.gather([3.0]) == [3.0]
+    assert Dist(rank=1, world_size=2).share(8) == slice(4, 8)
+
+
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_launch(tmp_path, capsys):
+    code = cli.main(["train", "demo", "-o", str(tmp_path / "r"), "--num-processes", "3",
+                     "--set", "train.batch_size=32", "--set", "rollout.num_generations=8"])
+    assert code == 2
+    assert "4 prompts per micro-batch do not split over 3 processes" in capsys.readouterr().err
