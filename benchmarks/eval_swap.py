@@ -1,19 +1,21 @@
-"""What does evaluating many checkpoints by swapping LoRA adapters on one base model cost?
+"""What does evaluating many checkpoints on ONE base model cost, compared with no switching at all?
 
 Builds a tiny run (5 LoRA checkpoints, r=16 on all linear layers, on builtin:tiny-random unless --model) and times the
-same evaluation work -- the demo's held-out arithmetic problems, S samples each, seeded sampling, graded -- three ways:
+same evaluation work -- the demo's held-out arithmetic problems, S samples each, seeded sampling, graded, through
+`tina.eval.runner.Session` exactly as `tina eval --run` does -- four ways:
 
-  swap    what `tina eval --run` does: one base model, PEFT load_adapter / set_adapter / delete_adapter per checkpoint
-  kept    the same adapter kept loaded for all 5 generations (no swapping): the generation cost with LoRA layers
-  merged  5 merged models preloaded in memory (merging not timed): generation with no LoRA compute at all
+  swap-merged    `tina eval` default: each adapter merged into the weights in turn, base restored exactly between
+  preloaded      5 merged models already in memory (merging not timed): the no-overhead reference for swap-merged
+  swap-unmerged  `tina eval --no-merge-adapters`: PEFT load_adapter / set_adapter / delete_adapter per checkpoint
+  kept           one unmerged adapter kept loaded for all 5 evaluations: the no-overhead reference for swap-unmerged
 
-    python benchmarks/eval_swap.py                       # 64 problems x 4 samples x 32 tokens, 3 repeats
-    python benchmarks/eval_swap.py --problems 128 --repeats 5 --device cuda
+    python benchmarks/eval_swap.py --threads 1           # 64 problems x 4 samples x 32 tokens, 5 repeats
+    python benchmarks/eval_swap.py --problems 128 --device cuda
 
 Prints wall seconds per mode (best and median of the repeats; the modes are interleaved so load from other processes
 hits them alike) and process CPU seconds (best; far less sensitive to other processes on a shared machine, most so
-with --threads 1), the ratios swap/kept and swap/merged, the time of one adapter swap alone, and checks that swapping
-gives exactly the completions of the adapter kept loaded.
+with --threads 1), the overhead ratios, the time of one switch alone, and checks that switching gives exactly the
+completions of the no-switching reference.
 """
 
 from __future__ import annotations
@@ -52,12 +54,11 @@ def make_run(base, folder: Path, n: int, rank: int) -> list[Path]:
     return paths
 
 
-def evaluate(session, candidates, bench) -> tuple[float, float, list]:
-    """(wall seconds, process CPU seconds) for `session` (a tina.eval.runner.Session) to evaluate every candidate,
-    and their completions."""
+def timed(jobs) -> tuple[float, float, list]:
+    """Run (session, candidate) jobs against the benchmark; (wall s, process CPU s, completions of each job)."""
     wall, cpu = time.perf_counter(), time.process_time()
     outs = []
-    for cand in candidates:
+    for session, cand, bench in jobs:
         session.evaluate(cand, bench)
         outs.append(session.last_completions)
     return time.perf_counter() - wall, time.process_time() - cpu, outs
@@ -89,76 +90,77 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     base, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     bench = load_benchmark("arith", limit=args.problems)
-    opts = EvalOptions(samples=args.samples, seeds=[0], temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.problems * args.samples, progress=False)
+
+    class Recording(Session):
+        def _write_samples(self, cand, bench, seed, items, graded, phase):
+            self.last_completions = graded.completions
+
+    def session(model, merge):
+        opts = EvalOptions(samples=args.samples, seeds=[0], temperature=1.0, top_p=1.0, progress=False,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.problems * args.samples,
+                           merge_adapters=merge)
+        return Recording(model, tokenizer, opts, open(os.devnull, "w"), tqdm(disable=True))
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_run(base, Path(tmp), args.checkpoints, args.rank)
-        merged = [PeftModel.from_pretrained(copy.deepcopy(base), str(p)).merge_and_unload().eval() for p in paths]
-        sink = open(os.devnull, "w")
-        bar = tqdm(disable=True)
+        cands = [Candidate(p.name, p, i) for i, p in enumerate(paths)]
+        # each way gets its own copy of the base: PEFT changes the model it is given, in place
+        swap_m, swap_u, kept = session(copy.deepcopy(base), True), session(copy.deepcopy(base), False), \
+            session(copy.deepcopy(base), False)
+        preloaded = [session(PeftModel.from_pretrained(copy.deepcopy(base), str(p)).merge_and_unload().eval(), True)
+                     for p in paths]
+        switch_seconds = {"swap-merged": [], "swap-unmerged": []}
+        for name, s, method in (("swap-merged", swap_m, "_merge_in"), ("swap-unmerged", swap_u, "_swap")):
+            original = getattr(s.switcher, method)
 
-        class Recording(Session):
-            def _write_samples(self, cand, bench, seed, items, graded, phase):
-                self.last_completions = graded.completions
+            def timed_switch(adapter, original=original, log=switch_seconds[name]):
+                start = time.perf_counter()
+                original(adapter)
+                log.append(time.perf_counter() - start)
 
-        swap = Recording(base, tokenizer, opts, sink, bar)  # the base model, adapters swapped in place
-        swap_cands = [Candidate(p.name, p, i) for i, p in enumerate(paths)]
-        kept_cands = [Candidate(paths[0].name, paths[0], 0)] * len(paths)
-        # "kept" needs its own copy of the base: PEFT injects the adapter layers into the model it wraps
-        kept = Recording(copy.deepcopy(base), tokenizer, opts, sink, bar)
-        merged_sessions = [Recording(m, tokenizer, opts, sink, bar) for m in merged]
-
-        def run_merged():
-            wall, cpu = time.perf_counter(), time.process_time()
-            for s in merged_sessions:
-                s.evaluate(BASE, bench)
-            return time.perf_counter() - wall, time.process_time() - cpu, None
-
-        swap_seconds = []  # the adapter swap alone: PEFT load_adapter + set_adapter + delete_adapter
-        original_swap = swap.switcher._swap
-
-        def timed_swap(adapter):
-            start = time.perf_counter()
-            original_swap(adapter)
-            swap_seconds.append(time.perf_counter() - start)
-
-        swap.switcher._swap = timed_swap
-        modes = {"swap": lambda: evaluate(swap, swap_cands, bench),
-                 "kept": lambda: evaluate(kept, kept_cands, bench),
-                 "merged": run_merged}
-        for fn in modes.values():  # warm-up: kernels, grader worker, first adapter load
-            fn()
-        walls = {m: [] for m in modes}
-        cpus = {m: [] for m in modes}
-        outputs = {}
+            setattr(s.switcher, method, timed_switch)
+        modes = {
+            "swap-merged": [(swap_m, c, bench) for c in cands],
+            "preloaded": [(s, BASE, bench) for s in preloaded],
+            "swap-unmerged": [(swap_u, c, bench) for c in cands],
+            "kept": [(kept, cands[0], bench)] * len(cands),
+        }
+        for jobs in modes.values():  # warm-up: kernels, the grader worker, the first adapter
+            timed(jobs)
+        walls, cpus, outputs = ({m: [] for m in modes} for _ in range(3))
         for _ in range(args.repeats):
-            for name, fn in modes.items():
-                wall, cpu, outs = fn()
+            for name, jobs in modes.items():
+                wall, cpu, outs = timed(jobs)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
                 outputs[name] = outs
-        same = outputs["swap"][0] == outputs["kept"][0]
+        same_merged = outputs["swap-merged"] == outputs["preloaded"]
+        same_unmerged = outputs["swap-unmerged"][0] == outputs["kept"][0]
 
     best = {m: min(t) for m, t in walls.items()}
     med = {m: statistics.median(t) for m, t in walls.items()}
     cpu = {m: min(t) for m, t in cpus.items()}
+    ref = {"swap-merged": "preloaded", "preloaded": "preloaded", "swap-unmerged": "kept", "kept": "kept"}
     work = f"{args.checkpoints} checkpoints x {args.problems} problems x {args.samples} samples x " \
            f"{args.max_new_tokens} tokens"
     print(f"\neval_swap: {args.model} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads), LoRA "
           f"r={args.rank} on all linear layers; {work}; {args.repeats} repeats\n")
-    print("| mode | wall best s | wall median s | CPU best s | wall vs kept | CPU vs kept | CPU vs merged |")
-    print("|---|---|---|---|---|---|---|")
-    for m in walls:
-        print(f"| {m} | {best[m]:.2f} | {med[m]:.2f} | {cpu[m]:.2f} | {best[m] / best['kept']:.2f}x | "
-              f"{cpu[m] / cpu['kept']:.2f}x | {cpu[m] / cpu['merged']:.2f}x |")
-    per_swap = statistics.median(swap_seconds)
-    print(f"\nswap overhead, swap / kept: wall {best['swap'] / best['kept']:.3f}x, "
-          f"CPU {cpu['swap'] / cpu['kept']:.3f}x "
-          f"(target <= 1.3x); swap / merged: wall {best['swap'] / best['merged']:.3f}x, "
-          f"CPU {cpu['swap'] / cpu['merged']:.3f}x")
-    print(f"one adapter swap (load + set + delete): median {1000 * per_swap:.1f} ms over {len(swap_seconds)} swaps, "
-          f"= {100 * per_swap * args.checkpoints / best['kept']:.1f}% of the kept-adapter generation time")
-    print(f"swapped adapter gives the same completions as the adapter kept loaded: {'yes' if same else 'NO'}")
+    print("| mode | wall best s | wall median s | CPU best s | vs its reference (wall / CPU) | vs preloaded (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for m in modes:
+        r = ref[m]
+        print(f"| {m} | {best[m]:.2f} | {med[m]:.2f} | {cpu[m]:.2f} | {r}: {best[m] / best[r]:.2f}x / "
+              f"{cpu[m] / cpu[r]:.2f}x | {cpu[m] / cpu['preloaded']:.2f}x |")
+    print()
+    for name, log in switch_seconds.items():
+        ms = 1000 * statistics.median(log)
+        print(f"one switch, {name}: median {ms:.1f} ms over {len(log)} switches")
+    print(f"tina eval default (swap-merged) vs merged models preloaded: wall {best['swap-merged'] / best['preloaded']:.3f}x,"
+          f" CPU {cpu['swap-merged'] / cpu['preloaded']:.3f}x (target <= 1.3x)")
+    print(f"--no-merge-adapters (swap-unmerged) vs one adapter kept loaded: wall "
+          f"{best['swap-unmerged'] / best['kept']:.3f}x, CPU {cpu['swap-unmerged'] / cpu['kept']:.3f}x")
+    print(f"same completions as without switching: merged {'yes' if same_merged else 'NO'}, "
+          f"unmerged {'yes' if same_unmerged else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_run_loads_the_base_once_and_swaps_adapters(tiny_run, tmp_path, count_ba
     ledger = json.loads((tiny_run / "ledger.json").read_text())  # the evaluation was booked in the run's ledger
     booked = ledger["phases"]["evaluation"] - ledger_before["phases"]["evaluation"]
     assert booked > 0 and ledger["evaluation"]["runs"] == ledger_before.get("evaluation", {}).get("runs", 0) + 1
-    assert ledger["usd"] == pytest.approx(ledger["device_hours"] * 2.0, abs=1e-6)
+    assert ledger["usd"] == pytest.approx(ledger["device_hours"] * 2.0, abs=1e-5)  # sums of rounded parts
 
     # the same adapter evaluated alone (no swapping, its own process state) gives the same completions
     alone = tmp_path / "alone"

@@ -4,7 +4,8 @@ The flow, top to bottom (`run_eval`)::
 
     base, tokenizer = load_model_and_tokenizer(model)            # once; base_weights_digest for the protocol
     [--select-on]  every checkpoint on the validation set -> choose_checkpoint (ties -> earliest); keep only it
-    for model in (base, adapters):                               # AdapterSwitcher: PEFT load/set/delete_adapter
+    for model in (base, adapters):                               # AdapterSwitcher: merged in place (the base
+                                                                 # restored exactly after) or PEFT set_adapter
         for benchmark, seed:
             generate_and_grade(..., Sampling(seed=benchmark_seed(seed, benchmark)))  # correct [problems, samples]
             append every completion to samples.jsonl             # streamed: long completions never pile up
@@ -34,6 +35,7 @@ from tina.errors import TinaError
 from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_validation
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 # ------------------------------------------------------------------------------------------------------ options
@@ -97,8 +99,9 @@ def adapter_candidates(paths: list[str]) -> list[Candidate]:
     folders = [Path(p) for p in paths]
     names = Counter(p.name for p in folders)
     for p in folders:
-        if not (p / "adapter_config.json").is_file():
-            raise TinaError(f"--adapter {p}: no adapter_config.json there (expected a PEFT adapter folder)")
+        if not (p / "adapter_config.json").is_file() or not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
+            raise TinaError(f"--adapter {p}: expected a PEFT adapter folder (adapter_config.json and "
+                            f"{' or '.join(ADAPTER_WEIGHTS)})")
         label = p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}"
         seen[label] += 1
         if seen[label] > 1:
@@ -118,7 +121,7 @@ def read_run_config(run_dir: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise TinaError(f"cannot read {path}: {exc}") from None
+        raise TinaError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -136,11 +139,13 @@ def base_model_for(adapter_dir: str | Path) -> str | None:
     return cfg.get("base_model_name_or_path")
 
 
-def sha256_files(folder: str | Path, names: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")
-                 ) -> str:
-    """sha256 over the named files of a folder (name, then bytes, for each) -- the identity of an adapter."""
+def sha256_files(folder: str | Path, names: tuple[str, ...] = ("adapter_config.json", *ADAPTER_WEIGHTS)) -> str:
+    """sha256 over those of the named files that exist in a folder (name, then bytes, for each): the identity of an
+    adapter."""
     h = hashlib.sha256()
     for name in names:
+        if not (Path(folder) / name).is_file():
+            continue
         h.update(name.encode())
         with open(Path(folder) / name, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -292,13 +297,15 @@ def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
 
 
 # ---------------------------------------------------------------------------------------------------- the ledger
-def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None) -> dict | None:
+def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None, *,
+                  label: str | None = None) -> dict | None:
     """Book ``seconds`` of evaluation into RUN/ledger.json, if the run has one; return the updated ledger.
 
     ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
     ``num_devices * seconds / 3600`` (default: the ledger's own ``num_devices``) and ``usd`` is recomputed as
-    ``device_hours * usd_per_device_hour``.  The ``evaluation`` key keeps the evaluation totals on their own:
-    ``{"seconds", "device_hours", "usd", "runs"}``.
+    ``device_hours * usd_per_device_hour``; ``evaluation`` holds the totals ``{"seconds", "device_hours", "usd",
+    "runs"}``.  The bookkeeping lives in `tina.ledger.add_eval_cost` (an append-only RUN/eval_costs.jsonl, so an
+    evaluation that runs beside a training process never overwrites its cost, nor the other way round).
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -307,30 +314,9 @@ def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None =
     >>> add_eval_cost(d, 1800)["usd"]      # 2 devices x 0.5 h more at $1.5
     4.5
     """
-    from tina.ledger import atomic_write_text
+    from tina.ledger import add_eval_cost as book
 
-    path = Path(run_dir) / "ledger.json"
-    if not path.is_file():
-        return None
-    try:
-        ledger = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TinaError(f"cannot read {path}: {exc}") from None
-    devices = num_devices if num_devices is not None else int(ledger.get("num_devices") or 1)
-    hours = devices * seconds / 3600
-    price = float(ledger.get("usd_per_device_hour") or 0.0)
-    phases = ledger.setdefault("phases", {})
-    phases["evaluation"] = round(float(phases.get("evaluation", 0.0)) + seconds, 4)
-    ledger["wall_seconds"] = round(float(ledger.get("wall_seconds", 0.0)) + seconds, 4)
-    ledger["device_hours"] = round(float(ledger.get("device_hours", 0.0)) + hours, 6)
-    ledger["usd"] = round(ledger["device_hours"] * price, 6)
-    ev = ledger.setdefault("evaluation", {})
-    ev["seconds"] = round(float(ev.get("seconds", 0.0)) + seconds, 4)
-    ev["device_hours"] = round(float(ev.get("device_hours", 0.0)) + hours, 6)
-    ev["usd"] = round(ev["device_hours"] * price, 6)
-    ev["runs"] = int(ev.get("runs", 0)) + 1
-    atomic_write_text(path, json.dumps(ledger, indent=2))
-    return ledger
+    return book(run_dir, seconds, num_devices, label=label)
 
 
 # ----------------------------------------------------------------------------------------------------- protocol
@@ -553,7 +539,8 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     results["seconds"] = round(time.perf_counter() - started, 3)
     results["tokens_generated"] = session.tokens
     if opts.run:
-        results["ledger"] = add_eval_cost(opts.run, results["seconds"]) is not None
+        label = f"tina eval: {', '.join(c.label for c in models_for_test)} on {', '.join(opts.benchmarks)}"
+        results["ledger"] = add_eval_cost(opts.run, results["seconds"], label=label) is not None
     report.write_all(out, results, plot=bool(opts.run))
     echo(report.markdown_table(results))
     echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
