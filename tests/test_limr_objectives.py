@@ -30,13 +30,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def limr_file():
-    from conftest import shared_data_dir  # tests/conftest.py: $TINA_SHARED_DATA, then <repo>/../shared/data
-
-    root = shared_data_dir()
-    path = None if root is None else root / "train" / "limr.jsonl"
-    if path is None or not path.is_file():
+@pytest.fixture
+def limr_file(shared_data):  # tests/conftest.py: $TINA_SHARED_DATA, then <repo>/../shared/data (else skipped)
+    path = shared_data / "train" / "limr.jsonl"
+    if not path.is_file():
         pytest.skip("shared/data/train/limr.jsonl is not present (set TINA_SHARED_DATA); LIMR end-to-end skipped")
     return path
 
