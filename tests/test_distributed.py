@@ -121,3 +121,23 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_launch
                      "--set", "train.batch_size=32", "--set", "rollout.num_generations=8"])
     assert code == 2
     assert "4 prompts per micro-batch do not split over 3 processes" in capsys.readouterr().err
+
+
+def test_a_two_process_run_resumes_bit_exact(runs, tmp_path):
+    """Stop a 2-process run at step 2 (the schedule still spans 4 steps), resume it with 2 processes: the adapter
+    equals an uninterrupted 2-process run's, bit for bit."""
+    _, reference = runs  # 2 processes, 3 steps, checkpoint at 3
+    part = tmp_path / "part"
+    args = ["train", "demo", "-o", str(part), *COMMON, "--num-processes", "2"]
+    first = _tina(*args, "--set", "train.stop_step=2", "--set", "train.save_steps=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (part / "checkpoint-2").is_dir() and not (part / "checkpoint-3").exists()
+    second = _tina("train", str(part / "config.yaml"), "-o", str(part), "--resume", "--num-processes", "2",
+                   "--set", "train.stop_step=3", "--no-progress")
+    assert second.returncode == 0, second.stderr[-3000:]
+    a = load_file(str(reference / "checkpoint-3" / "adapter_model.safetensors"))
+    b = load_file(str(part / "checkpoint-3" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    m_ref = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    m_res = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reward"] for m in m_res] == [m["reward"] for m in m_ref]

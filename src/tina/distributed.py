@@ -69,13 +69,28 @@ class Dist:
             return flag
         return self.sum([1.0 if flag else 0.0])[0] > 0
 
-    def backward(self, loss: torch.Tensor) -> None:
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)  # DeepSpeed needs its own backward; DDP/FSDP hooks run either way
-        else:
+    @property
+    def is_deepspeed(self) -> bool:
+        return self.accelerator is not None and str(self.accelerator.distributed_type).endswith("DEEPSPEED")
+
+    def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
+        """Backward of one micro-batch; ``last`` marks the optimizer step's final micro-batch.
+
+        accelerate's DeepSpeed wrapper runs DeepSpeed's clip + optimizer step inside ``backward`` when gradients are
+        synchronised, so for DeepSpeed only the last micro-batch of a step is marked as a boundary.
+        """
+        if self.accelerator is None:
             loss.backward()
+            return
+        if self.is_deepspeed:
+            self.accelerator.gradient_state._set_sync_gradients(last)
+        self.accelerator.backward(loss)
 
     def clip_grad_norm(self, params: list, max_norm: float) -> torch.Tensor:
+        """Clip and return the total gradient norm (DeepSpeed has clipped already: report its norm)."""
+        if self.is_deepspeed:
+            norm = self.accelerator.deepspeed_engine_wrapped.engine.get_global_grad_norm()
+            return torch.tensor(float(norm) if norm is not None else 0.0)
         if self.accelerator is not None:
             return torch.as_tensor(self.accelerator.clip_grad_norm_(params, max_norm))
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -92,6 +107,10 @@ class Dist:
         """Wrap for data parallelism (DDP / DeepSpeed / FSDP as accelerate is configured); a no-op alone."""
         if self.accelerator is None:
             return model, optimizer
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None:  # no dataloader is prepared, so DeepSpeed cannot infer its micro-batch size
+            if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") in (None, "auto"):
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
         return self.accelerator.prepare(model, optimizer)
 
     def barrier(self) -> None:

@@ -253,7 +253,7 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
     norm = Norm(n_seqs=int(n_seqs), n_tokens=int(n_tokens), n_micro=len(micro_batches) * dist.world_size,
                 max_len=r.max_new_tokens)
     total_loss, extra = 0.0, {}
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
         with ledger.phase("backward"):
             logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.loss_mask,
                                   temperature=r.temperature)  # [N, T]
@@ -263,7 +263,7 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
             if dist.broadcast_flag(not torch.isfinite(out.loss)):  # skip the whole step, on every process
                 optimizer.zero_grad(set_to_none=True)
                 return {"loss": float(out.loss.detach()), "skipped": True}
-            dist.backward(out.loss * dist.world_size)
+            dist.backward(out.loss * dist.world_size, last=i == len(micro_batches) - 1)
         ledger.tokens_trained += int(mb.loss_mask.sum().item())
         total_loss += float(out.loss.detach())
         out.metrics["entropy"] = sampled_token_entropy(logp.detach(), mb.loss_mask)
