@@ -40,7 +40,7 @@ def test_ledger_adds_up_across_resume_and_evaluation(tmp_path):
     first = time.perf_counter() - t0
     led = ledger(run_dir)
     check_consistent(led)
-    assert led["wall_seconds"] == pytest.approx(first, rel=0.05)  # model loading (setup) is counted
+    assert led["wall_seconds"] == pytest.approx(first, rel=0.05, abs=0.25)  # setup (model loading) counted
     assert led["phases"]["setup"] > 0 and led["phases"]["generation"] > 0 and led["phases"]["backward"] > 0
     assert led["training"]["device_hours"] == pytest.approx(DEVICES * led["wall_seconds"] / 3600, rel=1e-3)
     assert led["tokens_generated"] == sum(m["tokens"] for m in metrics(run_dir)) > 0
@@ -59,8 +59,8 @@ def test_ledger_adds_up_across_resume_and_evaluation(tmp_path):
     led = ledger(run_dir)
     check_consistent(led)
     assert led["training"]["sessions"] == 2
-    assert led["training"]["wall_seconds"] == pytest.approx(first + second, rel=0.05)
-    assert led["wall_seconds"] == pytest.approx(first + second + 360.0, rel=0.05)
+    assert led["training"]["wall_seconds"] == pytest.approx(first + second, rel=0.05, abs=0.25)
+    assert led["wall_seconds"] == pytest.approx(first + second + 360.0, rel=0.05, abs=0.25)
     assert led["evaluation"]["runs"] == 1 and led["phases"]["evaluation"] == pytest.approx(360.0)
     assert led["tokens_generated"] == sum(m["tokens"] for m in metrics(run_dir))
     assert led["training"]["usd"] == pytest.approx(DEVICES * led["training"]["wall_seconds"] / 3600 * PRICE, rel=1e-3)
