@@ -388,8 +388,9 @@ def plot_cost(path: Path, metrics: list[dict], ledger: dict | None) -> Path | No
 def plot_accuracy(path: Path, run: Run, transition: Transition | None, usd_at: dict[int, float]) -> Path | None:
     if not run.eval:
         return None
-    fig, ax = _figure("Accuracy per checkpoint (95% CI bars); training $ to reach each along the bottom",
-                      "checkpoint step (0 = base model)", "accuracy (%)")
+    priced = any(usd_at.values())
+    title = "Accuracy per checkpoint (95% CI bars)" + ("; training $ to reach each along the bottom" if priced else "")
+    fig, ax = _figure(title, "checkpoint step (0 = base model)", "accuracy (%)")
     for i, (name, rows) in enumerate(run.eval["curves"].items()):
         xs = [r[0] for r in rows]
         ys = [100 * r[1] for r in rows]
