@@ -91,6 +91,9 @@ def load_model_and_tokenizer(
         if dev.type != "cuda":
             raise ConfigError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager")
     path = resolve_model_path(name_or_path)
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise TinaError(f"model folder not found: {path} — give an existing folder or a hub id such as "
+                        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     tokenizer = load_tokenizer(path, revision=revision, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(

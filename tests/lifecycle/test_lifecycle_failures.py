@@ -78,7 +78,7 @@ def test_nan_from_the_first_step_aborts_without_a_checkpoint(tmp_path, monkeypat
 def test_missing_model_path(tmp_path, capsys):
     rc = main(tmp_path / "run", f"model.name_or_path={tmp_path / 'no-such-model'}")
     line = one_error_line(capsys.readouterr().err)
-    assert rc == 2 and "cannot load" in line and "no-such-model" in line
+    assert rc == 2 and "model folder not found" in line and "no-such-model" in line
 
 
 @pytest.mark.parametrize("content", [None, "this is not json\n"])
