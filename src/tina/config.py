@@ -244,12 +244,7 @@ def load_config(recipe: str | Path | dict | None = None, overrides: list[str] | 
         raw = _deepcopy(recipe)
     else:
         path = resolve_recipe_path(recipe)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" line {line + 1}" if line is not None else ""
-            raise ConfigError(f"recipe {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raw = parse_yaml(path.read_text(), f"recipe {path}")
         if not isinstance(raw, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections ({', '.join(ALL_SECTIONS)})")
     for item in overrides or []:
@@ -257,6 +252,16 @@ def load_config(recipe: str | Path | dict | None = None, overrides: list[str] | 
     cfg = from_dict(raw)
     validate(cfg)
     return cfg
+
+
+def parse_yaml(text: str, what: str):
+    """YAML text -> data; a syntax error is a ConfigError naming ``what`` and the line."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{what}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from tina.config import parse_yaml
 from tina.errors import ConfigError, did_you_mean
 
 # Tina's RL_POST_TRAIN_CONFIG_MAP (tina/utils/constant.py); v1 recipes prefix the names with "curated_".
@@ -301,12 +302,7 @@ def read_original(path: str | Path) -> tuple[dict, str]:
     if not p.is_file():
         raise ConfigError(f"original recipe not found: {path}")
     text = p.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an original recipe is a flat mapping of TRL/open-r1 keys")
     return raw, text
