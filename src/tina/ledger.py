@@ -111,8 +111,8 @@ class Ledger:
         training = {
             "wall_seconds": round(wall, 4),
             "num_devices": self.num_devices,
-            "device_hours": round(self.device_hours, 6),
-            "usd": round(self.usd, 6),
+            "device_hours": round(self.device_hours, 9),
+            "usd": round(self.usd, 9),
             "sessions": self.sessions,
         }
         gen = self.seconds["generation"]
@@ -149,12 +149,12 @@ def _with_totals(ledger: dict, eval_entries: list[dict]) -> dict:
         "wall_seconds": round(float(training["wall_seconds"]) + ev_seconds, 4),
         "phases": phases,
         "training": training,
-        "evaluation": {"seconds": round(ev_seconds, 4), "device_hours": round(ev_hours, 6), "usd": round(ev_usd, 6),
+        "evaluation": {"seconds": round(ev_seconds, 4), "device_hours": round(ev_hours, 9), "usd": round(ev_usd, 9),
                        "runs": len(eval_entries)},
         **{k: v for k, v in ledger.items() if k not in ("wall_seconds", "phases", "training", "evaluation",
                                                         "device_hours", "usd")},
-        "device_hours": round(float(training["device_hours"]) + ev_hours, 6),
-        "usd": round(float(training["usd"]) + ev_usd, 6),
+        "device_hours": round(float(training["device_hours"]) + ev_hours, 9),
+        "usd": round(float(training["usd"]) + ev_usd, 9),
     }
 
 
@@ -164,8 +164,8 @@ def _training_part(ledger: dict) -> dict:
     return {
         "wall_seconds": round(float(ledger.get("wall_seconds", 0.0)) - float(ev.get("seconds", 0.0)), 4),
         "num_devices": int(ledger.get("num_devices") or 1),
-        "device_hours": round(float(ledger.get("device_hours", 0.0)) - float(ev.get("device_hours", 0.0)), 6),
-        "usd": round(float(ledger.get("usd", 0.0)) - float(ev.get("usd", 0.0)), 6),
+        "device_hours": round(float(ledger.get("device_hours", 0.0)) - float(ev.get("device_hours", 0.0)), 9),
+        "usd": round(float(ledger.get("usd", 0.0)) - float(ev.get("usd", 0.0)), 9),
         "sessions": 1 if ledger.get("wall_seconds") else 0,
     }
 
@@ -205,8 +205,8 @@ def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None =
         "seconds": round(float(seconds), 4),
         "num_devices": devices,
         "usd_per_device_hour": price,
-        "device_hours": round(device_hours, 6),
-        "usd": round(device_hours * price, 6),
+        "device_hours": round(device_hours, 9),
+        "usd": round(device_hours * price, 9),
         "label": label,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -232,7 +232,7 @@ def adopt_untracked_eval(run_dir: str | Path, ledger: dict | None) -> None:
     hours = float(ev.get("device_hours", 0.0)) - sum(float(e["device_hours"]) for e in entries)
     usd = float(ev.get("usd", 0.0)) - sum(float(e["usd"]) for e in entries)
     entry = {"seconds": round(missing, 4), "num_devices": None, "usd_per_device_hour": None,
-             "device_hours": round(max(0.0, hours), 6), "usd": round(max(0.0, usd), 6),
+             "device_hours": round(max(0.0, hours), 9), "usd": round(max(0.0, usd), 9),
              "label": "booked in ledger.json without an eval_costs.jsonl entry", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with open(Path(run_dir) / EVAL_COSTS_FILE, "a") as fh:
         fh.write(json.dumps(entry) + "\n")

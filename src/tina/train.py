@@ -785,8 +785,8 @@ def _step_record(step: int, buffer: list[MicroBatch], out: dict, lr: float, step
     rec["learning_rate"] = lr
     rec["seconds"] = round(ledger.wall_seconds, 3)  # training wall time so far (all sessions), as in the ledger
     rec["step_seconds"] = round(step_seconds, 3)
-    rec["device_hours"] = round(ledger.device_hours, 6)
-    rec["usd"] = round(ledger.usd, 6)
+    rec["device_hours"] = round(ledger.device_hours, 9)
+    rec["usd"] = round(ledger.usd, 9)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
 
 
