@@ -74,11 +74,12 @@ def _save_state(obj: dict, path: Path) -> None:
     torch.save(obj, path)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, extra_files: dict[str, str] | None = None
-                    ) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, extra_files: dict[str, str] | None = None,
+                    state_dict: dict | None = None) -> Path:
     """Write ``RUN/checkpoint-<step>/`` atomically and return its path.
 
-    ``extra_files`` maps file names to text (the metrics and ledger copies).  Any error (``OSError`` from a full disk
+    ``extra_files`` maps file names to text (the metrics and ledger copies).  ``state_dict`` (full tensors keyed like
+    ``model.state_dict()``) replaces reading the model, for sharded (FSDP) models.  Any error (``OSError`` from a full disk
     included) removes the partial temporary folder and propagates; existing checkpoints are never modified.
     """
     run_dir = Path(run_dir)
@@ -87,7 +88,7 @@ def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, extra_
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         _save_state(trainer_state, tmp / STATE_FILE)
@@ -230,7 +231,10 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
 
 
 def load_trainer_state(path: Path) -> dict:
-    return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
+    from tina.distributed import checkpoint_safe_types
+
+    with torch.serialization.safe_globals(checkpoint_safe_types()):  # DeepSpeed's loss scaler, ZeRO stage enum
+        return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
 def load_adapter_weights(path: Path) -> dict[str, torch.Tensor]:

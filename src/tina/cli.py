@@ -137,7 +137,8 @@ def _dispatch(args) -> int:
         if result.stopped_early:
             return 0  # train() printed where it stopped and the exact resume command
         last = result.metrics[-1] if result.metrics else {}
-        print(f"done: {result.steps} steps, last reward {last.get('reward')}, run in {args.output_dir}")
+        if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
+            print(f"done: {result.steps} steps, last reward {last.get('reward')}, run in {args.output_dir}")
         return 0
     if args.command == "demo":
         from tina.demo import run_demo

@@ -9,13 +9,29 @@ all-reduced by the wrapped model (DDP averages them, so each process scales its 
 Only the main process writes files.  Collectives have a timeout, so a dead peer makes the others fail instead of
 hanging forever.
 
-Launch: ``accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N -m tina train ...`` or
-``tina train ... --num-processes N``.
+FSDP (FSDP2, ``fully_shard`` through accelerate) shards the base and the adapter over the processes, which changes
+three things, each handled here so the loop reads the same:
+
+- the root of the sharding is the transformers model inside the PEFT wrapper, because ``generate`` runs on that
+  module (PEFT forwards ``generate`` to it) and FSDP2 needs every forward to enter through its root;
+- generation runs inside :meth:`Dist.gathered`: every shard is all-gathered once and kept for the whole rollout, so
+  decoding costs no collective per token and processes may stop decoding at different lengths without deadlock
+  (the probe, on the main process alone, relies on this too);
+- checkpoints gather the LoRA tensors and the optimizer state to full tensors (:meth:`Dist.adapter_state`,
+  :meth:`Dist.optimizer_state`), so an FSDP checkpoint is the same standard PEFT adapter as any other.
+
+DeepSpeed ZeRO-2 partitions the fp32 master copy of the LoRA weights and the Adam moments over the processes and
+steps inside ``backward`` (on the step's last micro-batch only); checkpoints gather every partition
+(:meth:`Dist.optimizer_state`), so a resumed run is exact.
+
+Launch: ``accelerate launch --config_file src/tina/accelerate_configs/ddp.yaml --num_processes N -m tina train ...``
+or ``tina train ... --num-processes N [--accelerate-config ddp|zero2|fsdp|PATH]``.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -73,6 +89,10 @@ class Dist:
     def is_deepspeed(self) -> bool:
         return self.accelerator is not None and str(self.accelerator.distributed_type).endswith("DEEPSPEED")
 
+    @property
+    def is_fsdp(self) -> bool:
+        return self.accelerator is not None and str(self.accelerator.distributed_type).endswith("FSDP")
+
     def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
         """Backward of one micro-batch; ``last`` marks the optimizer step's final micro-batch.
 
@@ -103,15 +123,106 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def prepare(self, model, optimizer):
-        """Wrap for data parallelism (DDP / DeepSpeed / FSDP as accelerate is configured); a no-op alone."""
+    def prepare(self, model, optimizer, *, max_grad_norm: float | None = None):
+        """Wrap for data parallelism (DDP / DeepSpeed / FSDP as accelerate is configured); a no-op alone.
+
+        Returns ``(module to run the loss through, optimizer)``.  For FSDP the sharding root is the transformers model
+        inside the PEFT wrapper (sharded in place), and the PEFT model itself is returned.  DeepSpeed clips gradients
+        itself, so the recipe's ``max_grad_norm`` is written into its config (the recipe, not the accelerate file,
+        decides the clipping).
+        """
         if self.accelerator is None:
             return model, optimizer
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is not None:  # no dataloader is prepared, so DeepSpeed cannot infer its micro-batch size
-            if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") in (None, "auto"):
-                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+        if plugin is not None:
+            ds = plugin.deepspeed_config
+            stage = ds.get("zero_optimization", {}).get("stage")
+            if stage not in (None, 0, 1, 2):
+                raise TinaError(f"DeepSpeed ZeRO stage {stage} is not supported (generation would need every "
+                                "partitioned weight gathered per token); use zero2.yaml, or fsdp.yaml to shard the "
+                                "model")
+            if ds.get("train_micro_batch_size_per_gpu") in (None, "auto"):  # no dataloader to infer it from
+                ds["train_micro_batch_size_per_gpu"] = 1
+            ds["gradient_clipping"] = float(max_grad_norm or 0.0)
+        if self.is_fsdp:
+            fsdp = self.accelerator.state.fsdp_plugin
+            if getattr(fsdp, "fsdp_version", 1) != 2:
+                raise TinaError("FSDP1 is not supported: set fsdp_config.fsdp_version: 2 in the accelerate config "
+                                "(the shipped fsdp.yaml does)")
+            inner, optimizer = self.accelerator.prepare(model.get_base_model(), optimizer)
+            if inner is not model.get_base_model():
+                raise TinaError("accelerate returned a new module for FSDP2; tina expects in-place sharding")
+            return model, optimizer
         return self.accelerator.prepare(model, optimizer)
+
+    @contextmanager
+    def gathered(self, model):
+        """FSDP: all-gather every shard once and keep the full weights until exit (then reshard).
+
+        Inside, forwards run no collectives, so a rollout (or the main process's probe) may take a different number
+        of decoding steps on each process.  Every process must enter.  A no-op without FSDP.
+        """
+        if not self.is_fsdp:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        saved = [_reshard_setting(m) for m in units]
+        try:
+            for m in units:
+                m.set_reshard_after_forward(False, recurse=False)
+            for m in units:
+                m.unshard()
+            yield
+        finally:
+            for m, setting in zip(units, saved):
+                m.reshard()
+                _restore_reshard_setting(m, setting)
+
+    def adapter_state(self, model) -> dict | None:
+        """FSDP: the trainable (LoRA) tensors as full CPU tensors, keyed like ``model.state_dict()`` (a collective:
+        every process calls it).  None otherwise (PEFT reads the model directly)."""
+        if not self.is_fsdp:
+            return None
+        return {name: full_tensor(p).detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+    @property
+    def optimizer_format(self) -> str:
+        """How :meth:`optimizer_state` lays the state out: ``torch`` (one optimizer's own state dict), ``by-name``
+        (FSDP: full tensors keyed by parameter name) or ``deepspeed-by-rank`` (ZeRO: one partition per process)."""
+        return "by-name" if self.is_fsdp else "deepspeed-by-rank" if self.is_deepspeed else "torch"
+
+    def optimizer_state(self, model, optimizer):
+        """The optimizer state to checkpoint (a collective under FSDP and DeepSpeed: every process calls it).
+
+        DeepSpeed ZeRO partitions the fp32 master weights and Adam moments over the processes, so every partition is
+        gathered (on the CPU) and saved as a list in rank order."""
+        if self.is_fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.is_deepspeed:
+            return self.all_gather_object(_to_cpu(optimizer.state_dict()))
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, model, optimizer, state) -> None:
+        """Load what :meth:`optimizer_state` returned (after :meth:`prepare` for FSDP and DeepSpeed, before it
+        otherwise)."""
+        if self.is_fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, _torch_optimizer(optimizer), optim_state_dict=state,
+                                     options=StateDictOptions(full_state_dict=True))
+        elif self.is_deepspeed:
+            if len(state) != self.world_size:
+                raise TinaError(f"this checkpoint holds DeepSpeed optimizer partitions for {len(state)} processes; "
+                                f"resume it with --num-processes {len(state)}")
+            # the fp32 master weights come from the checkpoint, not from the (bf16) model: the resume is exact
+            _torch_optimizer(optimizer).load_state_dict(state, load_optimizer_states=True, load_from_fp32_weights=True)
+        else:
+            optimizer.load_state_dict(state)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -122,6 +233,53 @@ class Dist:
         if self.accelerator is not None:
             return self.accelerator.device
         return torch.device("cpu")
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP shard) gathered to the full tensor (a collective); any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _torch_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the torch / DeepSpeed optimizer
+
+
+def _to_cpu(obj):
+    """Tensors anywhere in a nested state dict moved to the CPU (before pickling it between processes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def checkpoint_safe_types() -> list:
+    """Non-tensor types a DeepSpeed optimizer state holds, allowed when loading with ``weights_only=True``."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _reshard_setting(module) -> tuple:
+    # FSDP2 has a setter but no getter for reshard_after_forward; accelerate gives the root and the output head
+    # different values than the layers, so the exact per-group setting is read back to restore it.
+    state = module._get_fsdp_state()
+    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]
+
+
+def _restore_reshard_setting(module, setting: tuple) -> None:
+    state = module._get_fsdp_state()
+    state._auto_reshard_after_forward = setting[0]
+    for group, info in zip(state._fsdp_param_groups, setting[1]):
+        group.post_forward_mesh_info = info
 
 
 CONFIGS_DIR = Path(__file__).parent / "accelerate_configs"
@@ -147,10 +305,23 @@ def launch(num_processes: int, config: str, train_args: list[str]) -> int:
     import subprocess
     import sys
 
+    check_engine_installed(config_path(config))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config)),
            "--num_processes", str(num_processes), "-m", "tina", "train", *train_args]
     print("launching: " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
     return subprocess.call(cmd)
+
+
+def check_engine_installed(config: Path) -> None:
+    """Fail before launching when the config's engine is missing (instead of one traceback per process)."""
+    import importlib.util
+
+    from tina.config import parse_yaml
+
+    kind = str((parse_yaml(Path(config).read_text(), str(config)) or {}).get("distributed_type", ""))
+    if kind.upper() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise TinaError(f"{Path(config).name} uses DeepSpeed, which is not installed: pip install deepspeed "
+                        "(on a CUDA machine), or use --accelerate-config ddp")
 
 
 def launched_distributed() -> bool:

@@ -159,11 +159,16 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def base_weights_digest(model) -> str:
-    """SHA-256 over every non-LoRA parameter and buffer, byte for byte (to prove training left the base unchanged)."""
+    """SHA-256 over every non-LoRA parameter and buffer, byte for byte (to prove training left the base unchanged).
+
+    FSDP shards are gathered tensor by tensor (a collective: every process calls this, in the same sorted order)."""
+    from tina.distributed import full_tensor
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if "lora_" in name:
             continue
+        tensor = full_tensor(tensor)
         h.update(name.removeprefix("base_model.model.").replace(".base_layer", "").encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -365,9 +365,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         scheduler = make_scheduler(optimizer, t)
         sampler = PromptSampler(len(problems), t.seed)
         backend = HFBackend(model, tokenizer)  # generates with the live (unwrapped) PEFT model: never stale
-        state = (restore(point[1], run_dir, model, optimizer, scheduler, sampler, device, rank=dist.rank)
+        state = (restore(point[1], run_dir, model, optimizer, scheduler, sampler, device, dist=dist)
                  if point else RunState())
-        train_model, optimizer = dist.prepare(model, optimizer)  # DDP/DeepSpeed/FSDP wrapper when distributed
+        train_model, optimizer = dist.prepare(model, optimizer, max_grad_norm=t.max_grad_norm)  # DDP/DeepSpeed/FSDP
+        if point and dist.optimizer_format != "torch":  # sharded/partitioned state: loaded into the wrapped optimizer
+            dist.load_optimizer_state(model, optimizer, load_trainer_state(point[1])["optimizer"])
         probe = render_probe(cfg, tokenizer)
         trackers = Trackers(t.report_to if main else [], run_dir, cfgmod.to_dict(cfg), start_step=start_step)
         if main:
@@ -394,8 +396,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                         chosen = sampler.take(per_micro)[share]
                         keys = [(step * t.gradient_accumulation_steps + micro) * per_micro + share.start + j
                                 for j in range(len(chosen))]
-                        state.buffer.append(collect([problems[i] for i in chosen], keys, backend, model, cfg, specs,
-                                                    ledger, device))
+                        with dist.gathered(model):  # FSDP: full weights for the rollout, no per-token collectives
+                            state.buffer.append(collect([problems[i] for i in chosen], keys, backend, model, cfg,
+                                                        specs, ledger, device))
                 out = update(train_model, state.buffer, cfg, optimizer, ledger, dist)
                 lr = optimizer.param_groups[0]["lr"]
                 advance_schedule(scheduler)  # a skipped step still counts, so the schedule stays on the step clock
@@ -593,15 +596,21 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, model, optimizer, state: Run
     """
     dist = dist or distributed.Dist()
     rngs = dist.all_gather_object(snap.rng)
+    adapter = dist.adapter_state(model)  # FSDP: the full LoRA tensors (every process takes part); else None
+    optimizer_state = dist.optimizer_state(model, optimizer)
+    completion = None
+    with dist.gathered(model):  # FSDP: the main process alone generates the probe from full weights
+        if probe is not None and dist.is_main:
+            completion = run_probe(backend, probe, cfg.train.probe_max_new_tokens)
     if not dist.is_main:
         dist.barrier()
         return None
-    if probe is not None:
-        completion = run_probe(backend, probe, cfg.train.probe_max_new_tokens)
+    if completion is not None:
         _append_jsonl(run_dir / "probes.jsonl", {"step": snap.step, "prompt": cfg.train.probe_prompt, **completion})
     trainer_state = {
         "step": snap.step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
+        "optimizer_format": dist.optimizer_format,
         "scheduler": snap.scheduler,
         "rng": snap.rng,
         "rng_by_rank": rngs if dist.enabled else [],
@@ -614,7 +623,7 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, model, optimizer, state: Run
         "ledger.json": json.dumps(ledger.to_dict(read_eval_costs(run_dir)), indent=2),
     }
     try:
-        path = save_checkpoint(run_dir, snap.step, model, trainer_state, extra)
+        path = save_checkpoint(run_dir, snap.step, model, trainer_state, extra, state_dict=adapter)
         prune_checkpoints(run_dir, cfg.train.save_total_limit)
     finally:
         dist.barrier()  # the others wait until the checkpoint is complete
@@ -622,8 +631,11 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, model, optimizer, state: Run
 
 
 def restore(ckpt: Path, run_dir: Path, model, optimizer, scheduler, sampler: PromptSampler, device,
-            rank: int = 0) -> RunState:
-    """Load a checkpoint into the freshly built objects; return the run's history up to it."""
+            dist: distributed.Dist | None = None) -> RunState:
+    """Load a checkpoint into the freshly built objects; return the run's history up to it.
+
+    Under FSDP and DeepSpeed the optimizer state is loaded after wrapping (see ``train``), not here."""
+    dist = dist or distributed.Dist()
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, load_adapter_weights(ckpt))
@@ -631,11 +643,17 @@ def restore(ckpt: Path, run_dir: Path, model, optimizer, scheduler, sampler: Pro
         raise TinaError(f"{ckpt.name}: the adapter does not fit this model/LoRA config (unexpected "
                         f"{', '.join(result.unexpected_keys[:3])})")
     ts = load_trainer_state(ckpt)
-    optimizer.load_state_dict(ts["optimizer"])
+    written = ts.get("optimizer_format", "torch")
+    if written != dist.optimizer_format:
+        engines = {"torch": "a single-process or DDP", "by-name": "an FSDP", "deepspeed-by-rank": "a DeepSpeed"}
+        raise TinaError(f"{ckpt.name} was written by {engines.get(written, written)} run and cannot be resumed by "
+                        f"{engines[dist.optimizer_format]} run; resume with the run's own --accelerate-config")
+    if written == "torch":
+        optimizer.load_state_dict(ts["optimizer"])
     scheduler.load_state_dict(ts["scheduler"])
     sampler.load_state(ts["sampler"])
     by_rank = ts.get("rng_by_rank") or []
-    set_rng_state(by_rank[rank] if rank < len(by_rank) else ts["rng"])
+    set_rng_state(by_rank[dist.rank] if dist.rank < len(by_rank) else ts["rng"])
     copy_path = ckpt / "metrics.jsonl"
     history = _read_jsonl(copy_path if copy_path.is_file() else run_dir / "metrics.jsonl")
     history = [h for h in history if h.get("step", 0) <= ts["step"]]

@@ -56,8 +56,10 @@ class HFBackend:
                 if seeded:
                     processors.append(GumbelSampler(seeds[i : i + step], ids.shape[1], temperature=sampling.temperature,
                                                     top_k=sampling.top_k, top_p=sampling.top_p))
+                # synced_gpus=False: the weights are local while generating (replicated, or gathered by
+                # Dist.gathered under FSDP), so each process decodes on its own and may stop at its own length
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                          logits_processor=processors)
+                                          logits_processor=processors, synced_gpus=False)
                 chunks.append(out[:, ids.shape[1] :].cpu())  # [n, T_i]
         finally:
             self.model.train(was_training)
