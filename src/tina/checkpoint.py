@@ -79,8 +79,8 @@ def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, extra_
     """Write ``RUN/checkpoint-<step>/`` atomically and return its path.
 
     ``extra_files`` maps file names to text (the metrics and ledger copies).  ``state_dict`` (full tensors keyed like
-    ``model.state_dict()``) replaces reading the model, for sharded (FSDP) models.  Any error (``OSError`` from a full disk
-    included) removes the partial temporary folder and propagates; existing checkpoints are never modified.
+    ``model.state_dict()``) replaces reading the model, for sharded (FSDP) models.  Any error (``OSError`` from a full
+    disk included) removes the partial temporary folder and propagates; existing checkpoints are never modified.
     """
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
