@@ -116,7 +116,7 @@ class Dist:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def all_gather_object(self, obj):
-        """Every process's ``obj``, in rank order (small Python objects only)."""
+        """Every process's ``obj`` (picklable; CPU tensors inside are fine), in rank order."""
         if not self.enabled:
             return [obj]
         out = [None] * self.world_size
