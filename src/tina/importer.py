@@ -287,6 +287,13 @@ def _list(key: str, value: Any) -> list:
     return value
 
 
+def _copy_present(raw: dict, dst: dict, convert, keys: dict[str, str]) -> None:
+    """``dst[ours] = convert(theirs, raw[theirs])`` for each ``theirs: ours`` present (not None) in ``raw``."""
+    for theirs, ours in keys.items():
+        if raw.get(theirs) is not None:
+            dst[ours] = convert(theirs, raw[theirs])
+
+
 def _system_prompt_key(text: str) -> str:
     from tina.prompts import SYSTEM_PROMPTS
 
@@ -363,12 +370,8 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     if get("lora_modules_to_save"):
         unsupported("lora_modules_to_save", "only LoRA weights are trained")
     lora: dict[str, Any] = {}
-    if get("lora_r") is not None:
-        lora["r"] = _int("lora_r", get("lora_r"))
-    if get("lora_alpha") is not None:
-        lora["alpha"] = _int("lora_alpha", get("lora_alpha"))
-    if get("lora_dropout") is not None:
-        lora["dropout"] = _float("lora_dropout", get("lora_dropout"))
+    _copy_present(raw, lora, _int, {"lora_r": "r", "lora_alpha": "alpha"})
+    _copy_present(raw, lora, _float, {"lora_dropout": "dropout"})
     if get("lora_target_modules") is not None:
         targets = get("lora_target_modules")
         lora["target_modules"] = ["all-linear"] if targets == "all-linear" else [str(t) for t in _list(
@@ -432,10 +435,8 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
                                get("max_completion_length", TRL_DEFAULTS["max_completion_length"])),
         "temperature": _float("temperature", get("temperature", TRL_DEFAULTS["temperature"])),
     }
-    if get("top_p") is not None:
-        rollout["top_p"] = _float("top_p", get("top_p"))
-    if get("top_k") is not None:
-        rollout["top_k"] = _int("top_k", get("top_k"))
+    _copy_present(raw, rollout, _float, {"top_p": "top_p"})
+    _copy_present(raw, rollout, _int, {"top_k": "top_k"})
 
     # --------------------------------------------------------------------------------------------------- algorithm
     if get("sync_ref_model"):
@@ -469,14 +470,9 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
             algorithm["objective"] = "dr_grpo"
             notes.append("scale_rewards: false in a Tina recipe means Dr.GRPO: objective dr_grpo (Tina's trainer "
                          "normalised by the global token count instead; --set algorithm.objective=dapo for that)")
-    for key in ("epsilon", "epsilon_high"):
-        if get(key) is not None:
-            algorithm[key] = _float(key, get(key))
-    if get("num_iterations") is not None:
-        algorithm["num_iterations"] = _int("num_iterations", get("num_iterations"))
-    if get("mask_truncated_completions") is not None:
-        algorithm["mask_truncated_completions"] = _bool("mask_truncated_completions",
-                                                        get("mask_truncated_completions"))
+    _copy_present(raw, algorithm, _float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
+    _copy_present(raw, algorithm, _int, {"num_iterations": "num_iterations"})
+    _copy_present(raw, algorithm, _bool, {"mask_truncated_completions": "mask_truncated_completions"})
 
     # ----------------------------------------------------------------------------------------------------- rewards
     rewards = _rewards(raw, source, tina_style, tina_name, notes, dropped)
@@ -533,8 +529,7 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         else:
             raise ConfigError(f"{source}: lr_scheduler_kwargs.{key} is not supported (only min_lr_rate, min_lr)"
                               f"{did_you_mean(key, ['min_lr_rate', 'min_lr'])}")
-    if get("warmup_ratio") is not None:
-        train["warmup_ratio"] = _float("warmup_ratio", get("warmup_ratio"))
+    _copy_present(raw, train, _float, {"warmup_ratio": "warmup_ratio"})
     if get("warmup_steps") not in (None, 0):
         warmup = _int("warmup_steps", get("warmup_steps"))
         if "max_steps" not in train:
@@ -546,20 +541,14 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     optim = get("optim")
     if optim is not None and str(optim) not in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
         unsupported("optim", "the optimiser is torch AdamW")
-    for key, ours in (("weight_decay", "weight_decay"), ("adam_beta1", "adam_beta1"), ("adam_beta2", "adam_beta2"),
-                      ("adam_epsilon", "adam_epsilon"), ("max_grad_norm", "max_grad_norm")):
-        if get(key) is not None:
-            train[ours] = _float(key, get(key))
+    _copy_present(raw, train, _float, {k: k for k in ("weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                                                      "max_grad_norm")})
     if get("save_strategy") not in (None, "steps"):
         notes.append(f"save_strategy '{get('save_strategy')}': tina saves every train.save_steps steps instead")
     train["seed"] = _int("seed", get("seed", TRL_DEFAULTS["seed"]))
     train["save_steps"] = _int("save_steps", get("save_steps", TRL_DEFAULTS["save_steps"]))
-    if get("save_total_limit") is not None:
-        train["save_total_limit"] = _int("save_total_limit", get("save_total_limit"))
-    if get("logging_steps") is not None:
-        train["logging_steps"] = _int("logging_steps", get("logging_steps"))
-    if get("gradient_checkpointing") is not None:
-        train["gradient_checkpointing"] = _bool("gradient_checkpointing", get("gradient_checkpointing"))
+    _copy_present(raw, train, _int, {"save_total_limit": "save_total_limit", "logging_steps": "logging_steps"})
+    _copy_present(raw, train, _bool, {"gradient_checkpointing": "gradient_checkpointing"})
     if get("report_to") is not None:
         trackers = get("report_to")
         trackers = [trackers] if isinstance(trackers, str) else _list("report_to", trackers)

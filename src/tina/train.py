@@ -365,11 +365,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         scheduler = make_scheduler(optimizer, t)
         sampler = PromptSampler(len(problems), t.seed)
         backend = HFBackend(model, tokenizer)  # generates with the live (unwrapped) PEFT model: never stale
-        state = (restore(point[1], run_dir, model, optimizer, scheduler, sampler, device, dist=dist)
+        saved = load_trainer_state(point[1]) if point else None
+        state = (restore(point[1], saved, run_dir, model, optimizer, scheduler, sampler, device, dist=dist)
                  if point else RunState())
         train_model, optimizer = dist.prepare(model, optimizer, max_grad_norm=t.max_grad_norm)  # DDP/DeepSpeed/FSDP
         if point and dist.optimizer_format != "torch":  # sharded/partitioned state: loaded into the wrapped optimizer
-            dist.load_optimizer_state(model, optimizer, load_trainer_state(point[1])["optimizer"])
+            dist.load_optimizer_state(model, optimizer, saved["optimizer"])
         probe = render_probe(cfg, tokenizer)
         trackers = Trackers(t.report_to if main else [], run_dir, cfgmod.to_dict(cfg), start_step=start_step)
         if main:
@@ -599,9 +600,10 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, model, optimizer, state: Run
     adapter = dist.adapter_state(model)  # FSDP: the full LoRA tensors (every process takes part); else None
     optimizer_state = dist.optimizer_state(model, optimizer)
     completion = None
-    with dist.gathered(model):  # FSDP: the main process alone generates the probe from full weights
-        if probe is not None and dist.is_main:
-            completion = run_probe(backend, probe, cfg.train.probe_max_new_tokens)
+    if probe is not None:
+        with dist.gathered(model):  # FSDP: the main process alone generates the probe from full weights
+            if dist.is_main:
+                completion = run_probe(backend, probe, cfg.train.probe_max_new_tokens)
     if not dist.is_main:
         dist.barrier()
         return None
@@ -630,9 +632,9 @@ def write_checkpoint(run_dir: Path, snap: Snapshot, model, optimizer, state: Run
     return path
 
 
-def restore(ckpt: Path, run_dir: Path, model, optimizer, scheduler, sampler: PromptSampler, device,
+def restore(ckpt: Path, ts: dict, run_dir: Path, model, optimizer, scheduler, sampler: PromptSampler, device,
             dist: distributed.Dist | None = None) -> RunState:
-    """Load a checkpoint into the freshly built objects; return the run's history up to it.
+    """Load a checkpoint (``ts``: its trainer state) into the freshly built objects; return the run's history up to it.
 
     Under FSDP and DeepSpeed the optimizer state is loaded after wrapping (see ``train``), not here."""
     dist = dist or distributed.Dist()
@@ -642,7 +644,6 @@ def restore(ckpt: Path, run_dir: Path, model, optimizer, scheduler, sampler: Pro
     if getattr(result, "unexpected_keys", None):
         raise TinaError(f"{ckpt.name}: the adapter does not fit this model/LoRA config (unexpected "
                         f"{', '.join(result.unexpected_keys[:3])})")
-    ts = load_trainer_state(ckpt)
     written = ts.get("optimizer_format", "torch")
     if written != dist.optimizer_format:
         engines = {"torch": "a single-process or DDP", "by-name": "an FSDP", "deepspeed-by-rank": "a DeepSpeed"}
