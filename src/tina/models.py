@@ -45,10 +45,15 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """The folder or hub id to load: builtins are built (once), a ``.gguf`` file is converted (once, see tina.gguf)."""
     if name_or_path.startswith("builtin:"):
         from tina.tiny import resolve_builtin
 
         return str(resolve_builtin(name_or_path))
+    from tina.gguf import is_gguf, resolve_gguf
+
+    if is_gguf(name_or_path):
+        return str(resolve_gguf(name_or_path))
     return name_or_path
 
 
@@ -94,6 +99,7 @@ def load_model_and_tokenizer(
     if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
         raise TinaError(f"model folder not found: {path} — give an existing folder or a hub id such as "
                         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    _check_weights(path)
     tokenizer = load_tokenizer(path, revision=revision, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -107,6 +113,18 @@ def load_model_and_tokenizer(
         raise TinaError(_load_error("model", path, exc)) from None
     model.to(dev)
     return model, tokenizer
+
+
+def _check_weights(path: str) -> None:
+    """A local folder without weights fails here, in one line, before the tokenizer gives a confusing error."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) \
+            or any(folder.glob("*.index.json")):
+        return
+    ggufs = sorted(folder.glob("*.gguf"))
+    fix = (f"it holds a GGUF file: pass the file itself, e.g. {ggufs[0]}" if ggufs else
+           "give a folder with a full Hugging Face checkpoint (config.json, model.safetensors, tokenizer files)")
+    raise TinaError(f"model folder {path} has no weights (no model.safetensors or pytorch_model.bin) — {fix}")
 
 
 def _load_error(what: str, path: str, exc: Exception) -> str:

