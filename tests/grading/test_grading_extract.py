@@ -134,3 +134,92 @@ def test_extract_choice_on_many_unclosed_boxes_is_fast():
     assert extract_choice(r"\boxed{" * 200_000) is None
     assert extract_choice(r"\boxed{" * 200_000 + " Answer: B") == "B"
     assert time.perf_counter() - start < 2.0
+
+
+# ---------------------------------------------------------------- final answer part, candidates, doubt (pure)
+
+
+def test_final_part_and_opens_think():
+    from tina.grading.extract import final_part, opens_think
+
+    assert final_part("<think>\nhm\n</think>\nAnswer: 4") == "\nAnswer: 4"
+    assert final_part("a</think>b</think>c") == "c"  # after the LAST closing tag
+    assert final_part("<think>\nhm") is None
+    assert final_part("<think>a</think>b<think>c") is None  # reopened, never closed
+    assert final_part("plain answer 4") == "plain answer 4"
+    assert final_part("plain answer 4", think_open=True) is None
+    assert final_part("hm</think>4", think_open=True) == "4"
+    assert opens_think("<｜Assistant｜><think>\n") and not opens_think("<｜Assistant｜>")
+    assert not opens_think("Respond as <think>\n...\n</think>\n<answer>...</answer><｜Assistant｜>")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<think> so $y = 4$. Hmm, wait", "<think>\nThe answer is 4", "<think>\n\\boxed{4}"],
+)
+def test_extract_answer_ignores_an_unfinished_thought(text):
+    from tina.grading import find_answer
+
+    assert extract_answer(text) is None
+    assert find_answer(text).status == "unfinished"
+
+
+@pytest.mark.parametrize(
+    ("text", "candidates", "doubt"),
+    [
+        (r"\boxed{7}", ("7",), None),
+        (r"\boxed{7} \boxed{8}", ("7", "8"), None),
+        (r"\boxed{6}, \boxed{7} or \boxed{8}", ("6", "7", "8"), None),
+        (r"$\boxed{7}$ \text{ or } $\boxed{8}$", ("7", "8"), None),
+        (r"\boxed{7} (or 8)", ("7", "8"), None),
+        (r"\boxed{7}, or equivalently $\frac{14}{2}$", ("7", r"\frac{14}{2}"), None),
+        (r"\boxed{7} or maybe \boxed{8}", ("7", "8"), "maybe"),
+        (r"the answer is probably \boxed{7}", ("7",), "probably"),
+        (r"\boxed{7}, I'm not sure", ("7",), None),  # not joined to the box: a new clause
+        (r"\boxed{7}. Maybe I should check, but no.", ("7",), None),  # a new sentence
+        (r"\boxed{5} is what I first got, but after checking it is \boxed{7}", ("7",), None),
+        (r"\boxed{MR=SRMC}, or marginal revenue equals short-run marginal cost.", ("MR=SRMC",), None),
+        ("The answer is $7$ or $8$.", ("7", "8"), None),
+        ("The answer is maybe $7$.", ("7",), "maybe"),
+        ("we get $x = 7$ or $x = 8$", ("x = 8",), None),  # prose spans are not candidates
+        ("we get $x = 7$, or perhaps $x = 8$", ("x = 8",), "perhaps"),
+    ],
+)
+def test_find_answer_candidates_and_doubt(text, candidates, doubt):
+    from tina.grading import find_answer
+
+    found = find_answer(text)
+    assert found.status == "ok"
+    assert (found.candidates, found.doubt) == (candidates, doubt), found
+
+
+def test_find_answer_sources_and_modes():
+    from tina.grading import find_answer
+
+    assert find_answer(r"so \boxed{4}").source == "boxed"
+    assert find_answer("The answer is 4.").source == "phrase"
+    assert find_answer("so $4$").source == "span"
+    assert find_answer("The answer is 4.", extraction="boxed").status == "no_answer"
+    assert find_answer("nothing").status == "no_answer"
+    with pytest.raises(ValueError):
+        find_answer("x", extraction="fuzzy")
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("Answer: C", "ok"),
+        ("Answer: C or D", "hedged"),
+        ("Answer: (C) and (D)", "hedged"),
+        (r"\boxed{C,D}", "hedged"),
+        ("(C) or (D)", "hedged"),
+        ("Answer: C. (Option (A) was a trap.)", "ok"),
+        ("The answer is a mystery.", "no_answer"),
+        ("<think>\nAnswer: C", "unfinished"),
+    ],
+)
+def test_find_choice_status(text, status):
+    from tina.grading import find_choice
+
+    assert find_choice(text).status == status
+    assert extract_choice(text) == ("C" if status == "ok" else None)

@@ -30,7 +30,7 @@ def test_public_api():
     v = Verdict(True, "1", "ok")
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.correct = False  # type: ignore[misc]
-    assert set(REASONS) == {"ok", "no_answer", "gold_unparseable", "timeout", "grader_error"}
+    assert set(REASONS) == {"ok", "no_answer", "unfinished", "hedged", "gold_unparseable", "timeout", "grader_error"}
 
 
 # (prediction written by a model, gold as stored by a benchmark)
@@ -92,7 +92,7 @@ DIFFERENT = [
 @pytest.mark.parametrize(("pred", "gold"), EQUIVALENT)
 def test_equivalent_answers_are_correct(pred, gold):
     verdict = grade(boxed(pred), gold)
-    assert verdict == Verdict(True, verdict.extracted, "ok"), verdict
+    assert verdict == Verdict(True, verdict.extracted, "ok", "boxed"), verdict
 
 
 @pytest.mark.parametrize(("pred", "gold"), DIFFERENT)
@@ -103,7 +103,7 @@ def test_different_answers_are_incorrect(pred, gold):
 
 def test_no_answer():
     assert grade("I am not sure what to do here.", "5") == Verdict(False, None, "no_answer")
-    assert grade(r"truncated \boxed{\frac{1}{", "5") == Verdict(False, None, "no_answer")
+    assert grade(r"truncated \boxed{\frac{1}{", "5") == Verdict(False, None, "unfinished")  # the box never closes
 
 
 def test_fallback_extraction_is_graded():
@@ -173,7 +173,7 @@ def test_worker_errors_become_grader_error(monkeypatch):
 
     monkeypatch.setattr(grader_module.pool, "run_batch", failing)
     verdict = grade(boxed(r"\frac{a}{b+917}"), r"\frac{a}{917+b}")
-    assert verdict == Verdict(None, r"\frac{a}{b+917}", "grader_error")
+    assert verdict == Verdict(None, r"\frac{a}{b+917}", "grader_error", "boxed")
     with pytest.raises(RuntimeError):
         gold_is_parseable(r"\frac{a}{b+918}")
 

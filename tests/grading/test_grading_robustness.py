@@ -46,9 +46,39 @@ def test_pathological_answers_return_in_time(completion):
     elapsed = time.monotonic() - start
     assert elapsed < TIMEOUT + SLACK, (elapsed, verdict)
     assert verdict.correct is not True
-    assert verdict.reason in {"ok", "timeout", "no_answer"}
+    assert verdict.reason in {"ok", "timeout", "no_answer", "unfinished"}
     if verdict.extracted is not None:
         assert len(verdict.extracted) <= 1000
+
+
+# The hedge and think-block scans on adversarial input: many boxes, connectors, letters, tags.
+ADVERSARIAL_HEDGES = [  # (completion, gold, task, expected correct; None: not checked)
+    (r"\boxed{1} or " * 50_000 + r"\boxed{2}", "2", "math", False),
+    (r"\boxed{1}" + " or" * 200_000 + " 2", "1", "math", None),
+    (r"\boxed{" + "7 or " * 100_000 + "8}", "8", "math", False),
+    (r"\boxed{" + "(" * 100_000 + "7 or 8" + ")" * 100_000 + "}", "8", "math", None),
+    ("The answer is " + "$1$ or maybe " * 20_000 + "$2$.", "1", "math", False),
+    ("$x$ or " * 100_000, "x", "math", True),  # one value, repeated
+    ("<think>" * 100_000 + "</think>" * 100_000 + r"\boxed{3}", "3", "math", True),
+    ("</think>" * 200_000, "3", "math", False),
+    ("<think>" * 200_000 + r"\boxed{3}", "3", "math", False),
+    ("Answer: C" + " or" * 200_000 + " D", "C", "gpqa", None),
+    ("(A) or " * 100_000 + "(B)", "B", "gpqa", False),
+    (r"\boxed{C" + ", " * 100_000 + "D}", "C", "gpqa", False),
+    ("Answer: " + "C/" * 100_000, "C", "gpqa", False),
+    ("Answer: C, " + "maybe " * 100_000 + "D", "C", "gpqa", None),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "task", "expected"), ADVERSARIAL_HEDGES, ids=lambda x: repr(x)[:24])
+def test_hedge_scans_are_fast_on_adversarial_input(completion, gold, task, expected):
+    start = time.monotonic()
+    verdict = grade(completion, gold, task=task, timeout=TIMEOUT)
+    assert time.monotonic() - start < TIMEOUT + SLACK, verdict
+    if expected is not None:
+        assert verdict.correct is expected, verdict
+    if verdict.extracted is not None:
+        assert len(verdict.extracted) <= 4 * 1000 + 10
 
 
 def test_timeout_then_the_rest_of_the_batch_is_still_graded():
@@ -58,7 +88,7 @@ def test_timeout_then_the_rest_of_the_batch_is_still_graded():
     verdicts = grade_many(completions, golds, timeout=TIMEOUT)
     assert time.monotonic() - start < TIMEOUT + SLACK + 2.0  # one timeout + one worker restart
     assert [v.correct for v in verdicts] == [True, None, True, True]
-    assert verdicts[1] == Verdict(None, "10^{10^{10^{10}}}", "timeout")
+    assert verdicts[1] == Verdict(None, "10^{10^{10^{10}}}", "timeout", "boxed")
 
 
 def test_timeouts_are_not_cached():
@@ -122,7 +152,7 @@ def test_worker_death_mid_item_is_a_grader_error():
     victim = pool._worker.proc.pid  # noqa: SLF001 - reading it directly: worker_pid() would wait for the batch
     threading.Timer(0.3, os.kill, args=(victim, signal.SIGKILL)).start()
     verdict = grade(r"\boxed{10^{10^{10^{13}}}}", r"\sqrt{7}", timeout=10.0)
-    assert verdict == Verdict(None, "10^{10^{10^{13}}}", "grader_error")
+    assert verdict == Verdict(None, "10^{10^{10^{13}}}", "grader_error", "boxed")
     assert grade(r"\boxed{x^2}", "x^{2}").correct is True
 
 

@@ -101,7 +101,7 @@ def test_unknown_name_lists_builtins():
 
 def test_reward_params_defaults():
     assert reward_params("format") == {}
-    assert reward_params("accuracy") == {}
+    assert reward_params("accuracy") == {"extraction": "boxed"}
     assert reward_params("repetition_penalty") == {"ngram_size": 3, "max_penalty": -1.0}
     assert reward_params("cosine") == {
         "min_value_wrong": 0.0,
@@ -109,9 +109,11 @@ def test_reward_params_defaults():
         "min_value_correct": 0.5,
         "max_value_correct": 1.0,
         "max_len": 1000,
+        "extraction": "boxed",
     }
-    assert reward_params("length_l1_exact") == {"alpha": 0.0003}
-    assert reward_params("length_l1_max") == {"alpha": 0.0003, "delta": 0.5}
+    assert reward_params("length") == {"extraction": "boxed"}
+    assert reward_params("length_l1_exact") == {"alpha": 0.0003, "extraction": "boxed"}
+    assert reward_params("length_l1_max") == {"alpha": 0.0003, "delta": 0.5, "extraction": "boxed"}
 
 
 def test_check_params_rejects_unknown_with_suggestion():

@@ -51,7 +51,7 @@ def test_format_cases(batch_of, text, expected):
     [
         ("<think>\nx\n</think>\ny", 1.0),
         ("x\n</think>\ny", 0.5),  # typical R1-distill completion: "<think>\n" was pre-filled in the prompt
-        ("<think>\nx", 0.5),
+        ("<think>\nx", 0.0),  # think block never closed: unfinished, no credit (Tina gave 0.5 for the open tag)
         ("<think>\n<think>\nx\n</think>\n", 0.5),  # two open tags: no credit for the open tag
         ("<think>\nx\n</think>\n\n</think>\n", 0.5),  # two closing tags
         ("<answer>\n4\n</answer>", 0.0),  # open-r1's answer tags earn nothing in Tina's version

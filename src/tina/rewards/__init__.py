@@ -2,11 +2,14 @@
 
 One training step::
 
-    batch = grade_batch(RewardBatch(completions, answers, prompts, completion_lengths, group_size), timeout=5.0)
+    batch = RewardBatch(completions, answers, prompts, completion_lengths, group_size, truncated=rollout_truncated)
+    batch = grade_batch(batch, timeout=5.0)
     totals, components = score(batch, [RewardSpec("format", 1.0), RewardSpec("accuracy", 2.0)])
 
 `totals[i]` is None for an ungradable completion (the caller leaves it out of the advantage and counts it);
-`components` maps each reward name to its raw per-completion values, for logging.
+`components` maps each reward name to its raw per-completion values, for logging. A truncated, unfinished (think
+block never closed) or hedged completion is never credited: accuracy gives it 0.0 (see `tina.grading.grader`).
+Correctness rewards take ``extraction`` ("boxed", the training default, or "lenient").
 
 Built-in rewards (Tina / open-r1 semantics, see each function's docstring): accuracy, format, tag_count,
 reasoning_steps, cosine, repetition_penalty, length, length_l1_exact, length_l1_max. A custom reward is given as

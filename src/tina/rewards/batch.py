@@ -2,6 +2,9 @@
 
 Grading (the expensive, timeout-guarded math-verify call) happens once per batch in `grade_batch`; every reward that
 needs correctness reads the shared `batch.verdicts` instead of grading again.
+
+`truncated` (optional, from the rollout: hit the token limit without an end-of-sequence token) marks completions that
+never finished: the grader calls them "unfinished" and no reward gives them credit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class RewardBatch:
     completion_lengths: list[int]  # tokens generated per completion (EOS included)
     group_size: int  # G completions per prompt
     verdicts: list[Verdict] | None = None  # filled once by `grade_batch`
+    truncated: list[bool] | None = None  # per completion: hit the token limit without EOS (None: none did)
 
     def __post_init__(self) -> None:
         n = len(self.completions)
@@ -38,8 +42,12 @@ class RewardBatch:
             if len(getattr(self, field_name)) != n:
                 got = len(getattr(self, field_name))
                 raise ValueError(f"RewardBatch.{field_name} has {got} entries, expected {n} (one per completion)")
-        if self.verdicts is not None and len(self.verdicts) != n:
-            raise ValueError(f"RewardBatch.verdicts has {len(self.verdicts)} entries, expected {n}")
+        for field_name in ("verdicts", "truncated"):
+            values = getattr(self, field_name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"RewardBatch.{field_name} has {len(values)} entries, expected {n}")
+        if self.truncated is not None:
+            self.truncated = [bool(t) for t in self.truncated]  # accepts numpy / torch bools
         if not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"RewardBatch.group_size must be a positive int, got {self.group_size!r}")
         if n % self.group_size != 0:
@@ -66,17 +74,31 @@ class RewardBatch:
             completion_lengths=[self.completion_lengths[i] for i in indices],
             group_size=group_size,
             verdicts=None if self.verdicts is None else [self.verdicts[i] for i in indices],
+            truncated=None if self.truncated is None else [self.truncated[i] for i in indices],
         )
+
+    def is_truncated(self, i: int) -> bool:
+        """Whether completion `i` hit the token limit without an end-of-sequence token."""
+        return self.truncated is not None and self.truncated[i]
 
 
 def grade_batch(batch: RewardBatch, *, timeout: float = 5.0, task: str = "math") -> RewardBatch:
     """Grade every completion against its gold answer once; return a copy of `batch` with `verdicts` filled.
 
-    Uses THE grader (`tina.grading.grade_many`), the same one evaluation uses. The input batch is not modified.
+    Uses THE grader (`tina.grading.grade_many`), the same one evaluation uses, with lenient extraction; each reward
+    then keeps only the answers its own ``extraction`` allows (`tina.grading.restrict`; the training default is
+    "boxed"). `batch.truncated` is passed on as ``finished``, and the prompts so the grader knows when a prompt opened
+    the think block. The input batch is not modified.
     """
     from tina.grading import grade_many  # imported here so the rest of the package works without the grader
 
-    verdicts = list(grade_many(list(batch.completions), list(batch.answers), task=task, timeout=timeout))
+    finished = None if batch.truncated is None else [not t for t in batch.truncated]
+    verdicts = list(
+        grade_many(
+            list(batch.completions), list(batch.answers), task=task, timeout=timeout, finished=finished,
+            prompts=list(batch.prompts),
+        )
+    )
     if len(verdicts) != len(batch):
         raise RuntimeError(f"grade_many returned {len(verdicts)} verdicts for {len(batch)} completions")
     return dataclasses.replace(batch, verdicts=verdicts)

@@ -1,8 +1,14 @@
-"""Rewards that need correctness: accuracy, cosine, length (Kimi-1.5), length_l1_exact, length_l1_max.
+r"""Rewards that need correctness: accuracy, cosine, length (Kimi-1.5), length_l1_exact, length_l1_max.
 
 They read `batch.verdicts` (filled once per batch by `grade_batch`, using the same grader as evaluation) and return
 None for a completion whose verdict is ungradable (``verdict.correct is None``: gold unparseable or grader timeout).
 Unlike open-r1/Tina, an unparseable gold never turns into a reward of 1.0 or into "treated as correct".
+
+Each takes ``extraction`` (recipe: ``rewards: {accuracy: {weight: 1.0, extraction: boxed}}``): "boxed" (the default,
+Tina's reward: only the last ``\boxed{}`` of the final answer part counts) or "lenient" (also "answer is" phrases and
+math spans, as the benchmark grader). A completion that is truncated (`RewardBatch.truncated`), unfinished (think block
+never closed) or hedged is wrong (``correct=False``) -- a real failure, never None -- whatever the extraction; see the
+rules in `tina.grading.grader`.
 """
 
 from __future__ import annotations
@@ -12,10 +18,24 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from tina.errors import ConfigError, RewardError
+from tina.errors import ConfigError, RewardError, did_you_mean
 from tina.rewards.batch import RewardBatch
 
 F = TypeVar("F", bound=Callable[..., list])
+
+#: Values of the ``extraction`` parameter (same as `tina.grading.EXTRACTIONS`; repeated so this module imports no
+#: grader). "boxed" is the training default.
+EXTRACTIONS = ("boxed", "lenient")
+
+
+def param_choices(**choices: tuple) -> Callable[[F], F]:
+    """Declare the allowed values of some parameters; `tina.rewards.check_params` checks recipes against them."""
+
+    def mark(fn: F) -> F:
+        fn.param_choices = {**getattr(fn, "param_choices", {}), **choices}  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
 def needs_verdicts(fn: F) -> F:
@@ -24,15 +44,31 @@ def needs_verdicts(fn: F) -> F:
     return fn
 
 
-def correctness(batch: RewardBatch) -> list[bool | None]:
-    """Per-completion True / False / None (ungradable) from the batch's verdicts."""
+def _check_extraction(extraction: str) -> None:
+    if extraction not in EXTRACTIONS:
+        hint = did_you_mean(str(extraction), EXTRACTIONS)
+        raise ConfigError(f"extraction must be one of {', '.join(EXTRACTIONS)}, got {extraction!r}{hint}")
+
+
+def correctness(batch: RewardBatch, extraction: str = "boxed") -> list[bool | None]:
+    """Per-completion True / False / None (ungradable) from the batch's verdicts, with `extraction`'s answers only.
+
+    A truncated completion (`batch.truncated`) is False whatever its verdict says (the grader already calls it
+    "unfinished" when `grade_batch` had the flags; this also covers verdicts made elsewhere).
+    """
     if batch.verdicts is None:
         raise ValueError(
             "batch.verdicts is None: call tina.rewards.grade_batch(batch) before a reward that needs correctness"
         )
+    _check_extraction(extraction)
+    from tina.grading.grader import restrict  # the one grader module decides what each extraction accepts
+
     out: list[bool | None] = []
     for i, verdict in enumerate(batch.verdicts):
-        correct = verdict.correct
+        if batch.is_truncated(i):
+            out.append(False)
+            continue
+        correct = restrict(verdict, extraction).correct
         if correct is not None and not isinstance(correct, bool):
             raise ValueError(f"verdict {i} has correct={correct!r}; expected True, False or None")
         out.append(correct)
@@ -40,19 +76,25 @@ def correctness(batch: RewardBatch) -> list[bool | None]:
 
 
 @needs_verdicts
-def accuracy(batch: RewardBatch) -> list[float | None]:
+@param_choices(extraction=EXTRACTIONS)
+def accuracy(batch: RewardBatch, *, extraction: str = "boxed") -> list[float | None]:
     """1.0 if the grader says correct, 0.0 if wrong, None if ungradable (the sample is then left out of the update).
 
+    Unfinished (truncated, think block never closed) and hedged completions are wrong: 0.0, not None -- the policy
+    must learn to avoid them. `extraction`: "boxed" (default: only a boxed final answer counts) or "lenient".
+
     >>> from types import SimpleNamespace as V
-    >>> b = RewardBatch(["a", "b", "c"], ["1"] * 3, ["p"] * 3, [1] * 3, 1,
-    ...                 [V(correct=True), V(correct=False), V(correct=None)])
+    >>> b = RewardBatch(["a", "b", "c", "d"], ["1"] * 4, ["p"] * 4, [1] * 4, 1,
+    ...                 [V(correct=True), V(correct=False), V(correct=None), V(correct=True)],
+    ...                 truncated=[False, False, False, True])
     >>> accuracy(b)
-    [1.0, 0.0, None]
+    [1.0, 0.0, None, 0.0]
     """
-    return [None if c is None else float(c) for c in correctness(batch)]
+    return [None if c is None else float(c) for c in correctness(batch, extraction)]
 
 
 @needs_verdicts
+@param_choices(extraction=EXTRACTIONS)
 def cosine(
     batch: RewardBatch,
     *,
@@ -61,6 +103,7 @@ def cosine(
     min_value_correct: float = 0.5,
     max_value_correct: float = 1.0,
     max_len: int = 1000,
+    extraction: str = "boxed",
 ) -> list[float | None]:
     """Cosine-scaled correctness by completion length in characters (open-r1's ``get_cosine_scaled_reward``).
 
@@ -82,7 +125,7 @@ def cosine(
     if max_len <= 0:
         raise ConfigError(f"cosine: max_len must be positive, got {max_len}")
     out: list[float | None] = []
-    for text, correct in zip(batch.completions, correctness(batch)):
+    for text, correct in zip(batch.completions, correctness(batch, extraction)):
         if correct is None:
             out.append(None)
             continue
@@ -94,7 +137,8 @@ def cosine(
 
 
 @needs_verdicts
-def length(batch: RewardBatch) -> list[float | None]:
+@param_choices(extraction=EXTRACTIONS)
+def length(batch: RewardBatch, *, extraction: str = "boxed") -> list[float | None]:
     """Kimi-1.5 group-relative length reward, length in characters (as open-r1/Tina measure it).
 
     Within each group of `batch.group_size` completions, ``lam = 0.5 - (len - min_len) / (max_len - min_len)``;
@@ -109,7 +153,7 @@ def length(batch: RewardBatch) -> list[float | None]:
     >>> length(b)
     [0.5, 0.0, -0.5, 0.0]
     """
-    correct = correctness(batch)
+    correct = correctness(batch, extraction)
     out: list[float | None] = [None] * len(batch)
     for group in batch.group_slices():
         lengths = [len(batch.completions[i]) for i in group]
@@ -158,7 +202,8 @@ def _targets(batch: RewardBatch, reward_name: str) -> list[int]:
 
 
 @needs_verdicts
-def length_l1_exact(batch: RewardBatch, *, alpha: float = 0.0003) -> list[float | None]:
+@param_choices(extraction=EXTRACTIONS)
+def length_l1_exact(batch: RewardBatch, *, alpha: float = 0.0003, extraction: str = "boxed") -> list[float | None]:
     """L1-Exact: ``correct - alpha * |n_gold - n_y|``, n_gold from the prompt, n_y = generated tokens (EOS included).
 
     >>> from types import SimpleNamespace as V
@@ -167,7 +212,7 @@ def length_l1_exact(batch: RewardBatch, *, alpha: float = 0.0003) -> list[float 
     >>> [round(v, 6) for v in length_l1_exact(b)]
     [0.85, -0.03]
     """
-    correct = correctness(batch)
+    correct = correctness(batch, extraction)
     targets = _targets(batch, "length_l1_exact")
     out: list[float | None] = []
     for c, n_gold, n_y in zip(correct, targets, batch.completion_lengths):
@@ -176,7 +221,10 @@ def length_l1_exact(batch: RewardBatch, *, alpha: float = 0.0003) -> list[float 
 
 
 @needs_verdicts
-def length_l1_max(batch: RewardBatch, *, alpha: float = 0.0003, delta: float = 0.5) -> list[float | None]:
+@param_choices(extraction=EXTRACTIONS)
+def length_l1_max(
+    batch: RewardBatch, *, alpha: float = 0.0003, delta: float = 0.5, extraction: str = "boxed"
+) -> list[float | None]:
     """L1-Max: ``correct * clip(alpha * (n_gold - n_y) + delta, 0, 1)``; n_y = generated tokens (EOS included).
 
     A correct answer exactly at the budget scores `delta`; under budget scores more (up to 1), over budget less (down
@@ -188,7 +236,7 @@ def length_l1_max(batch: RewardBatch, *, alpha: float = 0.0003, delta: float = 0
     >>> [round(v, 6) for v in length_l1_max(b)]
     [0.65, 0.0]
     """
-    correct = correctness(batch)
+    correct = correctness(batch, extraction)
     targets = _targets(batch, "length_l1_max")
     out: list[float | None] = []
     for c, n_gold, n_y in zip(correct, targets, batch.completion_lengths):

@@ -97,9 +97,15 @@ def reward_params(name: str) -> dict[str, Any]:
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:
-    """Raise ConfigError if `params` has a key the reward does not take, or lacks one it requires.
+    """Raise ConfigError if `params` has a key the reward does not take, lacks one it requires, or gives a value
+    outside the choices the reward declares (``fn.param_choices``, e.g. accuracy's ``extraction``: boxed | lenient).
 
     A reward that takes ``**kwargs`` accepts any key.
+
+    >>> check_params("accuracy", {"extraction": "boxd"})
+    Traceback (most recent call last):
+    ...
+    tina.errors.ConfigError: reward 'accuracy': extraction must be one of boxed, lenient, got 'boxd' (did you mean...
     """
     fn = get_reward(name)
     known = reward_params(name)
@@ -114,3 +120,10 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
     missing = [k for k, default in known.items() if default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ConfigError(f"reward '{name}' needs parameter(s) {', '.join(missing)} in the recipe")
+    for key, allowed in getattr(fn, "param_choices", {}).items():
+        if key in params and params[key] not in allowed:
+            value = params[key]
+            raise ConfigError(
+                f"reward '{name}': {key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                f"{did_you_mean(str(value), [str(a) for a in allowed])}"
+            )

@@ -1,6 +1,9 @@
 """Rewards that look only at the completion text: format, tag_count, reasoning_steps, repetition_penalty.
 
-They need no grading, so they never return None.
+They need no grading, so they never return None. None of them credits an unfinished completion (project rule: a
+reward is never given to an answer that never finishes): format, tag_count and reasoning_steps give 0.0 to a
+completion that hit the token limit (`RewardBatch.truncated`) or left its think block open. repetition_penalty is a
+penalty (<= 0), so it keeps scoring truncated text: lifting it would reward the truncation.
 """
 
 from __future__ import annotations
@@ -14,40 +17,58 @@ THINK_OPEN = "<think>\n"
 THINK_CLOSE = "\n</think>\n"
 
 
+def _unfinished(batch: RewardBatch, i: int) -> bool:
+    """Completion `i` hit the token limit, or left a think block open (one it opened, or one its prompt opened: the
+    grader's rule, `tina.grading.extract.final_part`)."""
+    from tina.grading.extract import final_part, opens_think  # pure string functions
+
+    if batch.is_truncated(i):
+        return True
+    return final_part(batch.completions[i], think_open=opens_think(batch.prompts[i])) is None
+
+
 def format_reward(batch: RewardBatch) -> list[float]:
-    r"""1.0 if the completion contains the closing tag ``"\n</think>\n"`` exactly once, else 0.0 (Tina's rule).
+    r"""1.0 if the completion contains the closing tag ``"\n</think>\n"`` exactly once, else 0.0 (Tina's rule), and 0.0
+    for an unfinished completion (truncated, or a think block opened again after the closing tag).
 
     The R1-distill chat template pre-fills ``"<think>\n"`` at the end of the prompt, so only the closing tag is
     checked. The rule is a plain substring count over the whole text, so multi-line reasoning is handled with no regex
     flags to forget (open-r1's early ``^<think>.*?</think>`` regex lacked DOTALL and scored 0 on any multi-line text).
     A closing tag at the very end of the text (no newline after it) does not count.
 
-    >>> b = RewardBatch(["a\nb\n</think>\n\\boxed{1}", "x\n</think>\ny\n</think>\n"], ["1"] * 2, ["p"] * 2, [1, 1], 1)
+    >>> b = RewardBatch(["a\nb\n</think>\n\\boxed{1}", "x\n</think>\ny\n</think>\n", "a\n</think>\n\\boxed{"],
+    ...                 ["1"] * 3, ["p"] * 3, [1, 1, 1], 1, truncated=[False, False, True])
     >>> format_reward(b)
-    [1.0, 0.0]
+    [1.0, 0.0, 0.0]
     """
-    return [1.0 if text.count(THINK_CLOSE) == 1 else 0.0 for text in batch.completions]
+    return [
+        1.0 if text.count(THINK_CLOSE) == 1 and not _unfinished(batch, i) else 0.0
+        for i, text in enumerate(batch.completions)
+    ]
 
 
 def tag_count(batch: RewardBatch) -> list[float]:
-    r"""Tina's tag count: +0.5 if ``"<think>\n"`` occurs exactly once, +0.5 if ``"\n</think>\n"`` occurs exactly once.
+    r"""Tina's tag count: +0.5 if ``"<think>\n"`` occurs exactly once, +0.5 if ``"\n</think>\n"`` occurs exactly once;
+    0.0 for an unfinished completion (truncated, or its think block left open: ``"<think>\nhm"`` earns nothing).
 
     This is the Tina variant (two tags, 0.5 each), not open-r1's four-tag version (0.25 each for ``<think>\n``,
     ``\n</think>\n``, ``\n<answer>\n`` and ``\n</answer>``): the R1-distill prompt asks for no ``<answer>`` tags.
     Because the R1-distill template pre-fills ``<think>\n`` in the prompt, a typical well-formed completion contains
     only the closing tag and scores 0.5.
 
-    >>> b = RewardBatch(["<think>\nhm\n</think>\n42", "hm\n</think>\n42", "42"], ["1"] * 3, ["p"] * 3, [1] * 3, 1)
+    >>> b = RewardBatch(["<think>\nhm\n</think>\n42", "hm\n</think>\n42", "42", "<think>\nhm"], ["1"] * 4,
+    ...                 ["p"] * 4, [1] * 4, 1)
     >>> tag_count(b)
-    [1.0, 0.5, 0.0]
+    [1.0, 0.5, 0.0, 0.0]
     """
     out = []
-    for text in batch.completions:
+    for i, text in enumerate(batch.completions):
         value = 0.0
-        if text.count(THINK_OPEN) == 1:
-            value += 0.5
-        if text.count(THINK_CLOSE) == 1:
-            value += 0.5
+        if not _unfinished(batch, i):
+            if text.count(THINK_OPEN) == 1:
+                value += 0.5
+            if text.count(THINK_CLOSE) == 1:
+                value += 0.5
         out.append(value)
     return out
 
@@ -60,16 +81,21 @@ STEP_PATTERN = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Fina
 
 
 def reasoning_steps(batch: RewardBatch) -> list[float]:
-    r"""min(1, #step markers / 3): full reward from three markers on (open-r1's "magic number 3").
+    r"""min(1, #step markers / 3): full reward from three markers on (open-r1's "magic number 3"); 0.0 for an
+    unfinished completion (truncated or think block left open), which would otherwise be paid for rambling on.
 
     Markers are non-overlapping matches of `STEP_PATTERN`. Note ``"\n-"`` also matches a line that starts with a minus
     sign or ``---``; that is open-r1's behaviour and kept.
 
-    >>> b = RewardBatch(["Step 1: a\nStep 2: b", "First, x\n1. y\n- z\n* w"], ["1"] * 2, ["p"] * 2, [1, 1], 1)
+    >>> b = RewardBatch(["Step 1: a\nStep 2: b", "First, x\n1. y\n- z\n* w", "First, x\n1. y\n- z\n* w"],
+    ...                 ["1"] * 3, ["p"] * 3, [1] * 3, 1, truncated=[False, False, True])
     >>> [round(v, 4) for v in reasoning_steps(b)]
-    [0.6667, 1.0]
+    [0.6667, 1.0, 0.0]
     """
-    return [min(1.0, len(STEP_PATTERN.findall(text)) / 3) for text in batch.completions]
+    return [
+        0.0 if _unfinished(batch, i) else min(1.0, len(STEP_PATTERN.findall(text)) / 3)
+        for i, text in enumerate(batch.completions)
+    ]
 
 
 def repetition_penalty(batch: RewardBatch, *, ngram_size: int = 3, max_penalty: float = -1.0) -> list[float]:
