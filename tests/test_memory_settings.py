@@ -17,7 +17,8 @@ from tina.models import load_model_and_tokenizer
 from tina.rl.logprobs import token_logprobs
 from tina.rl.losses import LOSSES
 from tina.rl.masks import mask_from_lengths
-from tina.train import MicroBatch, build_model, train, update
+from tina.run import build_model
+from tina.train import MicroBatch, train, update
 
 BASE = {
     "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32", "attn_implementation": "sdpa"},

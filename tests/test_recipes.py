@@ -222,7 +222,7 @@ def test_tina_check_prints_the_estimate_with_its_arithmetic(capsys):
 def test_l1_recipe_prompts_carry_a_target_drawn_from_the_range(tmp_path):
     import json
 
-    from tina.train import load_problems, render_prompts
+    from tina.problems import load_problems, render_prompts
 
     src = tmp_path / "deepscaler.jsonl"
     src.write_text("".join(json.dumps({"problem": f"What is {i}+{i}?", "answer": str(2 * i), "solution": "..."}) + "\n"

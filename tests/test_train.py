@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from tina.config import load_config, to_dict
-from tina.train import PromptSampler, train
+from tina.problems import PromptSampler
+from tina.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -98,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_guarded(command: str, fn) -> int:
+    """Run ``fn()`` as the body of ``tina COMMAND`` (in a child process): a TinaError is one line and exit 2."""
+    try:
+        return fn() or 0
+    except TinaError as exc:
+        print(f"tina {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"tina {command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def _dispatch(args) -> int:
     if getattr(args, "command_module", None):
         import importlib

@@ -86,23 +86,44 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
+    """How completions are sampled, and by which engine (``hf``: the trainer's own model, everywhere; ``vllm``: a vLLM
+    engine in the training process serving the live LoRA adapter, ``pip install 'tina[vllm]'``)."""
+
     backend: str = "hf"
     num_generations: int = 8  # G completions per prompt
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
+    generation_batch_size: int | None = None  # hf: rows decoded at once (None = the whole step)
+    gpu_memory_utilization: float = 0.3  # vllm: share of the GPU for weights + KV cache, the rest is for training
+    max_model_len: int | None = None  # vllm: prompt + completion tokens per sequence (None: the model's maximum)
+    vllm_sleep: bool = True  # vllm on a GPU: sleep (level 1) between rollout and update, so training gets the memory
+    check_engine: bool = True  # start-up canary: the engine must reproduce the trainer's log-probs (base + 2 adapters)
+    canary_tolerance: float | None = None  # mean |d log p| allowed by the canary (None: 1e-3 fp32, 0.1 bf16/fp16)
+    # stop when engine and trainer log-probs of the sampled tokens differ more than this per token (mean over a
+    # micro-batch; typical: ~1e-6 in float32, ~0.02 in bfloat16); None: only log rollout/logp_diff_*
+    max_logp_diff: float | None = 0.25
 
 
 @dataclass
 class AlgorithmConfig:
     objective: str = "grpo"  # grpo | dr_grpo | dapo | bnpo | gspo
     beta: float = 0.0  # KL penalty to the base model (adapter disabled)
-    epsilon: float = 0.2  # ratio clip (low side, and high side unless epsilon_high is set)
+    # Ratio clip, low and high side.  Unset: the objective's own defaults (tina.rl.losses.DEFAULT_CLIP: 0.2 / 0.2;
+    # dapo 0.2 / 0.28, "clip-higher"; gspo 3e-4 / 4e-4, its sequence-level ratio), resolved when the recipe loads.
+    epsilon: float | None = None
     epsilon_high: float | None = None
     num_iterations: int = 1  # optimizer updates per generated batch (>1 uses stored old log-probs + clipping)
-    scale_rewards: str = "group"  # group | batch | none (Dr.GRPO uses none)
+    scale_rewards: str = "group"  # group | batch (std of the whole step) | none (Dr.GRPO uses none)
     mask_truncated_completions: bool = False
+    # Importance weights for the engine/trainer mismatch (tina.rollout.agreement.rollout_correction):
+    # auto = token_truncate for vllm, none for hf | none | token_truncate | token_mask | sequence_truncate | ...mask
+    rollout_correction: str = "auto"
+    rollout_correction_cap: float = 2.0
+    # Log-probs of temperature-scaled logits (the distribution that was sampled).  false: raw logits, as Tina / TRL
+    # 0.15 computed them (see docs/fidelity.md).
+    logprobs_at_temperature: bool = True
 
 
 # The probe prompt Tina watched during training: the first AIME 2024 problem (public competition text).
@@ -141,7 +162,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)
     max_bad_steps: int = 5  # abort (after checkpointing the last good state) after this many non-finite steps in a row
     probe_prompt: str = AIME24_PROBE  # greedy completion logged to RUN/probes.jsonl at each checkpoint; "" = none
-    probe_max_new_tokens: int = 512
+    probe_max_new_tokens: int = 512  # never more than rollout.max_new_tokens
+    logprob_memory_mb: int = 256  # memory budget for one chunk of float32 logits in the log-prob pass
 
 
 @dataclass
@@ -250,8 +272,22 @@ def load_config(recipe: str | Path | dict | None = None, overrides: list[str] | 
     for item in overrides or []:
         apply_override(raw, item)
     cfg = from_dict(raw)
+    resolve_defaults(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_defaults(cfg: Config) -> None:
+    """Fill the keys whose default depends on others (the clip range depends on the objective), so the resolved
+    config -- what ``tina check`` prints and RUN/config.yaml holds -- says what will run."""
+    from tina.rl.losses import DEFAULT_CLIP
+
+    a = cfg.algorithm
+    low, high = DEFAULT_CLIP.get(a.objective, (0.2, 0.2))
+    if a.epsilon is None:
+        a.epsilon = low
+    if a.epsilon_high is None:
+        a.epsilon_high = a.epsilon if a.objective not in ("dapo", "gspo") else high
 
 
 def parse_yaml(text: str, what: str):
@@ -435,7 +471,17 @@ def validate(cfg: Config) -> None:
     _positive("data.holdout", cfg.data.holdout, allow_zero=True)
     if cfg.data.limit is not None:
         _positive("data.limit", cfg.data.limit)
-    _choice("rollout.backend", cfg.rollout.backend, ("hf",))
+    _choice("rollout.backend", cfg.rollout.backend, ("hf", "vllm"))
+    if cfg.rollout.generation_batch_size is not None:
+        _positive("rollout.generation_batch_size", cfg.rollout.generation_batch_size)
+    if not 0 < cfg.rollout.gpu_memory_utilization <= 1:
+        raise ConfigError(f"rollout.gpu_memory_utilization: must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}")
+    if cfg.rollout.max_model_len is not None:
+        _positive("rollout.max_model_len", cfg.rollout.max_model_len)
+    if cfg.rollout.canary_tolerance is not None:
+        _positive("rollout.canary_tolerance", cfg.rollout.canary_tolerance)
+    if cfg.rollout.max_logp_diff is not None:
+        _positive("rollout.max_logp_diff", cfg.rollout.max_logp_diff)
     if cfg.rollout.num_generations < 2:
         raise ConfigError(
             f"rollout.num_generations: must be >= 2 (group-relative advantages need a group), got {cfg.rollout.num_generations}"
@@ -448,9 +494,14 @@ def validate(cfg: Config) -> None:
     _choice("algorithm.objective", cfg.algorithm.objective, LOSSES)
     _choice("algorithm.scale_rewards", cfg.algorithm.scale_rewards, SCALE_REWARDS)
     _positive("algorithm.beta", cfg.algorithm.beta, allow_zero=True)
-    _positive("algorithm.epsilon", cfg.algorithm.epsilon)
+    if cfg.algorithm.epsilon is not None:
+        _positive("algorithm.epsilon", cfg.algorithm.epsilon)
     if cfg.algorithm.epsilon_high is not None:
         _positive("algorithm.epsilon_high", cfg.algorithm.epsilon_high)
+    _choice("algorithm.rollout_correction", cfg.algorithm.rollout_correction,
+            ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"))
+    if cfg.algorithm.rollout_correction_cap <= 1:
+        raise ConfigError(f"algorithm.rollout_correction_cap: must be > 1, got {cfg.algorithm.rollout_correction_cap}")
     _positive("algorithm.num_iterations", cfg.algorithm.num_iterations)
     t = cfg.train
     _positive("train.max_steps", t.max_steps)
@@ -482,6 +533,7 @@ def validate(cfg: Config) -> None:
         _choice("train.report_to", tracker, ("tensorboard", "wandb"))
     _positive("train.max_bad_steps", t.max_bad_steps)
     _positive("train.probe_max_new_tokens", t.probe_max_new_tokens)
+    _positive("train.logprob_memory_mb", t.logprob_memory_mb)
     _positive("cost.num_devices", cfg.cost.num_devices)
     _positive("cost.usd_per_device_hour", cfg.cost.usd_per_device_hour, allow_zero=True)
     if cfg.cost.seconds_per_step is not None:

@@ -31,10 +31,10 @@ def held_out_prompts(tokenizer, cfg) -> tuple[list[str], list[str]]:
 def evaluate_arith(model, tokenizer, cfg, *, seed: int) -> dict:
     """Sampled (cfg.eval.samples per problem at cfg.eval.temperature) and greedy accuracy on the held-out split."""
     from tina.eval.generate import generate_and_grade
-    from tina.rollout import HFBackend, Sampling
+    from tina.rollout import HFEngine, Sampling
 
     prompts, golds = held_out_prompts(tokenizer, cfg)
-    backend = HFBackend(model, tokenizer)
+    backend = HFEngine(model, tokenizer)
     e = cfg.eval
     sampled = generate_and_grade(  # seeded: each problem's samples are the same whatever the batching
         backend, prompts, golds,

@@ -106,6 +106,28 @@ class Dist:
             self.accelerator.gradient_state._set_sync_gradients(last)
         self.accelerator.backward(loss)
 
+    def step(self, optimizer) -> None:
+        """Apply the step's accumulated gradients, then clear them."""
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def discard_gradients(self, optimizer, loss: torch.Tensor | None = None) -> None:
+        """Drop the step's accumulated gradients without updating anything (a skipped step).
+
+        Every process calls it.  Under DeepSpeed ``zero_grad()`` / ``step()`` are no-ops (accelerate's wrapper) and the
+        engine keeps the earlier micro-batches' gradients in its own buffers until the step's boundary backward, where
+        it steps.  So when the boundary has not been reached yet, pass the current micro-batch's ``loss``: its backward
+        is run as the boundary with the loss made NaN, every gradient becomes non-finite, and DeepSpeed's own overflow
+        check skips the update and clears all accumulated gradients (the optimizer state is untouched).
+        """
+        if not self.is_deepspeed:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        if loss is not None:
+            self.backward(loss * float("nan"), last=True)
+        if not getattr(optimizer, "step_was_skipped", True):
+            raise RuntimeError("DeepSpeed applied a step that tina meant to skip")
+
     def clip_grad_norm(self, params: list, max_norm: float) -> torch.Tensor:
         """Clip and return the total gradient norm (DeepSpeed has clipped already: report its norm)."""
         if self.is_deepspeed:

@@ -172,7 +172,8 @@ def _training_part(ledger: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ evaluation
 def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None, *,
-                  usd_per_device_hour: float | None = None, label: str | None = None) -> dict | None:
+                  usd_per_device_hour: float | None = None, label: str | None = None,
+                  extra: dict | None = None) -> dict | None:
     """Book ``seconds`` of evaluation into a run's ledger; return the updated ledger (None if RUN has no ledger).
 
     ``num_devices`` defaults to the ledger's own, the price to the ledger's ``usd_per_device_hour``.  The entry is
@@ -180,7 +181,8 @@ def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None =
     ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by ``num_devices * seconds / 3600``,
     ``usd`` by that times the price, and ``evaluation`` = ``{"seconds", "device_hours", "usd", "runs"}``.  A training
     process that is still running folds the entry in too on its next write, so neither overwrites the other.
-    ``label`` says what was evaluated (e.g. ``"checkpoint-450: aime24, math_500"``).
+    ``label`` says what was evaluated (e.g. ``"checkpoint-450: aime24, math_500"``); ``extra`` is recorded in the
+    entry as it is (``tina eval`` books one entry per model and benchmark with its tokens, tokens/s and engine).
 
     >>> import tempfile; d = Path(tempfile.mkdtemp())
     >>> _ = (d / "ledger.json").write_text(json.dumps({"wall_seconds": 3600, "phases": {"evaluation": 0},
@@ -209,6 +211,7 @@ def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None =
         "usd": round(device_hours * price, 9),
         "label": label,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
     }
     try:
         with open(run_dir / EVAL_COSTS_FILE, "a") as fh:  # one short line per append: safe beside a trainer

@@ -6,11 +6,12 @@ import json
 from collections import defaultdict
 
 import pytest
+import torch
 import transformers
 
 import tina.rollout
 from tina.cli import main
-from tina.rollout import HFBackend
+from tina.rollout import HFEngine
 
 from eval_util import probe_answer
 
@@ -63,7 +64,12 @@ def test_run_loads_the_base_once_and_swaps_adapters(tiny_run, tmp_path, count_ba
 
     ledger = json.loads((tiny_run / "ledger.json").read_text())  # the evaluation was booked in the run's ledger
     booked = ledger["phases"]["evaluation"] - ledger_before["phases"]["evaluation"]
-    assert booked > 0 and ledger["evaluation"]["runs"] == ledger_before.get("evaluation", {}).get("runs", 0) + 1
+    runs_before = ledger_before.get("evaluation", {}).get("runs", 0)
+    assert booked > 0 and ledger["evaluation"]["runs"] == runs_before + 4  # one entry per model and benchmark
+    entries = [json.loads(x) for x in (tiny_run / "eval_costs.jsonl").read_text().splitlines()][-4:]
+    assert [e["label"] for e in entries] == [f"tina eval: {m} on arith" for m in
+                                             ("base", "checkpoint-1", "checkpoint-2", "checkpoint-3")]
+    assert all(e["tokens"] > 0 and e["tokens_per_second"] > 0 and e["engine"].startswith("hf") for e in entries)
     assert ledger["usd"] == pytest.approx(ledger["device_hours"] * 2.0, abs=1e-5)  # sums of rounded parts
 
     # the same adapter evaluated alone (no swapping, its own process state) gives the same completions
@@ -75,7 +81,7 @@ def test_run_loads_the_base_once_and_swaps_adapters(tiny_run, tmp_path, count_ba
     assert json.loads((alone / "results.json").read_text())["models"][0]["adapter_sha256"] == shas[3]
 
 
-class ProbeBackend(HFBackend):
+class ProbeBackend(HFEngine):
     """Generates for real with the live model, then answers with a function of the live weights (`probe_answer`).
 
     So an answer is right only if the checkpoint the runner *says* is active really is the one in the model.
@@ -85,6 +91,7 @@ class ProbeBackend(HFBackend):
         rollout = super().generate(prompts, sampling, keys)
         answer = probe_answer(self.model)
         rollout.texts = [f"\\boxed{{{answer}}}"] * len(rollout.texts)
+        rollout.truncated = torch.zeros_like(rollout.truncated)  # a finished answer (unfinished ones never count)
         return rollout
 
 
@@ -107,7 +114,7 @@ def test_select_on_holdout_picks_the_best_checkpoint_and_reports_only_it(tiny_ru
     holdout = run / "holdout.jsonl"
     holdout.write_text("".join(json.dumps({"id": f"h{i}", "problem": f"{i}+1-1", "answer": answers[2]}) + "\n"
                                for i in range(4)))
-    monkeypatch.setattr(tina.rollout, "HFBackend", ProbeBackend)
+    monkeypatch.setattr(tina.rollout, "HFEngine", ProbeBackend)
     out = tmp_path / "eval"
     assert main(["eval", "--run", str(run), "--select-on", str(holdout), "--select-prompt", "train",
                  "--output-dir", str(out), *FAST]) == 0

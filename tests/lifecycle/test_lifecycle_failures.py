@@ -14,6 +14,7 @@ from lifecycle_util import cli_args, metrics
 
 import tina.checkpoint
 import tina.rl.losses
+import tina.run
 import tina.train
 from tina import cli
 from tina.checkpoint import list_checkpoints, load_trainer_state, verify_checkpoint
@@ -123,7 +124,7 @@ def test_full_disk_while_writing_metrics(tmp_path, monkeypatch, capsys):
     def no_space(path, obj):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(tina.train, "_append_jsonl", no_space)
+    monkeypatch.setattr(tina.run, "append_jsonl", no_space)
     rc = main(tmp_path / "run")
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2 and "cannot write metrics.jsonl" in line and "the disk is full" in line

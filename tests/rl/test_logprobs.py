@@ -1,5 +1,6 @@
 """Token log-probs under left padding equal those of the unpadded sequence (positions skip the padding)."""
 
+import pytest
 import torch
 
 from tina.models import load_model_and_tokenizer
@@ -34,3 +35,85 @@ def test_left_padded_logprobs_equal_unpadded():
         alone = token_logprobs(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long),
                                completion[:1], cmask[:1])
     assert torch.allclose(batched[0], alone[0], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the lean output head
+def _lora_model():
+    from tina.models import attach_lora
+
+    torch.manual_seed(0)
+    model, tok = load_model_and_tokenizer("builtin:tiny-random", dtype="float32", attn_implementation="eager",
+                                          device="cpu")
+    model = attach_lora(model, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    prompt_ids = torch.randint(3, 300, (4, 6), generator=g)
+    prompt_mask = torch.ones(4, 6, dtype=torch.long)
+    prompt_mask[0, :2] = 0
+    completion_ids = torch.randint(3, 300, (4, 9), generator=g)
+    mask = torch.ones(4, 9)
+    mask[1, 5:] = 0
+    mask[2, 1:] = 0
+    return prompt_ids, prompt_mask, completion_ids, mask
+
+
+def _value_and_grads(model, lean: bool, chunk_bytes: int):
+    model.zero_grad(set_to_none=True)
+    p, pm, c, m = _batch()
+    logp = token_logprobs(model, p, pm, c, m, temperature=0.7, lean=lean, max_chunk_bytes=chunk_bytes)
+    weights = torch.linspace(-1, 1, logp.numel()).view_as(logp)  # any upstream gradient
+    (logp * m * weights).sum().backward()
+    grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}
+    return logp * m, grads
+
+
+@pytest.mark.parametrize("chunk_bytes", [300 * 4 * 3 * 5, 2**30])  # 5 rows per chunk, or all at once
+def test_lean_log_probs_equal_the_full_computation_in_value_and_gradient(chunk_bytes):
+    model = _lora_model()
+    full, full_grads = _value_and_grads(model, lean=False, chunk_bytes=chunk_bytes)
+    lean, lean_grads = _value_and_grads(model, lean=True, chunk_bytes=chunk_bytes)
+    assert (lean - full).abs().max() < 1e-5
+    assert full_grads.keys() == lean_grads.keys() and full_grads
+    for name in full_grads:
+        assert torch.allclose(lean_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_lean_head_is_swapped_back_and_skipped_when_the_head_trains():
+    from tina.rl.logprobs import _transformers_model, selected_logprob_head
+
+    model = _lora_model()
+    head = _transformers_model(model).get_output_embeddings()
+    p, pm, c, m = _batch()
+    with torch.no_grad():
+        token_logprobs(model, p, pm, c, m)
+    assert _transformers_model(model).get_output_embeddings() is head  # restored after the forward
+    head.weight.requires_grad_(True)  # a trained output head: the shortcut would drop its gradient
+    with selected_logprob_head(model, c, m, 1.0, 2**20) as swapped:
+        assert not swapped
+    head.weight.requires_grad_(False)
+
+
+def test_lean_path_never_builds_full_vocabulary_logits(monkeypatch):
+    """The largest float tensor created in the lean pass is a chunk of logits, not [B, T, V]."""
+    model = _lora_model()
+    p, pm, c, m = _batch()
+    vocab = _lora_model().config.vocab_size
+    sizes = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        out = real_linear(x, w, b)
+        if out.shape[-1] == vocab:
+            sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    token_logprobs(model, p, pm, c, m, max_chunk_bytes=vocab * 4 * 3 * 4)  # 4 rows per chunk
+    assert sizes and max(sizes) <= 4 * vocab  # never [B, T+1, V] = 4 * 10 * V

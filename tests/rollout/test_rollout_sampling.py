@@ -1,42 +1,65 @@
-"""Seeded sampling is exact (Gumbel-max) and batch-invariant: a row's completion depends only on its own seed."""
+"""Seeded sampling is exact (inverse CDF) and batch-invariant: a row's completion depends only on its own seed."""
 
 from __future__ import annotations
 
-import math
-
-import pytest
 import torch
 
-from tina.models import load_model_and_tokenizer
-from tina.rollout import HFBackend, Sampling
-from tina.rollout.sampling import GumbelSampler, mask_top_k_top_p, row_seed, uniforms
+from tina.rollout.sampling import mask_top_k_top_p, row_seed, sample_tokens, uniforms
 
 
-def test_uniforms_are_a_pure_function_of_seed_position_and_token():
+def test_uniforms_are_a_pure_function_of_seed_and_position():
     seeds = torch.tensor([1, 2, 3])
-    a = uniforms(seeds, 5, 7)
-    b = uniforms(seeds[[2, 0]], 5, 7)  # another batch composition
-    assert torch.equal(a[[2, 0]], b)
-    assert not torch.equal(uniforms(seeds, 6, 7), a)
+    a = uniforms(seeds, 5)
+    assert torch.equal(a[[2, 0]], uniforms(seeds[[2, 0]], 5))  # another batch composition
+    assert not torch.equal(uniforms(seeds, 6), a)
     assert float(a.min()) > 0 and float(a.max()) < 1
 
 
-def test_uniforms_look_uniform():
-    u = uniforms(torch.arange(2000), 0, 50).flatten()  # 100k values
+def test_uniforms_look_uniform_and_independent_across_positions():
+    u = torch.stack([uniforms(torch.arange(20000), t) for t in range(5)])  # [5, 20000]
     assert abs(float(u.mean()) - 0.5) < 0.005
-    hist = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    hist = torch.histc(u.flatten().float(), bins=10, min=0, max=1) / u.numel()
     assert torch.all((hist - 0.1).abs() < 0.005)
+    corr = torch.corrcoef(u)  # consecutive positions of one stream are uncorrelated
+    assert (corr - torch.eye(5, dtype=corr.dtype)).abs().max() < 0.03
 
 
-def test_gumbel_max_samples_follow_the_softmax():
+def test_samples_follow_the_softmax_at_the_temperature():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
     probs = torch.softmax(logits / 0.7, -1)
     n = 20000
-    sampler = GumbelSampler(torch.arange(n), prompt_width=0, temperature=0.7)
-    picks = sampler(torch.zeros(n, 0, dtype=torch.long), logits.expand(n, 4)).argmax(-1)
-    freq = torch.bincount(picks, minlength=4).float() / n
+    tokens, logps = sample_tokens(logits.expand(n, 4), torch.arange(n), 0, temperature=0.7)
+    freq = torch.bincount(tokens, minlength=4).float() / n
     # 4 standard errors of a binomial proportion at n = 20000 is at most 0.0142
     assert torch.allclose(freq, probs, atol=0.015), (freq, probs)
+    assert torch.allclose(logps, torch.log(probs)[tokens], atol=1e-6)  # the log-prob the trainer will compute
+
+
+def test_top_k_and_top_p_are_respected_and_log_probs_stay_untruncated():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    n = 5000
+    tokens, logps = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_p=0.75)
+    assert set(tokens.tolist()) == {0, 1}
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    assert abs(float(freq[0]) - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
+    assert torch.allclose(logps, torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))[tokens], atol=1e-6)
+    tokens, _ = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_k=1)
+    assert set(tokens.tolist()) == {0}
+
+
+def test_greedy_takes_the_argmax():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]])
+    tokens, logps = sample_tokens(logits, None, 0, greedy=True)
+    assert tokens.tolist() == [1, 0]
+    assert torch.allclose(logps, torch.log_softmax(logits, -1)[[0, 1], [1, 0]])
+
+
+def test_a_row_draws_the_same_token_whatever_its_batch_mates():
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    seeds = torch.tensor([row_seed(7, k) for k in range(6)])
+    together, _ = sample_tokens(logits, seeds, 3)
+    alone, _ = sample_tokens(logits[2:3], seeds[2:3], 3)
+    assert together[2] == alone[0]
 
 
 def test_top_k_and_top_p_masks():
@@ -50,19 +73,3 @@ def test_top_k_and_top_p_masks():
 def test_row_seed_differs_per_part():
     assert len({row_seed(0, s, p, j) for s in range(3) for p in range(3) for j in range(3)}) == 27
     assert row_seed(1, 2) == row_seed(1, 2)
-
-
-def test_seeded_generation_does_not_depend_on_batch_mates():
-    model, tok = load_model_and_tokenizer("builtin:tiny-random", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
-    backend = HFBackend(model, tok)
-    sampling = Sampling(n=3, max_new_tokens=12, temperature=1.0, seed=7)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-               for p in ["1+2-3", "4+4-0", "9+9-9 and a longer prompt"]]
-    together = backend.generate(prompts, sampling, keys=[10, 11, 12])
-    torch.manual_seed(123)  # the global RNG must not matter
-    alone = backend.generate(prompts[1:2], sampling, keys=[11])
-    assert together.texts[3:6] == alone.texts
-    assert torch.equal(together.lengths[3:6], alone.lengths)
-    other_seed = backend.generate(prompts[1:2], Sampling(n=3, max_new_tokens=12, temperature=1.0, seed=8), keys=[11])
-    assert other_seed.texts != alone.texts

@@ -47,7 +47,20 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (Tina)")
     p.add_argument("--max-new-tokens", type=int, default=32768, help="default 32768 (Tina)")
     p.add_argument("--limit", type=int, help="only the first N problems of each benchmark and the validation set")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="hf: sequences decoded at once (default 64); vllm batches continuously on its own")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="rollout engine: hf (transformers, everywhere) or vllm (pip install 'tina[vllm]'): the base "
+                        "loaded once, every checkpoint served as its own LoRA request, all problems submitted at once")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation in --output-dir: finished problems are read back from its "
+                        "samples.jsonl and not generated again")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the expected token volume and time (from a measured throughput); generate nothing")
+    p.add_argument("--data-parallel", type=int, default=1, metavar="N",
+                   help="N processes (one per GPU), each on a shard of the problems; results merged (same numbers)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm: share of the GPU (default 0.9)")
+    p.add_argument("--max-model-len", type=int, help="vllm: prompt + completion tokens (default: the model's)")
     p.add_argument("--output-dir", "-o", help="where to write (default: RUN/eval with --run, else ./tina-eval)")
     p.add_argument("--data-dir", help="read DIR/<benchmark>.jsonl instead of the hub (see tina.eval.benchmarks)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -56,9 +69,10 @@ def register(sub) -> None:
                    help="chat template around the prompt (default: the tokenizer's own, as Tina)")
     p.add_argument("--include-base", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate the base model (default: on with --run, off with --adapter)")
-    p.add_argument("--merge-adapters", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold each adapter into the weights while it is evaluated, as Tina did (default; the base "
-                        "is restored exactly between adapters); --no-merge-adapters keeps unmerged LoRA layers")
+    p.add_argument("--merge-adapters", action=argparse.BooleanOptionalAction, default=False,
+                   help="hf, float32 only: fold each adapter into the weights while it is evaluated (checked against "
+                        "the unmerged model; the base is restored exactly between adapters). Default: unmerged LoRA "
+                        "-- a bf16 merge loses a low-learning-rate update to rounding")
     p.add_argument("--select-on", metavar="FILE_OR_NAME",
                    help="choose ONE checkpoint by its score on this validation set (a JSONL such as "
                         "RUN/holdout.jsonl, or a benchmark name not in --benchmarks); ties go to the earliest")
@@ -98,15 +112,18 @@ def run(args) -> int:
 def _eval(args) -> int:
     from tina.eval.runner import EvalOptions, run_eval
 
-    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise TinaError("--samples, --batch-size and --limit must be positive")
+    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1) \
+            or args.data_parallel < 1:
+        raise TinaError("--samples, --batch-size, --limit and --data-parallel must be positive")
     opts = EvalOptions(
         model=args.model, adapters=args.adapters, run=args.run, benchmarks=args.benchmarks, samples=args.samples,
         seeds=args.seeds, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         limit=args.limit, batch_size=args.batch_size, output_dir=args.output_dir, data_dir=args.data_dir,
         dtype=args.dtype, device=args.device, template=args.template, include_base=args.include_base, merge_adapters=args.merge_adapters,
         select_on=args.select_on, select_prompt=args.select_prompt, grader_timeout=args.grader_timeout,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        progress=not args.no_progress, overwrite=args.overwrite, backend=args.backend, resume=args.resume,
+        dry_run=args.dry_run, data_parallel=args.data_parallel, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
     )
     run_eval(opts)
     return 0

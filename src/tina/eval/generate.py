@@ -20,25 +20,28 @@ class Graded:
     truncated: np.ndarray | None = None  # [problems, samples] bool: hit max_new_tokens without an EOS
 
 
-def generate_and_grade(backend, prompts: list[str], golds: list[str], sampling: Sampling, *, task: str = "math",
+def generate_and_grade(engine, prompts: list[str], golds: list[str], sampling: Sampling, *, task: str = "math",
                        timeout: float = 5.0, batch_problems: int | None = None, progress=None) -> Graded:
-    """``sampling.n`` completions per prompt, graded against ``golds``; batched over problems.
+    """``sampling.n`` completions per prompt (rendered text, tokenised here once), graded against ``golds``; batched
+    over problems.  A completion that hit the token limit is *unfinished* and never correct (tina.grading).
 
     ``progress(n_problems_done, n_tokens)`` is called after each batch.
     """
     from tina.grading import grade_many
 
     n = sampling.n
+    prompt_ids = engine.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     step = batch_problems or len(prompts)
     completions, extracted, reasons, rows, n_tokens = [], [], [], [], 0
     lengths, truncated = [], []
     for i in range(0, len(prompts), step):
         chunk = prompts[i : i + step]
         # keys = problem positions: with a seeded Sampling, a problem's samples do not depend on the batching
-        rollout = backend.generate(chunk, sampling, keys=list(range(i, i + len(chunk))))
+        rollout = engine.generate(prompt_ids[i : i + step], sampling, keys=list(range(i, i + len(chunk))))
         n_tokens += rollout.n_tokens
         gold_rep = [g for g in golds[i : i + step] for _ in range(n)]
-        verdicts = grade_many(rollout.texts, gold_rep, task=task, timeout=timeout)
+        verdicts = grade_many(rollout.texts, gold_rep, task=task, timeout=timeout,
+                              finished=(~rollout.truncated).tolist(), prompts=[p for p in chunk for _ in range(n)])
         lengths.extend(rollout.lengths.tolist())
         truncated.extend(rollout.truncated.tolist())
         for j in range(len(rollout.texts) // n):

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tina.errors import TinaError
+from tina.errors import TinaError, did_you_mean
+from tina.rollout.base import Sampling
 from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_validation
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+MERGE_TOLERANCE = 1e-4  # merged vs unmerged: max |logit difference| / max |logit| on a probe batch
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -53,7 +55,7 @@ class EvalOptions:
     top_p: float = 0.95
     max_new_tokens: int = 32768
     limit: int | None = None  # first N problems of each benchmark (and of the validation set)
-    batch_size: int = 64  # sequences (problems x samples) per generate call
+    batch_size: int = 64  # hf: sequences decoded at once (problems x samples); vllm batches continuously
     output_dir: str | None = None
     data_dir: str | None = None
     dtype: str = "auto"
@@ -61,13 +63,21 @@ class EvalOptions:
     attn_implementation: str = "sdpa"
     template: str = "tokenizer"  # chat template (tina.prompts.TEMPLATE_NAMES)
     include_base: bool | None = None  # default: on with --run, off otherwise
-    merge_adapters: bool = True  # fold each adapter into the weights (Tina's protocol, plain-model speed)
+    merge_adapters: bool = False  # hf: fold each adapter into float32 weights (checked); default: unmerged
     select_on: str | None = None  # validation JSONL or benchmark name
     select_prompt: str = "eval"  # "eval": Tina's math prompt; "train": the run's training format
     grader_timeout: float = 5.0
     bootstrap_resamples: int = 2000
     progress: bool = True
     overwrite: bool = False
+    backend: str = "hf"  # hf | vllm
+    resume: bool = False  # continue an interrupted evaluation from its samples.jsonl
+    dry_run: bool = False  # print the expected token volume and time, generate nothing
+    data_parallel: int = 1  # processes (one per GPU), each on a shard of the problems; results merged
+    shard: tuple[int, int] | None = None  # (index, count): this process's share of the problems (set by data_parallel)
+    data_parallel_of: int = 0  # recorded in the protocol when results are merged from shards
+    gpu_memory_utilization: float = 0.9  # vllm
+    max_model_len: int | None = None  # vllm: prompt + completion tokens (None: the model's maximum)
 
 
 @dataclass(frozen=True)
@@ -223,13 +233,24 @@ class AdapterSwitcher:
                     p.copy_(self._pristine[n])
         self.loaded_from = None
         if adapter is not None:
+            probe = torch.tensor([[5, 17, 42, 99, 7, 3, 11, 64]], device=next(self.base.parameters()).device)
+            probe = probe.clamp(max=self.base.config.vocab_size - 1)
             with _adapter_errors(adapter):
-                merged = PeftModel.from_pretrained(self.base, str(adapter), low_cpu_mem_usage=True).merge_and_unload()
+                wrapped = PeftModel.from_pretrained(self.base, str(adapter), low_cpu_mem_usage=True).eval()
+                with torch.no_grad():
+                    reference = wrapped(input_ids=probe).logits.float()  # base + adapter, unmerged
+                merged = wrapped.merge_and_unload()
             if merged is not self.base:  # PEFT returns the wrapped model itself; anything else would be a copy
                 raise RuntimeError("PEFT merge_and_unload returned a new model; merged adapter switching needs it "
                                    "in place (use merge=False)")
             self.base.eval()
             self.loaded_from = adapter
+            with torch.no_grad():
+                error = float((self.base(input_ids=probe).logits.float() - reference).abs().max()
+                              / reference.abs().max().clamp(min=1e-6))
+            if error > MERGE_TOLERANCE:
+                raise TinaError(f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
+                                f"batch), above {MERGE_TOLERANCE:g}; evaluate it unmerged (drop --merge-adapters)")
 
 
 @contextmanager
@@ -298,7 +319,7 @@ def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
 
 # ---------------------------------------------------------------------------------------------------- the ledger
 def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None, *,
-                  label: str | None = None) -> dict | None:
+                  label: str | None = None, extra: dict | None = None) -> dict | None:
     """Book ``seconds`` of evaluation into RUN/ledger.json, if the run has one; return the updated ledger.
 
     ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
@@ -316,7 +337,7 @@ def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None =
     """
     from tina.ledger import add_eval_cost as book
 
-    return book(run_dir, seconds, num_devices, label=label)
+    return book(run_dir, seconds, num_devices, label=label, extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------------- protocol
@@ -347,11 +368,12 @@ def grader_digest() -> str:
 
 # ---------------------------------------------------------------------------------------------------- generation
 def benchmark_seed(seed: int, benchmark: str) -> int:
-    """The sampling seed of one benchmark under a user seed: ``row_seed(seed, first 8 bytes of sha256(name))``.
+    """The sampling seed of one benchmark under a user seed: ``row_seed(seed, first 7 bytes of sha256(name))``.
 
     Every model gets the same streams on a benchmark (paired comparisons compare like with like), while problem i
-    of two benchmarks does not share its random stream.  Within a benchmark, completion j of problem i draws from
-    ``row_seed(benchmark_seed, i, j)`` (tina.rollout.sampling), whatever the batch size.
+    of two benchmarks does not share its random stream.  Completion j of problem i draws from
+    ``row_seed(0, row_seed(benchmark_seed, i), j)`` (tina.rollout.sampling; :func:`stream_key`), whatever the batch
+    size, the engine's batching, the number of processes or an interruption.
 
     >>> benchmark_seed(0, "aime24") == benchmark_seed(0, "aime24") != benchmark_seed(0, "aime25")
     True
@@ -361,35 +383,44 @@ def benchmark_seed(seed: int, benchmark: str) -> int:
     return row_seed(seed, int.from_bytes(hashlib.sha256(benchmark.encode()).digest()[:7], "big"))
 
 
+def stream_key(seed: int, benchmark: str, problem: int) -> int:
+    """The key of problem ``problem`` of a benchmark under a user seed (one engine call can hold every seed)."""
+    from tina.rollout.sampling import row_seed
+
+    return row_seed(benchmark_seed(seed, benchmark), problem)
+
+
 @dataclass
 class Outcome:
     correct: np.ndarray  # [problems, seeds * samples]
     lengths: np.ndarray  # [problems, seeds * samples] completion tokens
     truncated: np.ndarray  # [problems, seeds * samples] bool
     reasons: Counter
-    n_tokens: int
-    seconds: float
+    n_tokens: int  # every completion's tokens (resumed units included)
+    seconds: float  # generation + grading time of this session
+    tokens_generated: int  # tokens generated in this session
 
 
 class Session:
-    """The loaded base model, its tokenizer and the adapter switcher, plus the samples.jsonl writer."""
+    """The served models, their prompts, and samples.jsonl (the resumable log of finished units)."""
 
-    def __init__(self, model, tokenizer, opts: EvalOptions, samples_file, bar):
-        from tina.rollout import Sampling
+    FLUSH_UNITS = 32  # grade and write at least every this many finished problems
 
-        self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
-        self.tokenizer = tokenizer
+    def __init__(self, server, opts: EvalOptions, samples, bar):
+        self.server = server
+        self.tokenizer = server.tokenizer
         self.opts = opts
-        self.samples_file = samples_file
+        self.samples = samples
         self.bar = bar
         self._sampling = Sampling(n=opts.samples, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                                  top_p=opts.top_p, greedy=opts.temperature == 0)
-        self._prompts: dict[tuple[str, int], tuple[list, list[str]]] = {}
+                                  top_p=opts.top_p, greedy=opts.temperature == 0, seed=0)
+        self._prompts: dict[tuple[str, int], tuple[list, list[str], list[list[int]]]] = {}
         self.tokens = 0
+        self.units = {"restored": 0, "generated": 0}  # (seed, problem) units read back from samples.jsonl / made now
         self._start = time.perf_counter()
 
     def prompts(self, bench: Benchmark, seed: int):
-        """(items, rendered prompts) of a benchmark under a seed -- the same for every model."""
+        """(items, rendered prompts, prompt token ids) of a benchmark under a seed -- the same for every model."""
         from tina.prompts import render_prompt
 
         key = (bench.name, seed)
@@ -398,33 +429,93 @@ class Session:
             template = bench.chat_template or self.opts.template
             texts = [render_prompt(self.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
                      for it in items]
-            self._prompts[key] = (items, texts)
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            self._prompts[key] = (items, texts, [list(x) for x in ids])
         return self._prompts[key]
 
     def evaluate(self, cand: Candidate, bench: Benchmark, *, phase: str = "test") -> Outcome:
-        from tina.eval.generate import generate_and_grade
-        from tina.rollout import HFBackend
-
+        """Every (seed, problem) unit of ``cand`` on ``bench``: those already in samples.jsonl are read back, the
+        others generated in ONE engine call (all problems x samples x seeds), graded and written as they finish."""
         o = self.opts
-        start = time.perf_counter()
-        mats, lens, truncs, reasons, tokens = [], [], [], Counter(), 0
-        with self.switcher.use(cand.adapter) as model:
-            backend = HFBackend(model, self.tokenizer, batch_size=o.batch_size)
-            for seed in o.seeds:
-                items, prompts = self.prompts(bench, seed)
-                self.bar.set_description(f"{cand.label} {bench.name} seed {seed}")
-                sampling = replace(self._sampling, seed=benchmark_seed(seed, bench.name))
-                graded = generate_and_grade(backend, prompts, [it.gold for it in items], sampling,
-                                            task=bench.task, timeout=o.grader_timeout,
-                                            batch_problems=max(1, o.batch_size // o.samples), progress=self._tick)
-                self._write_samples(cand, bench, seed, items, graded, phase)
-                mats.append(graded.correct)
-                lens.append(graded.lengths)
-                truncs.append(graded.truncated)
-                reasons.update(r for row in graded.reasons for r in row)
-                tokens += graded.n_tokens
-        return Outcome(np.hstack(mats), np.hstack(lens), np.hstack(truncs), reasons, tokens,
-                       time.perf_counter() - start)
+        shard = o.shard or (0, 1)
+        units = [(seed, i) for seed in o.seeds for i in range(len(bench.rows)) if i % shard[1] == shard[0]]
+        todo = [u for u in units if self.samples.complete(self._key(cand, bench, phase, *u)) is None]
+        self.bar.update(len(units) - len(todo))
+        self.units["restored"] += len(units) - len(todo)
+        self.units["generated"] += len(todo)
+        start, generated = time.perf_counter(), 0
+        if todo:
+            self.bar.set_description(f"{cand.label} {bench.name}")
+            with self.server.serve(cand) as engine:
+                prompts = [self.prompts(bench, s)[2][i] for s, i in todo]
+                keys = [stream_key(s, bench.name, i) for s, i in todo]
+                done: list[tuple[int, object]] = []
+                for k, rollout in engine.generate_each(prompts, self._sampling, keys=keys):
+                    done.append((k, rollout))
+                    generated += rollout.n_tokens
+                    if len(done) >= self.FLUSH_UNITS:
+                        self._write(cand, bench, phase, todo, done)
+                        done = []
+                self._write(cand, bench, phase, todo, done)
+        return self._outcome(cand, bench, phase, units, time.perf_counter() - start, generated)
+
+    def _key(self, cand, bench, phase, seed, i):
+        return (cand.label, bench.name, phase, seed, str(bench.rows[i]["id"]))
+
+    def _write(self, cand, bench, phase, todo, done) -> None:
+        """Grade finished units with THE grader (one worker round trip) and append them to samples.jsonl."""
+        from tina.grading import grade_many
+
+        if not done:
+            return
+        n = self.opts.samples
+        texts, golds, finished, prompts, where = [], [], [], [], []
+        for k, rollout in done:
+            seed, i = todo[k]
+            items, rendered, _ = self.prompts(bench, seed)
+            texts += rollout.texts
+            golds += [items[i].gold] * n
+            finished += (~rollout.truncated).tolist()
+            prompts += [rendered[i]] * n
+            where.append((seed, i, rollout))
+        verdicts = grade_many(texts, golds, task=bench.task, timeout=self.opts.grader_timeout, finished=finished,
+                              prompts=prompts)
+        records, tokens = [], 0
+        for u, (seed, i, rollout) in enumerate(where):
+            item = self.prompts(bench, seed)[0][i]
+            for j in range(n):
+                v = verdicts[u * n + j]
+                records.append({
+                    "model": cand.label, "benchmark": bench.name, "phase": phase, "problem_id": bench.rows[i]["id"],
+                    "seed": seed, "sample": j, "task": bench.task, "gold": item.gold, "completion": rollout.texts[j],
+                    "extracted": v.extracted, "correct": v.correct, "reason": v.reason,
+                    "tokens": int(rollout.lengths[j]), "truncated": bool(rollout.truncated[j]), **item.meta,
+                })
+            tokens += rollout.n_tokens
+        self.samples.add(records)
+        self._tick(len(where), tokens)
+
+    def _outcome(self, cand, bench, phase, units, seconds: float, generated: int) -> Outcome:
+        """The correctness matrix [problems, seeds * samples] of ``cand`` on ``bench``, from samples.jsonl."""
+        o = self.opts
+        problems = sorted({i for _, i in units})
+        row = {i: r for r, i in enumerate(problems)}
+        shape = (len(problems), len(o.seeds) * o.samples)
+        correct, lengths, truncated = np.full(shape, np.nan), np.zeros(shape, int), np.zeros(shape, bool)
+        reasons, n_tokens = Counter(), 0
+        for s_index, seed in enumerate(o.seeds):
+            for i in problems:
+                records = self.samples.complete(self._key(cand, bench, phase, seed, i))
+                if records is None:
+                    continue  # another shard's problem
+                for j, rec in enumerate(records):
+                    col = s_index * o.samples + j
+                    correct[row[i], col] = np.nan if rec["correct"] is None else float(rec["correct"])
+                    lengths[row[i], col] = rec["tokens"]
+                    truncated[row[i], col] = rec["truncated"]
+                    reasons[rec["reason"]] += 1
+                    n_tokens += rec["tokens"]
+        return Outcome(correct, lengths, truncated, reasons, n_tokens, seconds, generated)
 
     def _tick(self, n_problems: int, n_tokens: int) -> None:
         self.tokens += n_tokens
@@ -432,20 +523,6 @@ class Session:
         elapsed = time.perf_counter() - self._start
         if elapsed > 0:
             self.bar.set_postfix_str(f"{self.tokens / elapsed:.0f} tok/s")
-
-    def _write_samples(self, cand, bench, seed, items, graded, phase) -> None:
-        for i, item in enumerate(items):
-            for j, text in enumerate(graded.completions[i]):
-                c = graded.correct[i, j]
-                record = {
-                    "model": cand.label, "benchmark": bench.name, "phase": phase, "problem_id": bench.rows[i]["id"],
-                    "seed": seed, "sample": j, "task": bench.task, "gold": item.gold, "completion": text,
-                    "extracted": graded.extracted[i][j], "correct": None if np.isnan(c) else bool(c),
-                    "reason": graded.reasons[i][j], "tokens": int(graded.lengths[i, j]),
-                    "truncated": bool(graded.truncated[i, j]), **item.meta,
-                }
-                self.samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.samples_file.flush()
 
 
 # ------------------------------------------------------------------------------------------------------- the run
@@ -476,6 +553,14 @@ def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
         raise TinaError("--select-on chooses among checkpoints: pass --run RUN (or several --adapter)")
     if opts.samples < 1 or not opts.seeds:
         raise TinaError("--samples must be >= 1 and --seeds must name at least one seed")
+    if opts.backend not in ("hf", "vllm"):
+        raise TinaError(f"--backend: unknown engine '{opts.backend}'{did_you_mean(opts.backend, ['hf', 'vllm'])}; "
+                        "choose hf or vllm")
+    if opts.backend == "vllm" and opts.merge_adapters:
+        raise TinaError("--merge-adapters is for --backend hf; vLLM serves every checkpoint as a LoRA request")
+    if opts.data_parallel > 1 and opts.select_on:
+        raise TinaError("--select-on with --data-parallel: select first (one process), then evaluate the chosen "
+                        "checkpoint with --adapter ... --data-parallel N")
     return str(model), adapters, include_base
 
 
@@ -484,67 +569,154 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     from tqdm.auto import tqdm
 
     from tina.eval import report
-    from tina.models import base_weights_digest, load_model_and_tokenizer, resolve_model_path
+    from tina.eval.samples import SampleLog, check_state
 
     started = time.perf_counter()
     model_name, adapters, include_base = plan(opts)
     out = Path(opts.output_dir or (Path(opts.run) / "eval" if opts.run else "tina-eval"))
-    if not opts.overwrite and ((out / "results.json").exists() or (out / "samples.jsonl").exists()):
-        raise TinaError(f"{out} already holds evaluation results; choose another --output-dir or pass --overwrite")
+    if not opts.overwrite and not opts.resume and not opts.dry_run and (
+            (out / "results.json").exists() or (out / "samples.jsonl").exists()):
+        raise TinaError(f"{out} already holds evaluation results; pass --resume to continue an interrupted one, "
+                        "--overwrite to replace it, or choose another --output-dir")
     benches = [load_benchmark(name, data_dir=opts.data_dir, limit=opts.limit) for name in opts.benchmarks]
     validation = _validation_set(opts, benches) if opts.select_on else None
+    if opts.dry_run:
+        from tina.eval.cost import dry_run
 
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=opts.dtype, device=opts.device,
-                                                attn_implementation=opts.attn_implementation)
-    common = {
+        return dry_run(opts, model_name, adapters, include_base, benches, validation, out, echo=echo)
+    if opts.data_parallel > 1:
+        from tina.eval.parallel import run_data_parallel
+
+        return run_data_parallel(opts, out, echo=echo)
+
+    from tina.eval.serving import Server
+
+    out.mkdir(parents=True, exist_ok=True)
+    check_state(out, {**asdict(opts), "model": model_name}, resume=opts.resume)
+    server = Server(opts, model_name, adapters)
+    common = protocol(opts, model_name, server)
+    adapter_sha = {c.label: sha256_files(c.adapter) for c in adapters}
+
+    models_for_test = ([BASE] if include_base else []) + adapters
+    shards = (opts.shard or (0, 1))[1]
+    n_val = (len(validation.rows) * len(opts.seeds) * (len(adapters) + include_base)) if validation else 0
+    n_test_models = (include_base + 1) if validation else len(models_for_test)
+    total = (n_val + n_test_models * sum(len(b.rows) for b in benches) * len(opts.seeds)) // shards
+    samples = SampleLog(out / "samples.jsonl", samples=opts.samples, resume=opts.resume)
+    if opts.resume and samples.restored:
+        echo(f"resuming: {samples.restored} finished problem(s) read back from {out / 'samples.jsonl'}")
+    try:
+        with tqdm(total=total, unit="problem", disable=not opts.progress, dynamic_ncols=True) as bar:
+            session = Session(server, opts, samples, bar)
+            selection = None
+            if validation is not None:
+                selection, chosen = _select(session, validation, adapters, include_base, opts)
+                models_for_test = ([BASE] if include_base else []) + [chosen]
+            outcomes = {(c.label, b.name): session.evaluate(c, b) for c in models_for_test for b in benches}
+    finally:
+        samples.close()
+
+    results = _assemble(opts, common, models_for_test, benches, outcomes, adapter_sha, session, selection)
+    results["seconds"] = round(time.perf_counter() - started, 3)
+    results["tokens_generated"] = session.tokens
+    results["units"] = dict(session.units)
+    if opts.run and not opts.shard:
+        for cand in models_for_test:
+            for bench in benches:
+                o = outcomes[(cand.label, bench.name)]
+                add_eval_cost(opts.run, o.seconds, label=f"tina eval: {cand.label} on {bench.name}",
+                              extra={"tokens": o.tokens_generated,
+                                     "tokens_per_second": round(o.tokens_generated / o.seconds, 2) if o.seconds else None,
+                                     "engine": server.engine_name})
+        results["ledger"] = (Path(opts.run) / "ledger.json").is_file()
+    report.write_all(out, results, plot=bool(opts.run))
+    echo(report.markdown_table(results))
+    echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
+    return results
+
+
+class _TokenizerOnly:
+    """What assembling results from samples.jsonl needs of a server: the tokenizer (prompts for the protocol)."""
+
+    def __init__(self, model_name: str):
+        from tina.models import load_tokenizer, resolve_model_path
+
+        self.tokenizer = load_tokenizer(resolve_model_path(model_name))
+
+    def serve(self, cand):  # pragma: no cover - every unit is complete when results are only assembled
+        raise RuntimeError("assemble_only found a unit that no shard finished")
+
+
+def assemble_only(opts: EvalOptions, shard_results: dict, *, echo=print) -> dict:
+    """Results from a complete samples.jsonl (the shards of a data-parallel evaluation): nothing is generated."""
+    from tqdm.auto import tqdm
+
+    from tina.eval import report
+    from tina.eval.samples import SampleLog
+
+    model_name, adapters, include_base = plan(opts)
+    out = Path(opts.output_dir)
+    benches = [load_benchmark(name, data_dir=opts.data_dir, limit=opts.limit) for name in opts.benchmarks]
+    first = next(iter(next(iter(shard_results["results"].values())).values()))["protocol"]
+    per_entry = ("adapter", "adapter_sha256", "benchmark", "prompt_template", "gpqa_choice_order", "example_prompt")
+    common = {k: v for k, v in first.items() if k not in per_entry}
+    common["data_parallel"] = opts.data_parallel_of or None
+    adapter_sha = {c.label: sha256_files(c.adapter) for c in adapters}
+    models = ([BASE] if include_base else []) + adapters
+    samples = SampleLog(out / "samples.jsonl", samples=opts.samples, resume=True)
+    try:
+        with tqdm(total=0, disable=True) as bar:
+            session = Session(_TokenizerOnly(model_name), opts, samples, bar)
+            outcomes = {(c.label, b.name): session.evaluate(c, b) for c in models for b in benches}
+    finally:
+        samples.close()
+    results = _assemble(opts, common, models, benches, outcomes, adapter_sha, session, None)
+    report.write_all(out, results, plot=bool(opts.run))
+    echo(report.markdown_table(results))
+    echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
+    return results
+
+
+def protocol(opts: EvalOptions, model_name: str, server) -> dict:
+    """The protocol block shared by every (model, benchmark) entry of results.json."""
+    from tina.models import base_weights_digest, resolve_model_path
+
+    model = server.model
+    return {
         "model": model_name,
         "model_path": resolve_model_path(model_name) if model_name.startswith("builtin:") else model_name,
-        "model_revision": getattr(model.config, "_commit_hash", None),  # hub commit when loaded from the hub
-        "base_weights_sha256": base_weights_digest(model),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "device": str(next(model.parameters()).device),
-        "adapters": "merged into the weights (PEFT merge_and_unload; base restored exactly between adapters)"
-                    if opts.merge_adapters else "unmerged PEFT LoRA layers (load_adapter/set_adapter/delete_adapter)",
+        "model_revision": getattr(model.config, "_commit_hash", None) if model is not None else None,
+        "base_weights_sha256": base_weights_digest(model) if model is not None else None,
+        "base_files_sha256": None if model is not None else sha256_files(server.path, weight_files(server.path)),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else opts.dtype,
+        "device": str(next(model.parameters()).device) if model is not None else "vllm",
+        "engine": server.engine_name,
+        "adapters": ("merged into float32 weights, checked against the unmerged model (max relative logit "
+                     f"difference {MERGE_TOLERANCE:g}); base restored exactly between adapters")
+                    if opts.merge_adapters else "unmerged LoRA (never merged into the weights)",
         "chat_template": opts.template,
-        "chat_template_sha256": hashlib.sha256((getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest(),
+        "chat_template_sha256": hashlib.sha256((getattr(server.tokenizer, "chat_template", None) or "").encode()
+                                               ).hexdigest(),
         "sampling": {"samples": opts.samples, "seeds": list(opts.seeds), "temperature": opts.temperature,
                      "top_p": opts.top_p, "max_new_tokens": opts.max_new_tokens, "greedy": opts.temperature == 0,
                      "batch_size": opts.batch_size,
-                     "streams": "batch-invariant: completion j of problem i draws from row_seed(benchmark_seed("
-                                "seed, benchmark), i, j) (tina.rollout.sampling, tina.eval.runner.benchmark_seed), "
-                                "the same for every model and batch size"},
+                     "processors": "temperature and top-p only; the model folder's generation_config is not applied",
+                     "streams": "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
+                                "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
+                                "tina.eval.runner.stream_key), the same for every model, batch size and process "
+                                "count, and after a resume"},
         "grader": {"name": "tina.grading", "source_sha256": grader_digest(), "timeout_seconds": opts.grader_timeout,
+                   "extraction": "lenient (boxed, then answer phrases, then the last math span, final answer part "
+                                 "only); hedged and unfinished (truncated or thinking never closed) answers are wrong",
                    "ungradable": "counted as incorrect in mean/pass@k; reported as n_ungradable"},
         "statistics": {"ci": "95% percentile bootstrap over problems", "resamples": opts.bootstrap_resamples,
                        "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds", "bootstrap_seed": 0},
         "versions": library_versions(),
     }
-    adapter_sha = {c.label: sha256_files(c.adapter) for c in adapters}
 
-    out.mkdir(parents=True, exist_ok=True)
-    models_for_test = ([BASE] if include_base else []) + adapters
-    n_val = (len(validation.rows) * len(opts.seeds) * (len(adapters) + include_base)) if validation else 0
-    n_test_models = (include_base + 1) if validation else len(models_for_test)
-    total = n_val + n_test_models * sum(len(b.rows) for b in benches) * len(opts.seeds)
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as samples_file, \
-            tqdm(total=total, unit="problem", disable=not opts.progress, dynamic_ncols=True) as bar:
-        session = Session(model, tokenizer, opts, samples_file, bar)
-        selection = None
-        if validation is not None:
-            selection, chosen = _select(session, validation, adapters, include_base, opts)
-            models_for_test = ([BASE] if include_base else []) + [chosen]
-        outcomes = {(c.label, b.name): session.evaluate(c, b) for c in models_for_test for b in benches}
 
-    results = _assemble(opts, common, models_for_test, benches, outcomes, adapter_sha, session, selection)
-    results["seconds"] = round(time.perf_counter() - started, 3)
-    results["tokens_generated"] = session.tokens
-    if opts.run:
-        label = f"tina eval: {', '.join(c.label for c in models_for_test)} on {', '.join(opts.benchmarks)}"
-        results["ledger"] = add_eval_cost(opts.run, results["seconds"], label=label) is not None
-    report.write_all(out, results, plot=bool(opts.run))
-    echo(report.markdown_table(results))
-    echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
-    return results
+def weight_files(folder: str | Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in Path(folder).glob("*.safetensors")))
 
 
 def _validation_set(opts: EvalOptions, benches: list[Benchmark]) -> Benchmark:
@@ -597,9 +769,12 @@ def _assemble(opts, common, models, benches, outcomes, adapter_sha, session, sel
             s["reasons"] = dict(o.reasons)
             s["truncated_fraction"] = float(o.truncated.mean())
             s["mean_completion_tokens"] = float(o.lengths.mean())
-            s["seconds"] = round(o.seconds, 3)
+            s["seconds"] = round(o.seconds, 3)  # generation + grading in this session (device-seconds: x devices)
             s["tokens"] = o.n_tokens
-            items, prompts = session.prompts(bench, opts.seeds[0])
+            s["tokens_generated"] = o.tokens_generated
+            s["tokens_per_second"] = round(o.tokens_generated / o.seconds, 2) if o.seconds and o.tokens_generated \
+                else None
+            items, prompts, _ = session.prompts(bench, opts.seeds[0])
             s["protocol"] = {
                 **common,
                 "adapter": str(cand.adapter) if cand.adapter else None,

@@ -20,9 +20,12 @@ class AdvantageStats:
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4
+    rewards: torch.Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4, batch_std: float | None = None
 ) -> tuple[torch.Tensor, AdvantageStats]:
     """A_i = (r_i - mean_group) / (std + eps), with ``scale`` choosing the std: per group, whole batch, or none.
+
+    ``scale="batch"`` divides by the standard deviation of the optimizer step's rewards: pass ``batch_std`` computed
+    over the whole step (every micro-batch and process, tina.train.step_reward_std); without it, that of ``rewards``.
 
     std is the unbiased (n-1) standard deviation, as in TRL/open-r1.  Worked example, one group of 4::
 
@@ -45,8 +48,9 @@ def group_advantages(
     if scale == "group":
         adv = centred / (std + eps)
     elif scale == "batch":
-        flat = rewards[valid]
-        batch_std = flat.std() if flat.numel() > 1 else torch.tensor(0.0)
+        if batch_std is None:
+            flat = rewards[valid]
+            batch_std = float(flat.std()) if flat.numel() > 1 else 0.0
         adv = centred / (batch_std + eps)
     elif scale == "none":
         adv = centred

@@ -1,8 +1,31 @@
-"""Per-token log-probabilities of completions under the current policy."""
+"""Per-token log-probabilities of completions under the current policy, without full-vocabulary logits.
+
+The log-prob of completion token t is ``log_softmax(W h_t / T)[y_t]`` (``W``: the output head, ``h_t``: the final hidden
+state, ``T``: the sampling temperature).  Computing it the obvious way materialises ``[B, T, V]`` logits, a float32
+copy, a scaled copy and a full log-softmax: at Tina's scale (12 sequences x 3,585 positions x 151,936 tokens) that is
+tens of GB per pass.  Here the model's output head is replaced, for the duration of one forward, by
+:class:`_SelectedLogprobHead`, which
+
+* keeps only the completion positions that count (the loss mask), flattened -- padding costs nothing;
+* walks them in chunks whose float32 logits fit ``max_chunk_bytes`` (a memory budget, default 256 MiB), keeping only
+  each row's selected log-prob;
+* when gradients are needed, computes the gradient with respect to the hidden state in the same pass (it is known in
+  closed form: ``d logp / d h = (W[y] - softmax @ W) / T``) and keeps that ``[M, H]`` tensor instead of the logits, so
+  the backward pass neither stores nor recomputes any ``[., V]`` tensor.
+
+The values equal the plain computation (``lean=False``) to float rounding, and so do the gradients (tests/rl).
+The head swap happens inside the model's own forward, so DDP, DeepSpeed and FSDP hooks run as usual.  The plain path is
+used where the shortcut would be wrong: an output head that is trained (a LoRA target or ``modules_to_save``), a model
+that post-processes its logits (Gemma-style soft-capping), or a head sharded on its own by FSDP.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -18,43 +41,25 @@ def token_logprobs(
     completion_mask: torch.Tensor,  # [B, T] from lengths
     *,
     temperature: float = 1.0,
-    chunk_size: int | None = None,
+    lean: bool = True,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
-    """log pi(completion_t | prefix) for every completion token: [B, T].
+    """log pi(completion_t | prefix) / at ``temperature`` for every completion token: [B, T] float32, 0 where the mask
+    is 0 (lean path) -- the masked-out positions are never used.
 
     Logits are divided by the sampling temperature, so the log-probs are those of the distribution that was sampled.
-    Only the last T+1 positions' logits are materialised (``logits_to_keep``), which saves memory on long prompts.
-    ``chunk_size`` splits the batch to bound activation memory.
     """
-    batch = prompt_ids.shape[0]
-    if chunk_size is None or chunk_size >= batch:
-        return _token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
-    parts = [
-        _token_logprobs(
-            model,
-            prompt_ids[i : i + chunk_size],
-            prompt_mask[i : i + chunk_size],
-            completion_ids[i : i + chunk_size],
-            completion_mask[i : i + chunk_size],
-            temperature,
-        )
-        for i in range(0, batch, chunk_size)
-    ]
-    return torch.cat(parts, dim=0)
-
-
-def _token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
     width = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)  # [B, P+T]
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=width + 1,
-        use_cache=False,
-    ).logits  # [B, T+1, V]
-    logits = logits[:, :-1, :].float() / temperature  # [B, T, V]: position t predicts completion token t
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                  logits_to_keep=width + 1, use_cache=False)
+    with selected_logprob_head(model, completion_ids, completion_mask, temperature, max_chunk_bytes,
+                               enabled=lean) as swapped:
+        out = model(**kwargs).logits
+    if swapped:
+        return out  # [B, T]
+    logits = out[:, :-1, :].float() / temperature  # [B, T, V]: position t predicts completion token t
     return selective_log_softmax(logits, completion_ids)
 
 
@@ -66,3 +71,90 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     """
     picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # [B, T]
     return picked - torch.logsumexp(logits, dim=-1)  # [B, T]
+
+
+# --------------------------------------------------------------------------------------------- the lean output head
+def _transformers_model(model):
+    """The transformers model inside DDP / DeepSpeed / PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP, DeepSpeed engine
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _lean_head_ok(inner, head) -> bool:
+    if not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear:
+        return False  # a LoRA-wrapped or otherwise custom head
+    if any(p.requires_grad for p in head.parameters()):
+        return False
+    if getattr(inner.config, "final_logit_softcapping", None):
+        return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - old torch
+        return True
+    return not isinstance(head, FSDPModule)
+
+
+@contextmanager
+def selected_logprob_head(model, targets, mask, temperature, max_chunk_bytes, *, enabled: bool = True):
+    """Within the block, ``model(...).logits`` is the [B, T] selected log-probs; yields whether the swap happened."""
+    inner = _transformers_model(model)
+    head = inner.get_output_embeddings() if enabled else None
+    if head is None or not _lean_head_ok(inner, head):
+        yield False
+        return
+    inner.set_output_embeddings(_SelectedLogprobHead(head, targets, mask, temperature, max_chunk_bytes))
+    try:
+        yield True
+    finally:
+        inner.set_output_embeddings(head)
+
+
+class _SelectedLogprobHead(torch.nn.Module):
+    """Stands in for the output head for one forward: hidden [B, T+1, H] -> log-probs [B, T] of ``targets``."""
+
+    def __init__(self, head: torch.nn.Linear, targets, mask, temperature: float, max_chunk_bytes: int):
+        super().__init__()
+        self.head = head
+        self.targets, self.mask = targets, mask  # [B, T]
+        self.temperature, self.max_chunk_bytes = temperature, max_chunk_bytes
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden[:, :-1, :]  # [B, T, H]: position t predicts completion token t
+        keep = self.mask.reshape(-1) > 0  # [B*T]
+        rows = keep.nonzero().squeeze(1)  # [M]
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # [M, H]
+        targets = self.targets.reshape(-1).index_select(0, rows)  # [M]
+        chunk = max(1, self.max_chunk_bytes // (self.head.weight.shape[0] * 4 * 3))  # ~3 float32 [chunk, V] live
+        picked = _SelectedLogprob.apply(flat, self.head.weight, self.head.bias, targets, 1.0 / self.temperature,
+                                        chunk)  # [M]
+        out = picked.new_zeros(keep.shape[0]).index_copy(0, rows, picked)  # [B*T]
+        return out.view(self.mask.shape)
+
+
+class _SelectedLogprob(torch.autograd.Function):
+    """logp[m] = log_softmax(inv_t * (W h_m + b))[y_m], chunk by chunk; d logp / d h kept from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, inv_t, chunk):
+        need_grad = ctx.needs_input_grad[0]
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # [M]
+        grad_h = torch.empty_like(hidden) if need_grad else None  # [M, H]
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s:s + chunk], targets[s:s + chunk]
+            logits = torch.nn.functional.linear(h, weight, bias).float() * inv_t  # [c, V]
+            logz = torch.logsumexp(logits, dim=-1)  # [c]
+            out[s:s + chunk] = logits.gather(-1, y[:, None]).squeeze(-1) - logz
+            if need_grad:
+                probs = torch.exp(logits - logz[:, None])  # [c, V]
+                del logits
+                expected = probs.to(weight.dtype) @ weight  # [c, H]: E_p[W]
+                grad_h[s:s + chunk] = ((weight[y].float() - expected.float()) * inv_t).to(hidden.dtype)
+        if need_grad:
+            ctx.save_for_backward(grad_h)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h,) = ctx.saved_tensors
+        return grad_out.to(grad_h.dtype)[:, None] * grad_h, None, None, None, None, None

@@ -17,7 +17,12 @@ and differs in how token losses are aggregated (and, for GSPO, in the ratio):
 
 Gradient accumulation must equal one big batch, so each function takes a :class:`Norm` with the optimizer step's
 totals; its result is *summed* over micro-batches by the caller.  Without a ``Norm`` the micro-batch is the whole step.
-Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` are [B, T]; ``adv`` is [B].
+``weights`` (optional, [B, T], no gradient) multiply each token's loss: the importance weights that correct for an
+engine whose samples come from a slightly different distribution (tina.rollout.agreement.rollout_correction).
+Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``, ``weights`` are [B, T]; ``adv`` is [B].
+
+Each objective's clip range defaults to its paper's (:data:`DEFAULT_CLIP`); the recipe loader fills unset
+``algorithm.epsilon`` / ``epsilon_high`` from it, so the trainer always passes both.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def _kl(logp, ref_logp):
     return torch.exp(delta) - delta - 1
 
 
-def _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high):
+def _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights=None):
     pg, ratio, was_clipped = _surrogate(logp, old_logp, adv, eps_low, eps_high)
     per_token = pg
     metrics = {}
@@ -72,12 +77,15 @@ def _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high):
         kl = _kl(logp, ref_logp)
         per_token = per_token + beta * kl
         metrics["kl"] = float((kl.detach() * mask).sum() / active)
+    if weights is not None:
+        per_token = per_token * weights
     metrics["clip_ratio"] = float((was_clipped.float() * mask).sum() / active)
     metrics["ratio_mean"] = float((ratio.detach() * mask).sum() / active)
     return per_token, metrics
 
 
-def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None):
+def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
+              weights=None):
     """Per-sequence token mean, then mean over sequences.
 
     Worked example (on-policy, ratio 1, beta 0): two sequences with A = [1, -1], lengths [2, 1]::
@@ -85,33 +93,37 @@ def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2
         seq 1: tokens lose -1, -1 -> mean -1;  seq 2: token loses +1 -> mean +1;  loss = (-1 + 1) / 2 = 0
     """
     norm = norm or local_norm(mask)
-    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high)
+    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
     return LossOutput(per_seq.sum() / norm.n_seqs, metrics)
 
 
-def dr_grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None):
+def dr_grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
+                 weights=None):
     """Sum of token losses / (sequences * max completion length) — Dr.GRPO's length-unbiased constant normaliser."""
     norm = norm or local_norm(mask)
-    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high)
+    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     return LossOutput((per_token * mask).sum() / (norm.n_seqs * norm.max_len), metrics)
 
 
-def dapo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.28, norm=None):
+def dapo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.28, norm=None,
+              weights=None):
     """Token-level mean over every active token of the optimizer step; clip-higher via ``eps_high``."""
     norm = norm or local_norm(mask)
-    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high)
+    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     return LossOutput((per_token * mask).sum() / max(1, norm.n_tokens), metrics)
 
 
-def bnpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None):
+def bnpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
+              weights=None):
     """Token-level mean within this micro-batch, averaged over the step's micro-batches."""
     norm = norm or local_norm(mask)
-    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high)
+    per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     return LossOutput((per_token * mask).sum() / mask.sum().clamp(min=1) / norm.n_micro, metrics)
 
 
-def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-4, eps_high=4e-4, norm=None):
+def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-4, eps_high=4e-4, norm=None,
+              weights=None):
     """GSPO: sequence-level ratio s_i = exp(mean_t(logp - old_logp)), clipped per sequence, mean over sequences.
 
     Worked example: one sequence, A = 1, token log-ratios [0.2, 0.0] -> s = exp(0.1) = 1.105 > 1 + eps_high, so the
@@ -135,10 +147,22 @@ def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-
         kl = _kl(logp, ref_logp)
         per_seq = per_seq + beta * (kl * mask).sum(-1) / lengths
         metrics["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
+    if weights is not None:  # one weight per sequence: the mean of its tokens' (equal for sequence-level corrections)
+        per_seq = per_seq * (weights * mask).sum(-1) / lengths
     return LossOutput(per_seq.sum() / norm.n_seqs, metrics)
 
 
 LossFn = Callable[..., LossOutput]
+
+# (eps_low, eps_high) of each objective when the recipe leaves them unset: PPO/GRPO's symmetric 0.2; DAPO's
+# "clip-higher" 0.28; GSPO's sequence-level ratio is a per-token geometric mean, hence its tiny range (3e-4, 4e-4).
+DEFAULT_CLIP: dict[str, tuple[float, float]] = {
+    "grpo": (0.2, 0.2),
+    "dr_grpo": (0.2, 0.2),
+    "dapo": (0.2, 0.28),
+    "bnpo": (0.2, 0.2),
+    "gspo": (3e-4, 4e-4),
+}
 
 LOSSES: dict[str, LossFn] = {
     "grpo": grpo_loss,

@@ -1,6 +1,6 @@
-"""Rollout backends: anything with ``generate(prompts, sampling) -> Rollout`` (a Protocol, not a base class)."""
+"""Rollout engines: anything with ``load_adapter`` and ``generate(prompt_ids, sampling) -> Rollout`` (a Protocol)."""
 
-from tina.rollout.base import Backend, Rollout, Sampling
-from tina.rollout.hf import HFBackend
+from tina.rollout.base import AdapterVersion, Engine, Rollout, Sampling
+from tina.rollout.hf import HFEngine
 
-__all__ = ["Backend", "HFBackend", "Rollout", "Sampling"]
+__all__ = ["AdapterVersion", "Engine", "HFEngine", "Rollout", "Sampling"]

@@ -1,4 +1,16 @@
-"""What a rollout is and what a backend must provide."""
+"""What a rollout is and what a rollout engine must provide (a Protocol, not a base class).
+
+An engine takes prompts as token ids (tokenised once, by the trainer or the evaluator: no second tokenisation can
+differ) and sampling settings, and returns completions with the engine's log-probabilities of the sampled tokens.
+It is told which adapter to serve with ``load_adapter`` (an :class:`AdapterVersion`: a version number, the folder
+that holds it and a digest of its tensors) and reports, with every rollout, the version it served -- so the trainer
+can check that the rollout came from the adapter it is about to update (see :mod:`tina.rollout.agreement`).
+
+What is sampled is defined by :class:`Sampling` alone: temperature, top-p, top-k, the token budget and the seed.
+Engines never take sampling defaults from a model folder's ``generation_config.json`` (repetition penalties, n-gram
+blocking, a default top-k, a minimum length...): RL must train on samples from the very policy whose log-probs it
+differentiates, and an evaluation must follow its written protocol.  Only the end-of-sequence ids come from the model.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +26,27 @@ class Sampling:
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = 0  # 0 = off
     greedy: bool = False
-    # With a seed, sampling is batch-invariant (tina.rollout.sampling): completion j of the prompt with key k draws
-    # from its own stream row_seed(seed, k, j), whatever else is in the batch or on other processes.
+    # With a seed, sampling is batch-invariant: completion j of the prompt with key k draws from its own stream
+    # row_seed(seed, k, j) (tina.rollout.sampling), whatever else is in the batch or on other processes.
     seed: int | None = None
+
+    def protocol(self) -> dict:
+        """What was sampled, for a results file: every setting that changes the completions."""
+        return {"n": self.n, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "greedy": self.greedy,
+                "processors": "temperature, top-k, top-p only (no repetition penalty, n-gram blocking or minimum "
+                              "length; the model folder's generation_config is not applied)"}
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One version of the trained adapter as handed to an engine (None in its place means the base model)."""
+
+    version: int  # a fresh number for every change of the weights
+    digest: str  # sha256 over the adapter's tensors (tina.rollout.adapters.adapter_digest)
+    path: str | None = None  # a PEFT adapter folder holding exactly these tensors (engines that load from disk)
 
 
 @dataclass
@@ -31,6 +59,9 @@ class Rollout:
     lengths: torch.Tensor  # [N] tokens generated, EOS included
     truncated: torch.Tensor  # [N] bool: hit max_new_tokens without an EOS
     texts: list[str]  # decoded completions, special tokens removed
+    logprobs: torch.Tensor | None = None  # [N, T] engine log-probs of the sampled tokens (0 past the end)
+    adapter: AdapterVersion | None = None  # the adapter the engine served (None: the base model)
+    engine: str = "hf"
 
     @property
     def completion_mask(self) -> torch.Tensor:
@@ -42,8 +73,64 @@ class Rollout:
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def rows(self, start: int, stop: int) -> Rollout:
+        """The completions ``start:stop`` (e.g. one prompt's group) as a Rollout of their own."""
+        sl = slice(start, stop)
+        return Rollout(self.prompt_ids[sl], self.prompt_mask[sl], self.completion_ids[sl], self.lengths[sl],
+                       self.truncated[sl], self.texts[sl], None if self.logprobs is None else self.logprobs[sl],
+                       self.adapter, self.engine)
 
-class Backend(Protocol):
-    def generate(self, prompts: list[str], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
-        """``sampling.n`` completions per prompt; ``keys`` (one stable integer per prompt) select the streams."""
+
+class Engine(Protocol):
+    """A rollout engine: ``hf`` (:class:`tina.rollout.hf.HFEngine`) or ``vllm`` (:class:`tina.rollout.vllm.VLLMEngine`)."""
+
+    name: str
+
+    def load_adapter(self, adapter: AdapterVersion | None) -> None:
+        """Serve this adapter version from the next ``generate`` on (None: the base model, no adapter)."""
         ...
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
+        """``sampling.n`` completions per prompt (token ids); ``keys`` (one stable integer per prompt) select the
+        random streams, so a prompt's completions do not depend on what else is in the call."""
+        ...
+
+    def generate_each(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None):
+        """The same completions, yielded as ``(prompt index, Rollout of its n completions)`` as soon as each prompt's
+        group is done (any order) -- long evaluations write results as they go."""
+        ...
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> (ids [B, P], mask [B, P]), left-padded.
+
+    >>> left_pad([[5, 6], [7]], 0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    width = max((len(p) for p in prompts), default=0)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the generation config's EOS ids plus the tokenizer's EOS.
+
+    (The end-of-sequence ids are the only thing taken from a model's ``generation_config``.)"""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("the model and tokenizer define no end-of-sequence token")
+    return ids

@@ -1,90 +1,172 @@
-"""Rollouts with ``transformers`` ``generate``: batched, KV cache, left padding, the *current* adapter.
+"""The ``hf`` rollout engine: the live transformers (PEFT) model, decoded by our own short loop with a KV cache.
 
-The backend holds a reference to the live (PEFT) model, so every call samples from the adapter as it is now — there
-is no weight copy that could go stale.
+It holds a reference to the model the trainer updates, so every call samples from the adapter as it is *now* -- there
+is no weight copy that could go stale.  The loop, per call::
+
+    prefill every distinct prompt ONCE (left-padded)          # not G times: the cache is then repeated G times
+    repeat: sample one token per active row                    # tina.rollout.sampling: keyed, batch-invariant
+            drop the rows that just ended from the batch       # their KV cache rows too: no decode slot is spent
+            one forward of the active rows                     #   on a finished completion
+    until every row ended or the token budget is spent
+
+Only temperature / top-k / top-p (from :class:`~tina.rollout.base.Sampling`) shape the distribution: the model
+folder's ``generation_config`` (repetition penalty, n-gram blocking, top-k, minimum length ...) never applies, which
+transformers' ``generate`` would do for every field the caller leaves unset.  The log-probability of each sampled
+token (``log_softmax(logits / T)``) is returned with the completion.  Prompts are processed in *waves* of at most
+``max_batch_rows`` rows (all at once by default), sorted by prompt length so a wave pads little; with seeded sampling
+the completions do not depend on the waves.
 """
 
 from __future__ import annotations
 
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
 
-from tina.rl.masks import completion_lengths
-from tina.rollout.base import Rollout, Sampling
-from tina.rollout.sampling import GumbelSampler, row_seed
+from tina.rl.logprobs import position_ids_from_mask
+from tina.rollout.base import AdapterVersion, Rollout, Sampling, eos_token_ids, left_pad
+from tina.rollout.sampling import row_seed, sample_tokens
 
 
-class HFBackend:
-    def __init__(self, model, tokenizer, *, eos_ids: list[int] | None = None, batch_size: int | None = None):
+@dataclass
+class DecodeStats:
+    """Decode work of an engine's calls so far (for benchmarks and the ledger)."""
+
+    calls: int = 0
+    tokens: int = 0  # tokens generated (EOS included)
+    decode_slots: int = 0  # row-steps decoded (== tokens: finished rows leave the batch)
+    static_slots: int = 0  # row-steps a static batch (every row decodes until its wave's longest ends) would take
+
+    @property
+    def static_waste(self) -> float:
+        """Fraction of a static batch's decode slots that would be spent on rows that had already finished."""
+        return 1 - self.tokens / self.static_slots if self.static_slots else 0.0
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model, tokenizer, *, eos_ids: list[int] | None = None, max_batch_rows: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids or eos_token_ids(model, tokenizer)
-        self.batch_size = batch_size  # rows per generate call (None = all at once)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.max_batch_rows = max_batch_rows  # rows per decode wave (None = all at once)
+        self.adapter: AdapterVersion | None = None
+        self._base = False  # serve the base model (the adapter disabled)
+        self.stats = DecodeStats()
+
+    @property
+    def version(self) -> str:
+        import transformers
+
+        return f"transformers {transformers.__version__} (tina decode loop)"
+
+    def load_adapter(self, adapter: AdapterVersion | None) -> None:
+        """The live model *is* the current adapter; None serves the base model (the adapter disabled)."""
+        self.adapter, self._base = adapter, adapter is None
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        prompt_ids = enc["input_ids"].repeat_interleave(sampling.n, dim=0)  # [N, P]
-        prompt_mask = enc["attention_mask"].repeat_interleave(sampling.n, dim=0)  # [N, P]
+    def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
+        n = sampling.n
         seeded = sampling.seed is not None and not sampling.greedy
-        native = not sampling.greedy and not seeded  # torch.multinomial on the global RNG
-        config = GenerationConfig(
-            do_sample=native,
-            temperature=sampling.temperature if native else None,
-            top_p=sampling.top_p if native else None,
-            top_k=(sampling.top_k or None) if native else None,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_ids,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0],
-            bos_token_id=None,
-        )
+        keys = list(range(len(prompts))) if keys is None else list(keys)
+        seeds = [row_seed(sampling.seed, k, j) for k in keys for j in range(n)] if seeded else None
+        rows = len(prompts) * n
+        width = sampling.max_new_tokens
+        tokens = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        logps = torch.zeros((rows, width))
+        lengths = torch.zeros(rows, dtype=torch.long)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # waves of similar prompt lengths
+        per_wave = max(1, (self.max_batch_rows or rows) // n)
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        if seeded:
-            keys = list(range(len(prompts))) if keys is None else keys
-            seeds = torch.tensor([row_seed(sampling.seed, k, j) for k in keys for j in range(sampling.n)])  # [N]
-        chunks = []
-        step = self.batch_size or prompt_ids.shape[0]
+        base = self.model.disable_adapter() if self._base and hasattr(self.model, "disable_adapter") else nullcontext()
+        self.stats.calls += 1
         try:
-            for i in range(0, prompt_ids.shape[0], step):
-                ids = prompt_ids[i : i + step].to(device)
-                mask = prompt_mask[i : i + step].to(device)
-                processors = LogitsProcessorList()
-                if seeded:
-                    processors.append(GumbelSampler(seeds[i : i + step], ids.shape[1], temperature=sampling.temperature,
-                                                    top_k=sampling.top_k, top_p=sampling.top_p))
-                # synced_gpus=False: the weights are local while generating (replicated, or gathered by
-                # Dist.gathered under FSDP), so each process decodes on its own and may stop at its own length
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                          logits_processor=processors, synced_gpus=False)
-                chunks.append(out[:, ids.shape[1] :].cpu())  # [n, T_i]
+            with base:
+                for start in range(0, len(order), per_wave):
+                    wave = order[start:start + per_wave]
+                    at = torch.tensor([i * n + j for i in wave for j in range(n)])  # output rows of this wave
+                    wave_seeds = torch.tensor([seeds[r] for r in at.tolist()]) if seeded else None
+                    ids, mask = left_pad([prompts[i] for i in wave], self.pad_id)
+                    t, lp, ln = self._decode(ids.to(device), mask.to(device), n, wave_seeds, sampling)
+                    tokens[at, : t.shape[1]], logps[at, : t.shape[1]], lengths[at] = t, lp, ln
+                    self.stats.static_slots += len(at) * int(ln.max())
         finally:
             self.model.train(was_training)
-        width = max(c.shape[1] for c in chunks)
-        pad = config.pad_token_id
-        completion_ids = torch.cat(
-            [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks], dim=0
-        )  # [N, T]
-        lengths, truncated = completion_lengths(completion_ids, self.eos_ids)
-        texts = tok.batch_decode(
-            [row[:n] for row, n in zip(completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True
-        )
-        return Rollout(prompt_ids, prompt_mask, completion_ids, lengths, truncated, texts)
+        used = int(lengths.max()) if rows else 0
+        tokens, logps = tokens[:, :used], logps[:, :used]
+        truncated = ~torch.isin(tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1),
+                                torch.tensor(self.eos_ids)) | (lengths == 0)
+        self.stats.tokens += int(lengths.sum())
+        self.stats.decode_slots += int(lengths.sum())
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id)
+        texts = self.tokenizer.batch_decode([row[:k] for row, k in zip(tokens.tolist(), lengths.tolist())],
+                                            skip_special_tokens=True)
+        return Rollout(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0), tokens, lengths,
+                       truncated, texts, logps, None if self._base else self.adapter, self.name)
+
+    def generate_each(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None):
+        """Yield ``(prompt index, Rollout of its n completions)`` wave after wave (prompts sorted by length)."""
+        keys = list(range(len(prompts))) if keys is None else list(keys)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        per_wave = max(1, (self.max_batch_rows or len(prompts) * sampling.n) // sampling.n)
+        for start in range(0, len(order), per_wave):
+            wave = order[start:start + per_wave]
+            rollout = self.generate([prompts[i] for i in wave], sampling, keys=[keys[i] for i in wave])
+            for k, i in enumerate(wave):
+                yield i, rollout.rows(k * sampling.n, (k + 1) * sampling.n)
+
+    def _decode(self, ids, mask, n, seeds, sampling: Sampling):
+        """Decode one wave: ids/mask [b, P] -> (tokens [b*n, T], logprobs [b*n, T], lengths [b*n]) on the CPU."""
+        model, budget = self.model, sampling.max_new_tokens
+        cache_arg = _cache_argument(model)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+                    logits_to_keep=1)
+        cache, logits = _returned_cache(out), out.logits[:, -1, :]  # [b, V]
+        if n > 1:  # the prompt was prefilled once; its cache serves all n samples
+            cache.batch_repeat_interleave(n)
+            logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        rows = logits.shape[0]
+        device = logits.device
+        eos = torch.tensor(self.eos_ids, device=device)
+        active = torch.arange(rows, device=device)  # output row of each batch row
+        position = mask.sum(-1)  # [rows] position of the next token (prompt length: left padding is skipped)
+        tokens = torch.zeros((rows, budget), dtype=torch.long, device=device)
+        logps = torch.zeros((rows, budget), device=device)
+        lengths = torch.full((rows,), budget, dtype=torch.long, device=device)
+        for t in range(budget):
+            tok, lp = sample_tokens(logits, None if seeds is None else seeds.to(device)[active], t,
+                                    temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                    greedy=sampling.greedy)
+            tokens[active, t], logps[active, t] = tok, lp
+            ended = torch.isin(tok, eos)
+            lengths[active[ended]] = t + 1
+            if t + 1 == budget or bool(ended.all()):
+                break
+            if bool(ended.any()):  # finished rows leave the batch, KV cache included
+                keep = (~ended).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                active, mask, position, tok = active[keep], mask[keep], position[keep], tok[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=position[:, None],
+                        use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+            logits = out.logits[:, -1, :]
+            position = position + 1
+        return tokens.cpu(), logps.float().cpu(), lengths.cpu()
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a completion: the generation config's EOS ids plus the tokenizer's EOS."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos, tokenizer.eos_token_id):
-        if value is None:
-            continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v not in ids:
-                ids.append(int(v))
-    if not ids:
-        raise ValueError("the model and tokenizer define no end-of-sequence token")
-    return ids
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

@@ -1,0 +1,143 @@
+"""Serving the models of an evaluation: the base loaded ONCE, every checkpoint's adapter applied without a lossy merge.
+
+``hf``: the transformers model, adapters swapped in place (PEFT ``load_adapter`` / ``set_adapter`` / ``delete_adapter``)
+and decoded by :class:`tina.rollout.HFEngine`.  ``--merge-adapters`` folds each adapter into the weights instead
+(plain-model speed), only in float32 and only after checking, on a probe batch, that the merged model's logits equal
+the unmerged ones: with Tina's learning rate a LoRA update is at or below bfloat16's spacing for typical weights, so a
+bf16 merge would evaluate rounding noise instead of the checkpoint.
+
+``vllm``: one vLLM engine; the base is served without an adapter and every checkpoint as its own ``LoRARequest``
+(a fresh name and id each; its folder checked against the digest of its tensors).
+
+Before anything is loaded, every adapter is checked against the base's architecture (module names and tensor
+shapes), so a checkpoint of another model is a one-line error, not a crash halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from tina.errors import TinaError
+
+
+
+def check_adapters_fit(model_path: str, adapters: list, *, trust_remote_code: bool = False) -> None:
+    """Every adapter's LoRA tensors must fit a module of the base (shapes from config.json; nothing is loaded)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not adapters:
+        return
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return  # the model load reports it in one line
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = dict(skeleton.named_modules())
+    for cand in adapters:
+        weights = Path(cand.adapter) / "adapter_model.safetensors"
+        if not weights.is_file():
+            continue  # adapter_candidates already requires a weights file; .bin adapters are checked by PEFT
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise TinaError(f"cannot load adapter {cand.adapter}: {str(exc).splitlines()[0][:200]} (a damaged or "
+                            "incomplete adapter file)") from None
+        for key, shape in shapes.items():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            name = key.removeprefix("base_model.model.").split(".lora_")[0]
+            module = modules.get(name)
+            if module is None or not hasattr(module, "in_features"):
+                raise TinaError(f"adapter {cand.adapter} does not fit {model_path}: it adapts '{name}', which this "
+                                "model does not have (trained on another base model?); pass the right --model")
+            expected = module.in_features if ".lora_A." in key else module.out_features
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if got != expected:
+                raise TinaError(f"adapter {cand.adapter} does not fit {model_path}: '{name}' has "
+                                f"{'in' if '.lora_A.' in key else 'out'} size {expected} here but {got} in the adapter "
+                                "(trained on another base model?); pass the right --model")
+
+
+def adapter_rank(adapters: list) -> int:
+    ranks = [1]
+    for cand in adapters:
+        try:
+            ranks.append(int(json.loads((Path(cand.adapter) / "adapter_config.json").read_text()).get("r", 1)))
+        except (OSError, ValueError):
+            pass
+    return max(ranks)
+
+
+class Server:
+    """The base model once, and a context that serves one candidate (base or adapter) through an engine."""
+
+    def __init__(self, opts, model_name: str, adapters: list):
+        from tina.models import resolve_model_path
+
+        self.opts = opts
+        self.backend = opts.backend
+        self.path = resolve_model_path(model_name)
+        check_adapters_fit(self.path, adapters)
+        if self.backend == "hf":
+            from tina.eval.runner import AdapterSwitcher
+            from tina.models import load_model_and_tokenizer
+
+            model, self.tokenizer = load_model_and_tokenizer(model_name, dtype=opts.dtype, device=opts.device,
+                                                             attn_implementation=opts.attn_implementation)
+            if opts.merge_adapters and next(model.parameters()).dtype != torch.float32:
+                raise TinaError(f"--merge-adapters merges into {str(next(model.parameters()).dtype)[6:]} weights, "
+                                "which loses a low-learning-rate LoRA update to rounding; evaluate unmerged (the "
+                                "default) or pass --dtype float32")
+            self.model = model
+            self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
+            self.engine_version = None
+        else:
+            from tina.models import load_tokenizer
+            from tina.rollout.engines import check_backend
+            from tina.rollout.vllm import VLLMEngine
+
+            check_backend("vllm", lora_rank=adapter_rank(adapters), model_path=self.path)
+            self.model = None
+            self.tokenizer = load_tokenizer(self.path)
+            self.engine = VLLMEngine(self.path, self.tokenizer, dtype=opts.dtype, lora_rank=adapter_rank(adapters),
+                                     max_model_len=opts.max_model_len,
+                                     gpu_memory_utilization=opts.gpu_memory_utilization, sleep=False, seed=0,
+                                     max_num_seqs=opts.batch_size)
+            self._versions: dict[str, object] = {}
+
+    @property
+    def engine_name(self) -> str:
+        if self.backend == "hf":
+            import transformers
+
+            return f"hf (transformers {transformers.__version__}, tina decode loop)"
+        return f"vllm ({self.engine.version})"
+
+    @contextmanager
+    def serve(self, cand):
+        """Within the block, an engine that generates with exactly ``cand`` (the base, or base + its adapter)."""
+        if self.backend == "hf":
+            from tina.rollout import HFEngine
+
+            with self.switcher.use(cand.adapter) as model:
+                yield HFEngine(model, self.tokenizer, max_batch_rows=self.opts.batch_size)
+            return
+        from tina.rollout import AdapterVersion
+        from tina.rollout.adapters import folder_digest
+
+        if cand.adapter is None:
+            self.engine.load_adapter(None)
+        else:
+            key = str(cand.adapter)
+            if key not in self._versions:
+                self._versions[key] = AdapterVersion(len(self._versions) + 1, folder_digest(cand.adapter),
+                                                     str(cand.adapter))
+            self.engine.load_adapter(self._versions[key])
+        yield self.engine

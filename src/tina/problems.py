@@ -1,0 +1,104 @@
+"""What the trainer trains on: problems with their gold answers and rendered, tokenised prompts, and the seeded
+sampler that decides which prompts each step sees (its position is checkpointed, so a resumed run sees the same)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from tina.config import Config
+from tina.errors import ConfigError, TinaError
+
+
+@dataclass
+class Problem:
+    id: str
+    problem: str
+    answer: str
+    prompt: str  # rendered prompt text
+    prompt_ids: list[int] = field(default_factory=list)  # the prompt tokenised once (no special tokens added)
+
+
+def load_problems(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(train rows, holdout rows) as dicts with id/problem/answer/meta; builtin:arith never yields its eval split."""
+    d = cfg.data
+    if d.source == "builtin:arith":
+        from tina.tasks import arith
+
+        rows, _heldout = arith.split(n_eval=cfg.eval.num_problems, seed=0)
+        rows = [dict(r, meta={}) for r in rows]
+    else:
+        from tina.data import load_examples, with_l1_targets
+
+        examples = load_examples(
+            d.source,
+            adapter=d.adapter,
+            split=d.split,
+            subset=d.subset,
+            problem_field=d.problem_field,
+            answer_field=d.answer_field,
+        )
+        if d.l1_mode and d.l1_target_range:  # rows without their own target get one drawn from the range (seeded)
+            low, high = d.l1_target_range
+            examples = with_l1_targets(examples, mode=d.l1_mode, low=low, high=high, seed=cfg.train.seed)
+        rows = [{"id": e.id, "problem": e.problem, "answer": e.answer, "meta": dict(e.meta)} for e in examples]
+    if d.shuffle:
+        random.Random(cfg.train.seed).shuffle(rows)
+    holdout, rows = rows[: d.holdout], rows[d.holdout :]
+    if d.limit is not None:
+        rows = rows[: d.limit]
+    if not rows:
+        raise TinaError(f"data.source '{d.source}' has no training problems left (holdout={d.holdout}, limit={d.limit})")
+    return rows, holdout
+
+
+def render_prompts(rows: list[dict], tokenizer, cfg: Config) -> list[Problem]:
+    """Render every prompt (system prompt, chat template, L1 suffix) and tokenise it once."""
+    from tina.prompts import render_prompt
+
+    d = cfg.data
+    out = []
+    for row in rows:
+        meta = row.get("meta", {})
+        mode = meta.get("l1_mode", d.l1_mode)  # L1 data carries its own mode and target per row
+        target = meta.get("l1_target", d.l1_target) if mode else None
+        if mode and target is None:
+            raise ConfigError(f"data.l1_mode is '{mode}' but row {row['id']} has no target length; set "
+                              "data.l1_target or data.l1_target_range")
+        text = render_prompt(tokenizer, row["problem"], system_prompt=d.system_prompt, template=d.template,
+                             l1_mode=mode, l1_target=target)
+        out.append(Problem(row["id"], row["problem"], row["answer"], text))
+    ids = tokenizer([p.prompt for p in out], add_special_tokens=False)["input_ids"] if out and tokenizer else []
+    for problem, prompt_ids in zip(out, ids):
+        problem.prompt_ids = list(prompt_ids)
+    return out
+
+
+class PromptSampler:
+    """Epochs of seeded permutations; its position is part of the checkpoint, so a resumed run sees the same prompts."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0):
+        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+        self._order = self._permutation(epoch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            out.append(self._order[self.index])
+            self.index += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)

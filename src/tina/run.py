@@ -1,0 +1,690 @@
+"""The life of a training run around its steps: run directory, processes, model and optimizer, resume, checkpoints,
+logs, signals, aborts.  The step itself is in :mod:`tina.train`; it uses a :class:`Run` like this::
+
+    run = Run.open(cfg, run_dir, resume=..., ...)    # RUN/, processes, ledger, model + LoRA, optimizer, resume point
+    with run:                                        # SIGINT/SIGTERM, progress bar; ledger and trackers on exit
+        for step in run.steps():                     # stops after the current step when asked to
+            ...                                      # the step (tina.train)
+            run.end_step(step, out, ...)             # metrics.jsonl, bad-step accounting, checkpoint, ledger
+    return run.result()
+
+Checkpoints are atomic and hold everything a bit-exact resume needs (adapter, optimizer, scheduler, every RNG,
+sampler position, metrics and ledger copies); ``--resume`` falls back past a damaged checkpoint; SIGINT/SIGTERM stop
+gracefully after the current step; non-finite steps are skipped and, after ``train.max_bad_steps`` in a row, the run
+stops with the last good state checkpointed; write errors (a full disk) are one-line errors that leave earlier
+checkpoints intact.  Determinism: everything random is drawn from the global torch, python and numpy RNGs (which are
+checkpointed) or from keyed streams; the probe completion restores them; wall-time values (``seconds``, ``usd``, ...)
+are only logged, never fed back into training.  Bit-exact resume needs the same hardware, library versions and thread
+count as the original run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tina import config as cfgmod
+from tina import distributed
+from tina.checkpoint import (
+    clean_partial,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_adapter_weights,
+    load_trainer_state,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from tina.config import Config
+from tina.errors import TinaError
+from tina.ledger import Ledger, adopt_untracked_eval, atomic_write_text, read_eval_costs, read_ledger
+from tina.models import attach_lora, base_weights_digest, count_parameters, load_model_and_tokenizer
+from tina.problems import PromptSampler, load_problems, render_prompts
+from tina.rewards import RewardSpec
+from tina.rl.schedule import lr_multiplier, warmup_steps_for
+from tina.rollout import Sampling
+
+WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd")  # the rest of a record is reproducible
+# Keys that may differ when a run is resumed: none of them changes which prompts, samples or updates a step sees.
+RESUMABLE_CHANGES = ("train.stop_step", "train.save_steps", "train.save_total_limit", "train.logging_steps",
+                     "train.report_to", "train.max_bad_steps", "train.probe_prompt", "train.probe_max_new_tokens",
+                     "train.logprob_memory_mb", "rollout.check_engine", "rollout.canary_tolerance",
+                     "rollout.max_logp_diff", "rollout.gpu_memory_utilization", "rollout.vllm_sleep", "cost.", "eval.")
+SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    metrics: list[dict]
+    trainable_params: int
+    total_params: int
+    base_digest_before: str
+    base_digest_after: str
+    model: object = None
+    tokenizer: object = None
+    stopped_early: bool = False
+    stop_reason: str | None = None  # "SIGINT" / "SIGTERM" when stopped early
+    resume_command: str = ""
+
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step besides the model, optimizer, scheduler and sampler."""
+
+    history: list[dict] = field(default_factory=list)
+    buffer: list = field(default_factory=list)  # micro-batches (tina.train.MicroBatch) reused while num_iterations > 1
+    bad_in_row: int = 0
+
+
+@dataclass
+class Snapshot:
+    """The small, fast-changing part of the state after a step (model and optimizer are saved from memory)."""
+
+    step: int
+    n_history: int
+    rng: dict
+    sampler: dict
+    scheduler: dict
+    buffer: list
+    bad_in_row: int
+
+
+class Run:
+    """One training run's lifecycle; see the module docstring."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, progress: bool):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.engine = self.handover = None  # the rollout engine (attach_engine); the probe generates through it too
+        self.published = None  # the adapter version last handed to the engine
+
+    # ---------------------------------------------------------------------------------------------------- open
+    @classmethod
+    def open(cls, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+             started_at: float | None = None) -> Run:
+        """Create or resume RUN/, start the process group and the ledger, build the model (base + LoRA), the
+        optimizer, scheduler and prompt sampler, and restore a checkpoint when resuming."""
+        self = cls(cfg, Path(run_dir), progress=progress)
+        t = cfg.train
+        self.dist = dist = distributed.init(cpu=t.device == "cpu" or not torch.cuda.is_available(),
+                                            timeout_s=t.collective_timeout)
+        self.main = dist.is_main  # only the main process writes files
+        self.per_micro = t.batch_size // cfg.rollout.num_generations  # prompts per micro-batch, over all processes
+        if self.per_micro % dist.world_size:
+            from tina.errors import ConfigError
+
+            raise ConfigError(f"train.batch_size: {self.per_micro} prompts per micro-batch do not split over "
+                              f"{dist.world_size} processes; use a multiple of "
+                              f"{dist.world_size * cfg.rollout.num_generations} completions")
+        self.resume_cmd = resume_command(self.run_dir)
+        point = None
+        if self.main:
+            check_trackers(t.report_to)  # a missing tracker package fails before anything is loaded
+            with self.writing("config.yaml"):
+                point = prepare_run_dir(self.run_dir, cfg, resume=resume)
+        self.start_step = int(dist.sum([point[0] if point else 0])[0])  # every process resumes from main's choice
+        point = (self.start_step, self.run_dir / f"checkpoint-{self.start_step}") if self.start_step else None
+        prior = (read_ledger(self.run_dir) or (read_ledger(point[1]) if point else None)) if resume else None
+        if self.main:
+            with self.writing("eval_costs.jsonl"):
+                adopt_untracked_eval(self.run_dir, prior)
+        # the devices this run uses (cost.num_devices only feeds the estimate printed before a run)
+        self.ledger = Ledger(num_devices=dist.world_size, usd_per_device_hour=cfg.cost.usd_per_device_hour,
+                             device_name=cfg.cost.device_name, prior=prior, started_at=started_at)
+        seed_everything(t.seed + dist.rank)  # sampling is keyed; these only seed e.g. LoRA dropout
+
+        with self.ledger.phase("setup"):
+            rows, holdout = load_problems(cfg)  # an unreadable dataset fails before the model is loaded
+            self.model, self.tokenizer, self.digest_before = build_model(
+                cfg, device=str(dist.device) if dist.enabled else None)
+            self.device = next(self.model.parameters()).device
+            self.trainable, self.total = count_parameters(self.model)
+            self.problems = render_prompts(rows, self.tokenizer, cfg)
+            self.specs = [RewardSpec(rw.name, rw.weight, dict(rw.params)) for rw in cfg.rewards]
+            self.optimizer = make_optimizer(self.model, t)
+            self.scheduler = make_scheduler(self.optimizer, t)
+            self.sampler = PromptSampler(len(self.problems), t.seed)
+            saved = load_trainer_state(point[1]) if point else None
+            self.state = (self._restore(point[1], saved) if point else RunState())
+            self.train_model, self.optimizer = dist.prepare(self.model, self.optimizer, max_grad_norm=t.max_grad_norm)
+            if point and dist.optimizer_format != "torch":  # sharded/partitioned state: loaded into the wrapped one
+                dist.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
+            self.probe_ids = render_probe(cfg, self.tokenizer)
+            self.trackers = Trackers(t.report_to if self.main else [], self.run_dir, cfgmod.to_dict(cfg),
+                                     start_step=self.start_step, every=t.logging_steps)
+            if self.main:
+                with self.writing("metrics.jsonl"):
+                    start_logs(self.run_dir, self.state.history, holdout, self.start_step)
+            dist.barrier()
+        self.last = cfg.last_step
+        self.stop = GracefulStop()
+        self.stopped_at: int | None = None
+        self.good = self.snapshot(self.start_step)  # the last state reached by a finite update
+        return self
+
+    # ----------------------------------------------------------------------------------------------- the steps
+    def __enter__(self) -> Run:
+        if self.start_step >= self.last and self.main:
+            say(f"{self.run_dir} is already complete ({self.start_step} of {self.last} steps); nothing to train")
+        self.bar = progress_bar(self.start_step, self.last, enabled=self.progress and self.main)
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.stop.__exit__(exc_type, exc, tb)
+        self.bar.close()
+        self.trackers.close()
+        try:
+            if self.main:
+                self.ledger.write(self.run_dir)
+        except OSError:
+            pass  # the error that got us here (a full disk) has already been reported
+        if exc_type is KeyboardInterrupt:
+            done = list_checkpoints(self.run_dir)
+            where = f"the last checkpoint is {done[-1][1].name}" if done else "no checkpoint was written"
+            say(f"aborted; {where}; resume with: {self.resume_cmd}")
+        return False
+
+    def attach_engine(self, engine, handover) -> None:
+        self.engine, self.handover = engine, handover
+
+    def publish(self, version: int):
+        """The adapter as it is now, published for the engine as ``version`` (the number of updates so far)."""
+        state = self.dist.adapter_state(self.model) if self.handover.folder is not None else None  # FSDP: gathered
+        self.published = self.handover.publish(self.model, version, state=state)
+        return self.published
+
+    def steps(self):
+        """Step indices from the resume point to the last step; ends early after a graceful stop."""
+        for step in range(self.start_step, self.last):
+            yield step
+            if self.stopped_at is not None:
+                return
+
+    def draw(self, step: int) -> list[tuple[int, int]]:
+        """This process's prompts for ``step``: (problem index, key) pairs, micro-batch after micro-batch.
+
+        Every process draws the same global prompts and keeps its contiguous share; the key (the prompt's position
+        in the global order of the run) names its random stream, so completions do not depend on the process count
+        or on how the step is split into micro-batches."""
+        t, share = self.cfg.train, self.dist.share(self.per_micro)
+        out = []
+        for micro in range(t.gradient_accumulation_steps):
+            chosen = self.sampler.take(self.per_micro)[share]
+            first = (step * t.gradient_accumulation_steps + micro) * self.per_micro + share.start
+            out += [(i, first + j) for j, i in enumerate(chosen)]
+        return out
+
+    def end_step(self, step: int, out: dict, rollout_metrics: list[dict], step_start: float) -> None:
+        """After the update of 0-based ``step``: schedule, metrics.jsonl, bad steps, checkpoint, ledger."""
+        n, t, dist = step + 1, self.cfg.train, self.dist
+        lr = self.optimizer.param_groups[0]["lr"]
+        advance_schedule(self.scheduler)  # a skipped step still counts, so the schedule stays on the step clock
+        record = step_record(n, rollout_metrics, out, lr, time.perf_counter() - step_start, self.ledger, dist)
+        self.state.history.append(record)
+        if self.main:
+            with self.writing("metrics.jsonl"):
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+        self.trackers.log(record)
+        self.state.bad_in_row = self.state.bad_in_row + 1 if out["skipped"] else 0
+        snap = self.snapshot(n)
+        if out["skipped"] and self.main:
+            say(f"warning: step {n}: non-finite loss or gradient; update skipped "
+                f"({self.state.bad_in_row}/{t.max_bad_steps} in a row)")
+        if self.state.bad_in_row >= t.max_bad_steps:
+            self.abort_bad_steps(n)
+        if not out["skipped"]:
+            self.good = snap
+        stopping = dist.broadcast_flag(self.stop.requested) and n < self.last  # every process stops at one step
+        if n % t.save_steps == 0 or n == self.last or stopping:
+            with self.ledger.phase("checkpoint"), self.writing(f"checkpoint-{n}"):
+                self.write_checkpoint(snap)
+        if self.main:
+            with self.writing("ledger.json"):
+                self.ledger.write(self.run_dir)
+        self.bar.update(1)
+        self.bar.set_postfix_str(postfix(record))
+        if stopping:
+            self.stopped_at = n
+            if self.main:
+                say(f"stopped by {self.stop.reason} after step {n}; saved checkpoint-{n}. Resume with:\n  "
+                    f"{self.resume_cmd}")
+
+    def result(self, *, keep_model: bool = False) -> TrainResult:
+        digest_after = base_weights_digest(self.model)
+        stopped = self.stopped_at is not None
+        return TrainResult(self.run_dir, len(self.state.history), self.state.history, self.trainable, self.total,
+                           self.digest_before, digest_after, self.model if keep_model else None,
+                           self.tokenizer if keep_model else None, stopped, self.stop.reason if stopped else None,
+                           self.resume_cmd)
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def snapshot(self, step: int) -> Snapshot:
+        s = self.state
+        return Snapshot(step, len(s.history), rng_state(), self.sampler.state(),
+                        copy.deepcopy(self.scheduler.state_dict()), list(s.buffer), s.bad_in_row)
+
+    def write_checkpoint(self, snap: Snapshot) -> Path | None:
+        """Probe completion, then checkpoint-<step>/ (adapter, trainer state, metrics and ledger copies), then prune.
+
+        Called on every process (each contributes its RNG state); only the main process writes."""
+        dist, cfg, model = self.dist, self.cfg, self.model
+        rngs = dist.all_gather_object(snap.rng)
+        adapter = dist.adapter_state(model)  # FSDP: the full LoRA tensors (every process takes part); else None
+        optimizer_state = dist.optimizer_state(model, self.optimizer)
+        completion = self.run_probe(snap.step)
+        if not dist.is_main:
+            dist.barrier()
+            return None
+        if completion is not None:
+            append_jsonl(self.run_dir / "probes.jsonl", {"step": snap.step, "prompt": cfg.train.probe_prompt,
+                                                         **completion})
+        trainer_state = {
+            "step": snap.step,
+            "optimizer": optimizer_state,
+            "optimizer_format": dist.optimizer_format,
+            "scheduler": snap.scheduler,
+            "rng": snap.rng,
+            "rng_by_rank": rngs if dist.enabled else [],
+            "sampler": snap.sampler,
+            "bad_in_row": snap.bad_in_row,
+            "buffer": [micro_batch_state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
+        }
+        extra = {
+            "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in self.state.history[: snap.n_history]),
+            "ledger.json": json.dumps(self.ledger.to_dict(read_eval_costs(self.run_dir)), indent=2),
+        }
+        try:
+            path = save_checkpoint(self.run_dir, snap.step, model, trainer_state, extra, state_dict=adapter)
+            prune_checkpoints(self.run_dir, cfg.train.save_total_limit)
+        finally:
+            dist.barrier()  # the others wait until the checkpoint is complete
+        return path
+
+    def run_probe(self, step: int) -> dict | None:
+        """Greedy completion of the probe prompt through the engine, with the adapter as it is after ``step``
+        (never longer than a rollout); every RNG is restored, so the training stream is undisturbed.  Under FSDP the
+        main process alone generates, from gathered weights."""
+        if self.probe_ids is None or self.engine is None:
+            return None
+        budget = min(self.cfg.train.probe_max_new_tokens, self.cfg.rollout.max_new_tokens)
+        saved = rng_state()
+        completion = None
+        try:
+            with self.dist.gathered(self.model):
+                self.engine.load_adapter(self.publish(step))  # every process: each has its own engine
+                if self.dist.is_main:
+                    r = self.engine.generate([self.probe_ids], Sampling(n=1, max_new_tokens=budget, greedy=True))
+                    completion = {"completion": r.texts[0], "tokens": int(r.lengths[0]),
+                                  "truncated": bool(r.truncated[0])}
+        finally:
+            set_rng_state(saved)
+        return completion
+
+    def _restore(self, ckpt: Path, ts: dict) -> RunState:
+        """Load a checkpoint (``ts``: its trainer state) into the freshly built objects; return the run's history.
+
+        Under FSDP and DeepSpeed the optimizer state is loaded after wrapping (see ``open``), not here."""
+        from peft import set_peft_model_state_dict
+
+        from tina.train import MicroBatch
+
+        dist = self.dist
+        result = set_peft_model_state_dict(self.model, load_adapter_weights(ckpt))
+        if getattr(result, "unexpected_keys", None):
+            raise TinaError(f"{ckpt.name}: the adapter does not fit this model/LoRA config (unexpected "
+                            f"{', '.join(result.unexpected_keys[:3])})")
+        written = ts.get("optimizer_format", "torch")
+        if written != dist.optimizer_format:
+            engines = {"torch": "a single-process or DDP", "by-name": "an FSDP", "deepspeed-by-rank": "a DeepSpeed"}
+            raise TinaError(f"{ckpt.name} was written by {engines.get(written, written)} run and cannot be resumed by "
+                            f"{engines[dist.optimizer_format]} run; resume with the run's own --accelerate-config")
+        if written == "torch":
+            self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        self.sampler.load_state(ts["sampler"])
+        by_rank = ts.get("rng_by_rank") or []
+        set_rng_state(by_rank[dist.rank] if dist.rank < len(by_rank) else ts["rng"])
+        copy_path = ckpt / "metrics.jsonl"
+        history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
+        history = [h for h in history if h.get("step", 0) <= ts["step"]]
+        fields = {f.name for f in dataclasses.fields(MicroBatch)}
+        buffer = [MicroBatch(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                                for k, v in mb.items() if k in fields}) for mb in ts.get("buffer", [])]
+        return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
+
+    def abort_bad_steps(self, step: int):
+        """Too many non-finite steps in a row: checkpoint the last good state (skipped steps changed neither the
+        adapter nor the optimizer) and stop with a clear message."""
+        good, cfg = self.good, self.cfg
+        message = (f"stopped: {cfg.train.max_bad_steps} steps in a row (up to step {step}) had a non-finite loss or "
+                   "gradient; ")
+        if good.step == 0:
+            raise TinaError(message + "no step had a finite loss, so there is nothing to checkpoint. Lower "
+                                      "train.learning_rate or check the rewards and the model")
+        if good.step not in {s for s, _ in list_checkpoints(self.run_dir)}:
+            with self.ledger.phase("checkpoint"), self.writing(f"checkpoint-{good.step}"):
+                self.write_checkpoint(good)
+        raise TinaError(message + f"the last good state is checkpoint-{good.step}. Lower train.learning_rate or "
+                        "check the rewards; to go on from the good state, start a new run with "
+                        f"lora.init_adapter={self.run_dir / f'checkpoint-{good.step}'}")
+
+    @contextmanager
+    def writing(self, what: str):
+        """Turn an OSError while writing run files (full disk, read-only, permissions) into a one-line TinaError."""
+        try:
+            yield
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = "the disk is full" if full else (exc.strerror or str(exc))
+            done = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+            kept = f"{done[-1][1].name} is intact" if done else "no checkpoint had been written yet"
+            fix = "free some space" if full else "fix the problem"
+            raise TinaError(f"cannot write {what} in {self.run_dir}: {reason} ({exc.strerror or exc}); {kept}; {fix}, "
+                            f"then resume with: {self.resume_cmd}") from None
+
+
+def micro_batch_state(mb) -> dict:
+    return {f.name: getattr(mb, f.name) for f in dataclasses.fields(mb)}
+
+
+# ---------------------------------------------------------------------------------------------------------- setup
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_model(cfg: Config, device: str | None = None):
+    """(PEFT model with a fresh or initial LoRA adapter, tokenizer, digest of the base weights)."""
+    m, lc, t = cfg.model, cfg.lora, cfg.train
+    model, tokenizer = load_model_and_tokenizer(m.name_or_path, revision=m.revision, dtype=m.dtype,
+                                                attn_implementation=m.attn_implementation,
+                                                trust_remote_code=m.trust_remote_code, device=device or t.device)
+    digest = base_weights_digest(model)
+    model = attach_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
+                        bias=lc.bias, init_adapter=lc.init_adapter)
+    if t.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    return model, tokenizer, digest
+
+
+def make_optimizer(model, t: cfgmod.TrainConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                             weight_decay=t.weight_decay)
+
+
+def make_scheduler(optimizer, t: cfgmod.TrainConfig):
+    warmup = warmup_steps_for(t.max_steps, t.warmup_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(step, total_steps=t.max_steps, kind=t.lr_scheduler, warmup_steps=warmup,
+                                   min_ratio=t.min_lr_ratio),
+    )
+
+
+def advance_schedule(scheduler) -> None:
+    """scheduler.step(), without torch's warning when the first step was skipped (no optimizer.step() yet)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        scheduler.step()
+
+
+def resume_command(run_dir: Path) -> str:
+    """The exact command that continues this run (its own resolved config.yaml always matches)."""
+    return (f"tina train {shlex.quote(str(Path(run_dir) / 'config.yaml'))} --output-dir "
+            f"{shlex.quote(str(run_dir))} --resume")
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, *, resume: bool) -> tuple[int, Path] | None:
+    """Create RUN/, check a resume is possible, write config.yaml.  Returns the checkpoint to resume from, if any.
+
+    Without ``resume`` an existing run is never overwritten.  With it, the config must match the run's own
+    config.yaml except for :data:`RESUMABLE_CHANGES`; the newest intact checkpoint is chosen (damaged ones are moved
+    aside with a warning); with none, the run starts fresh.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_partial(run_dir)
+    if not resume and (list_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists()):
+        raise TinaError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
+    if resume and (run_dir / "config.yaml").exists():
+        changed = config_changes(cfgmod.load_config(run_dir / "config.yaml"), cfg)
+        blocking = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+        if blocking:
+            raise TinaError(f"--resume with a different config than {run_dir}/config.yaml (changed: "
+                            f"{', '.join(blocking)}); resume with the run's own config.yaml")
+        if changed:
+            say(f"resuming with changed {', '.join(changed)} (these do not alter the training trajectory)")
+    point = latest_valid_checkpoint(run_dir, warn=say) if resume else None
+    if resume:
+        say(f"resuming {run_dir} from {point[1].name}" if point else
+            f"no complete checkpoint in {run_dir}; starting fresh")
+    atomic_write_text(run_dir / "config.yaml", cfgmod.to_yaml(cfg))
+    return point
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ (``rewards`` compared as a whole)."""
+    a, b = cfgmod.to_dict(old), cfgmod.to_dict(new)
+    out = []
+    for section in b:
+        if section == "rewards" or not isinstance(b[section], dict):
+            if a.get(section) != b[section]:
+                out.append(section)
+            continue
+        out += [f"{section}.{k}" for k in b[section] if a.get(section, {}).get(k) != b[section][k]]
+    return out
+
+
+def start_logs(run_dir: Path, history: list[dict], holdout: list[dict], start_step: int) -> None:
+    """metrics.jsonl and probes.jsonl cut back to the resume point; holdout.jsonl written."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    probes = run_dir / "probes.jsonl"
+    if probes.exists():
+        kept = [p for p in read_jsonl(probes) if p.get("step", 0) <= start_step]
+        atomic_write_text(probes, "".join(json.dumps(p) + "\n" for p in kept))
+    if holdout:
+        atomic_write_text(run_dir / "holdout.jsonl", "".join(
+            json.dumps({k: r[k] for k in ("id", "problem", "answer")}) + "\n" for r in holdout))
+
+
+def render_probe(cfg: Config, tokenizer) -> list[int] | None:
+    """The probe prompt rendered like a training prompt and tokenised, or None when ``train.probe_prompt`` is empty."""
+    from tina.prompts import render_prompt
+
+    text = cfg.train.probe_prompt.strip()
+    if not text:
+        return None
+    d = cfg.data
+    prompt = render_prompt(tokenizer, text, system_prompt=d.system_prompt, template=d.template,
+                           l1_mode=d.l1_mode if d.l1_target else None, l1_target=d.l1_target)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+# --------------------------------------------------------------------------------------------------- stop, errors
+class GracefulStop:
+    """SIGINT/SIGTERM during the loop: the first asks it to stop after the current step (it checkpoints and returns);
+    a second one aborts at once with KeyboardInterrupt.  Installed only in the main thread; restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason is not None:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        os.write(2, f"\n{self.reason}: finishing this step and saving a checkpoint "
+                    "(Ctrl-C again aborts at once)\n".encode())
+
+
+def check_trackers(names: list[str]) -> None:
+    if names:
+        from tina.trackers import check_available
+
+        check_available(names)
+
+
+class Trackers:
+    """Optional trackers (train.report_to), imported only when asked for; a no-op otherwise.
+
+    They receive one record every ``every`` steps (``train.logging_steps``): the mean of the window's numeric metrics
+    (the step number and running totals -- seconds, dollars -- are the window's last).  metrics.jsonl keeps every
+    step regardless."""
+
+    def __init__(self, names: list[str], run_dir: Path, config: dict, *, start_step: int = 0, every: int = 1):
+        self._impl = None
+        self.every, self._window = every, []
+        if names:
+            from tina.trackers import Trackers as Impl
+
+            self._impl = Impl(names, run_dir, config, start_step=start_step)
+
+    def log(self, record: dict) -> None:
+        if self._impl is None:
+            return
+        self._window.append(record)
+        if record["step"] % self.every == 0:
+            self._impl.log(window_mean(self._window))
+            self._window = []
+
+    def close(self) -> None:
+        if self._impl is not None:
+            if self._window:
+                self._impl.log(window_mean(self._window))
+            self._impl.close()
+
+
+LAST_IN_WINDOW = ("step", "seconds", "device_hours", "usd", "learning_rate")
+
+
+def window_mean(records: list[dict]) -> dict:
+    """One record for a logging window: numeric metrics averaged (None skipped), running totals from the last.
+
+    >>> window_mean([{"step": 1, "reward": 0.5, "usd": 1.0}, {"step": 2, "reward": 1.0, "usd": 2.0}])
+    {'step': 2, 'reward': 0.75, 'usd': 2.0}
+    """
+    out: dict = {}
+    for key in records[-1]:
+        if key in LAST_IN_WINDOW:
+            out[key] = records[-1][key]
+            continue
+        values = [r.get(key) for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        if values:
+            out[key] = sum(values) / len(values)
+        elif key in records[-1]:
+            out[key] = records[-1][key]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- records
+def step_record(step: int, rollout_metrics: list[dict], out: dict, lr: float, step_seconds: float,
+                ledger: Ledger, dist: distributed.Dist | None = None) -> dict:
+    """One metrics.jsonl line: each rollout metric's (sum, count) pooled over micro-batches and processes; ledger
+    token counts grow by the step's totals over every process."""
+    dist = dist or distributed.Dist()
+    rec: dict = {"step": step}
+    keys = list(rollout_metrics[0])
+    flat = []
+    for k in keys:
+        flat += [sum(m[k][0] for m in rollout_metrics if k in m), sum(m[k][1] for m in rollout_metrics if k in m)]
+    flat = dist.sum(flat)
+    for i, k in enumerate(keys):
+        total, count = flat[2 * i], flat[2 * i + 1]
+        if k in SUMMED_METRICS:
+            rec[k] = int(total)
+        else:
+            rec[k] = total / count if count else None
+    rec.update(out)
+    ledger.tokens_generated += int(rec.get("tokens", 0) or 0)
+    ledger.tokens_trained += int(rec.pop("tokens_trained", 0) or 0)
+    rec["learning_rate"] = lr
+    rec["seconds"] = round(ledger.wall_seconds, 3)  # training wall time so far (all sessions), as in the ledger
+    rec["step_seconds"] = round(step_seconds, 3)
+    rec["device_hours"] = round(ledger.device_hours, 9)
+    rec["usd"] = round(ledger.usd, 9)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+
+
+def append_jsonl(path: Path, obj: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a half-written last line (a killed process) is dropped."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def progress_bar(start: int, total: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def postfix(rec: dict) -> str:
+    parts = [f"reward={rec['reward']:.3f}" if rec.get("reward") is not None else "reward=n/a"]
+    if rec.get("reward/accuracy") is not None:
+        parts.append(f"acc={rec['reward/accuracy']:.2f}")
+    if rec.get("completion_length") is not None:
+        parts.append(f"len={rec['completion_length']:.0f}")
+    parts.append(f"${rec['usd']:.4f}" if rec.get("usd") else f"{rec.get('device_hours', 0):.4f} dev-h")
+    return " ".join(parts)
