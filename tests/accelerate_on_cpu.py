@@ -10,6 +10,7 @@ DeepSpeed once accelerate has built it.  Nothing in ``tina`` is patched.
         --mixed_precision no tests/accelerate_on_cpu.py train demo -o RUN ...
 """
 
+import os
 import sys
 
 from accelerate import state
@@ -41,6 +42,34 @@ def _init(self, *args, fsdp_plugin=None, deepspeed_plugin=None, **kwargs):
 
 
 state.AcceleratorState.__init__ = _init
+
+
+def _inject_nan(spec: str) -> None:
+    """TINA_TEST_NAN_AT="STEP:MICRO" (1-based): the loss of that micro-batch of that optimizer step is NaN (for the
+    skipped-step tests; counts loss calls, so use it without train.max_tokens_per_pass)."""
+    import tina.train
+    from tina.config import load_config
+
+    step, micro = (int(x) for x in spec.split(":"))
+    calls = {"n": 0}
+
+    def wrap(fn):
+        def loss(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            ga = int(os.environ["TINA_TEST_GA"])
+            n = calls["n"]
+            calls["n"] += 1
+            if n // ga + 1 == step and n % ga + 1 == micro:
+                out.loss = out.loss * float("nan")
+            return out
+        return loss
+
+    for name, fn in list(tina.train.LOSSES.items()):
+        tina.train.LOSSES[name] = wrap(fn)
+
+
+if os.environ.get("TINA_TEST_NAN_AT"):
+    _inject_nan(os.environ["TINA_TEST_NAN_AT"])
 
 if __name__ == "__main__":
     from tina.cli import main

@@ -226,3 +226,49 @@ def test_a_deepspeed_config_without_deepspeed_installed_fails_before_launch(tmp_
     assert code == 2
     assert "uses DeepSpeed, which is not installed: pip install deepspeed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------ skipped steps
+def _state(ckpt: Path) -> tuple[dict, list]:
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    return load_file(str(ckpt / "adapter_model.safetensors")), state["optimizer"]
+
+
+def _same_optimizer(a, b) -> bool:
+    """ZeRO partitions (one per process): fp32 master weights and Adam moments, bit for bit."""
+    for pa, pb in zip(a, b, strict=True):
+        if not all(torch.equal(x, y) for x, y in zip(pa["single_partition_of_fp32_groups"],
+                                                     pb["single_partition_of_fp32_groups"], strict=True)):
+            return False
+        for sa, sb in zip(pa["base_optimizer_state"]["state"].values(), pb["base_optimizer_state"]["state"].values()):
+            if not all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq")) or sa["step"] != sb["step"]:
+                return False
+    return True
+
+
+def test_a_skipped_step_under_zero2_changes_nothing(tmp_path):
+    """DeepSpeed steps inside the last micro-batch's backward and ignores zero_grad(): a NaN loss at micro-batch 2
+    must still leave adapter and optimizer bit-identical, and micro-batch 1's gradients must not leak into the next
+    step (the run equals one whose NaN came at micro-batch 1, before anything was accumulated)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is installed by .ci/run (pip install deepspeed)")
+    args = ["train", "demo", *COMMON, "--set", "train.batch_size=16", "--set", "train.gradient_accumulation_steps=2",
+            "--set", "train.save_steps=1"]
+    runs = {}
+    for micro in (2, 1):
+        out = tmp_path / f"nan-at-{micro}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path("zero2")),
+               "--num_processes", "2", "--mixed_precision", "no", str(ON_CPU), args[0], args[1], "-o", str(out),
+               *args[2:]]
+        env = dict(_env(), DS_ACCELERATOR="cpu", TINA_TEST_NAN_AT=f"2:{micro}", TINA_TEST_GA="2")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "step 2: non-finite loss or gradient; update skipped" in proc.stderr
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["skipped"] for m in metrics] == [False, True, False]
+        runs[micro] = out
+    (a1, o1), (a2, o2) = _state(runs[2] / "checkpoint-1"), _state(runs[2] / "checkpoint-2")
+    assert all(torch.equal(a1[k], a2[k]) for k in a1)  # the skipped step left the adapter ...
+    assert _same_optimizer(o1, o2)  # ... and every optimizer partition bit-identical
+    (a3, _), (b3, _) = _state(runs[2] / "checkpoint-3"), _state(runs[1] / "checkpoint-3")
+    assert all(torch.equal(a3[k], b3[k]) for k in a3)  # nothing of step 2's first micro-batch reached step 3
+    assert not all(torch.equal(a2[k], a3[k]) for k in a3)  # and step 3 did update

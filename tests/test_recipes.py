@@ -95,8 +95,8 @@ def test_tina_settings(name):
     assert r.num_generations == g and r.temperature == 0.7 and r.top_p == 1.0
     assert r.max_new_tokens == (8960 if name == "tina-open-rs3-long-completion" else 3584)
     assert a.beta == 0.04 and a.num_iterations == 1
-    if name == "tina-open-rs3-dr-grpo":
-        assert (a.objective, a.scale_rewards) == ("dr_grpo", "none")
+    if name == "tina-open-rs3-dr-grpo":  # Tina's trainer normalised each GPU's micro-batch (one group): bnpo
+        assert (a.objective, a.scale_rewards) == ("bnpo", "none")
     else:
         assert (a.objective, a.scale_rewards) == ("grpo", "group")
     assert {rw.name: rw.weight for rw in cfg.rewards} == rewards
@@ -104,7 +104,14 @@ def test_tina_settings(name):
         if rw.name == "cosine":
             assert rw.params == {"max_len": 3584}
     # batch mapping: completions per optimizer step = per-device batch x 2 GPUs x grad_acc 4 = 8 prompts x G
-    assert t.batch_size == per_device * 2 and t.gradient_accumulation_steps == 4
+    if a.objective == "bnpo":  # one micro-batch per device and accumulation step: 6 x 8
+        assert t.batch_size == per_device and t.gradient_accumulation_steps == 8
+    else:
+        assert t.batch_size == per_device * 2 and t.gradient_accumulation_steps == 4
+    # rollouts as Tina's: vLLM in the training process with its memory share and context cap
+    assert r.backend == "vllm" and r.gpu_memory_utilization in (0.4, 0.6, 0.7)
+    assert r.max_model_len == (None if name in ("tina-openr1", "tina-curated-thoughts") else 4608)
+    assert cfg.cost.seconds_per_step_source == "paper"
     assert t.batch_size * t.gradient_accumulation_steps == per_device * 2 * 4
     assert cfg.prompts_per_step == 8
     assert (t.max_steps, t.stop_step, t.save_steps) == (max_steps, stop, save_steps)
@@ -200,9 +207,9 @@ def test_tina_recipes_lists_every_recipe_with_its_columns(capsys):
     rows = {line.split()[0]: line for line in lines[1:] if line and line.split()[0] in ALL}
     assert set(rows) == set(ALL) and len([r for r in rows if r.startswith("tina-")]) >= 19
     rs2 = rows["tina-open-rs2"].split()
-    assert rs2[1:] == ["knoveleng/open-rs", "format+accuracyx2", "grpo", "850/1500", "~$14", "$15"]
-    assert rows["tina-open-rs3-dr-grpo"].split()[3] == "dr_grpo"
-    assert rows["tina-limr-rank-64"].split()[-1] == "~$3"  # no published figure for the as-labelled run
+    assert rs2[1:] == ["knoveleng/open-rs", "format+accuracyx2", "grpo", "850/1500", "~$14*", "$15"]
+    assert rows["tina-open-rs3-dr-grpo"].split()[3] == "bnpo"
+    assert rows["tina-limr-rank-64"].split()[-1] == "~$3*"  # no published figure for the as-labelled run
     assert "ESTIMATE" in out  # the footer says what the cost column is
 
 

@@ -85,7 +85,8 @@ warmup_ratio: 0.1
 
 
 def tina_original(dataset: str, rewards: dict, *, g: int, max_steps: str | None, save_steps: int,
-                  lr: str = "1e-06", r: int = 32, extra: str = "") -> str:
+                  lr: str = "1e-06", r: int = 32, extra: str = "", vllm_util: float = 0.4,
+                  max_model_len: int | None = 4608) -> str:
     """A Tina v1 recipe with the given knobs (the rest is the same in every v1 recipe)."""
     names = "".join(f"- {n}\n" for n in rewards)
     weights = "".join(f"- {w}\n" for w in rewards.values())
@@ -95,7 +96,8 @@ def tina_original(dataset: str, rewards: dict, *, g: int, max_steps: str | None,
             f"model_name_or_path: DeepSeek-R1-Distill-Qwen-1.5B\nattn_implementation: flash_attention_2\n"
             f"use_peft: true\nlora_r: {r}\nlora_alpha: {4 * r}\nlora_dropout: 0.05\n"
             "lora_target_modules:\n- q_proj\n- k_proj\n- v_proj\n- o_proj\n- down_proj\n- up_proj\n- gate_proj\n"
-            "bf16: true\nuse_vllm: true\nvllm_device: cuda:0\nvllm_gpu_memory_utilization: 0.4\n"
+            f"bf16: true\nuse_vllm: true\nvllm_device: cuda:0\nvllm_gpu_memory_utilization: {vllm_util}\n"
+            + (f"vllm_max_model_len: {max_model_len}\n" if max_model_len else "") +
             "gradient_accumulation_steps: 4\ngradient_checkpointing: true\ngradient_checkpointing_kwargs:\n"
             "  use_reentrant: false\nlog_level: info\nlogging_first_step: true\nlogging_steps: 1\n"
             f"learning_rate: {lr}\nlr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs:\n  min_lr_rate: 0.1\n"
@@ -142,12 +144,14 @@ def test_the_fixed_dr_grpo_recipe_imports_to_the_bundled_one(tmp_path, capsys):
     text = out.read_text()
     assert text.splitlines()[0] == f"# tina train {out} --output-dir runs/imported"
     dropped = text.split("# Dropped (no effect in tina):")[1].split("\nmodel:")[0]
-    for key in ("vllm_device", "vllm_gpu_memory_utilization", "vllm_max_model_len", "use_vllm", "hub_model_id",
-                "push_to_hub", "logging_first_step", "overwrite_output_dir", "max_prompt_length"):
+    for key in ("vllm_device", "hub_model_id", "push_to_hub", "logging_first_step", "overwrite_output_dir",
+                "max_prompt_length"):
         assert key in dropped
+    for key in ("use_vllm", "vllm_gpu_memory_utilization", "vllm_max_model_len"):  # mapped onto rollout.*
+        assert key not in dropped
     cfg = load_config(out)
     assert comparable(cfg) == comparable(load_config("tina-open-rs3-dr-grpo"))
-    assert (cfg.algorithm.objective, cfg.algorithm.scale_rewards) == ("dr_grpo", "none")
+    assert (cfg.algorithm.objective, cfg.algorithm.scale_rewards) == ("bnpo", "none")
     assert {r.name: r.params for r in cfg.rewards}["cosine"] == {"max_len": 3584}  # Tina's launch script flag
     assert (cfg.train.max_steps, cfg.train.stop_step) == (1500, 850)  # the stop step lives in a comment
     assert cli.main(["check", str(out)]) == 0
@@ -170,10 +174,10 @@ def test_the_fixed_dr_grpo_recipe_imports_to_the_bundled_one(tmp_path, capsys):
                                              save_steps=50, r=128)),
         ("tina-openr1", tina_original("curated_open_r1", {r: 1.0 for r in (
             "accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine", "repetition_penalty")},
-            g=8, max_steps=None, save_steps=100)),
+            g=8, max_steps=None, save_steps=100, max_model_len=None)),
         ("tina-curated-thoughts", tina_original("curated_thoughts", {r: 1.0 for r in (
             "accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine", "repetition_penalty")},
-            g=8, max_steps=None, save_steps=100,
+            g=8, max_steps=None, save_steps=100, vllm_util=0.6, max_model_len=None,
             extra="model_post_train_dataset_config: OpenThoughts-114k-math-default\n")),
         ("tina-l1-max", tina_original("l1_max", {"length_l1_max": 1.0}, g=4,
                                       max_steps="11000 # use 11000 for lr scheduler but stop at 5500 steps",

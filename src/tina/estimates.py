@@ -39,6 +39,7 @@ class CostEstimate:
     usd: float | None  # estimated training cost (None without seconds_per_step)
     reference_usd: float | None  # published training cost of this run
     note: str | None
+    source: str = "guess"  # where seconds_per_step comes from: paper | guess | measured
 
 
 def estimate_cost(cfg) -> CostEstimate:
@@ -50,7 +51,7 @@ def estimate_cost(cfg) -> CostEstimate:
         hours = steps * c.seconds_per_step / 3600
         usd = hours * c.num_devices * c.usd_per_device_hour
     return CostEstimate(steps, c.num_devices, c.device_name, c.usd_per_device_hour, c.seconds_per_step, hours, usd,
-                        c.reference_usd, c.estimate_note)
+                        c.reference_usd, c.estimate_note, c.seconds_per_step_source)
 
 
 def _usd(x: float) -> str:
@@ -63,8 +64,11 @@ def _usd(x: float) -> str:
 
 
 def cost_cell(est: CostEstimate) -> str:
-    """Short form for a table column: '~$14' (estimate), '-' when the recipe gives no seconds_per_step."""
-    return f"~{_usd(est.usd)}" if est.usd is not None else "-"
+    """Short form for a table column: '~$14' (estimate; '~$14*' when its s/step is the paper's, not measured), '-'
+    when the recipe gives no seconds_per_step."""
+    if est.usd is None:
+        return "-"
+    return f"~{_usd(est.usd)}" + ("*" if est.source == "paper" else "")
 
 
 def paper_cell(est: CostEstimate) -> str:
@@ -77,9 +81,13 @@ def describe(est: CostEstimate) -> str:
         text = (f"cost: no estimate (set cost.seconds_per_step); {est.steps} steps on {est.num_devices}x "
                 f"{est.device_name} at ${est.usd_per_device_hour:g}/device-hour")
     else:
+        origin = {"paper": "the paper's figure for its own setup, NOT measured with tina: measure it with "
+                           "`python benchmarks/gpu_step.py` and set cost.seconds_per_step_source=measured",
+                  "guess": "a guess, not a measurement",
+                  "measured": "s/step measured with tina on this hardware"}[est.source]
         text = (f"cost estimate: ~{_usd(est.usd)} = {est.steps} steps x {est.seconds_per_step:g} s/step "
                 f"({est.hours:.1f} h) x {est.num_devices} {est.device_name} x ${est.usd_per_device_hour:g}/h"
-                " (an estimate, not a measurement)")
+                f" ({origin})")
     if est.reference_usd is not None:
         text += f"; published: {_usd(est.reference_usd)}"
     if est.note:

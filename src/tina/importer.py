@@ -17,13 +17,18 @@ Keys the original leaves out take the defaults of TRL 0.15 (the version Tina and
 Tina's own recipes (keys ``model_post_train_*`` / ``rl_post_train_*``) also get what Tina's code did outside the
 YAML: its dataset table (``curated_open_rs3`` -> ``knoveleng/open-rs``), its system-prompt rule (the Open-RS prompt
 for ``knoveleng/open-rs``, the OpenR1 prompt otherwise), its chat template (``r1-distill-tina``), bf16 weights, the
-``--cosine_max_len 3584`` its launch script passed for four runs, L1 targets drawn from 100..4000, and the stop step
-written in the ``max_steps`` comment ("use 1500 for lr scheduler but stop at 850 steps").
+``--cosine_max_len 3584`` its launch scripts passed for five runs, L1 targets drawn from 100..4000, and the stop step
+written in the ``max_steps`` comment ("use 1500 for lr scheduler but stop at 850 steps").  ``scale_rewards: false`` in
+a Tina recipe is what Tina's trainer (tina/post_train_hf/grpo_trainer.py) did with it: no std scaling and the token
+mean of each process's micro-batch (one prompt group in Tina's recipes), i.e. tina's ``bnpo`` -- not the Dr.GRPO
+paper's constant normaliser (``dr_grpo``).  See docs/fidelity.md.
 
 Batch sizes: TRL counts ``per_device_train_batch_size`` completions per GPU; tina's ``train.batch_size`` counts the
 completions of one micro-batch in one process, so it is ``per_device_train_batch_size x num_processes`` (2 for Tina,
 ``--num-processes`` otherwise), and ``gradient_accumulation_steps`` carries over: an optimizer step sees the same
-prompts and completions as the original.
+prompts and completions as the original.  Except for ``bnpo``, which normalises each micro-batch by its own tokens:
+there each process's micro-batch stays one tina micro-batch (``train.batch_size = per_device_train_batch_size``,
+``gradient_accumulation_steps x num_processes``), the same optimizer step with the same normalisers.
 """
 
 from __future__ import annotations
@@ -64,8 +69,10 @@ TINA_DATASETS: dict[str, str] = {
     "open_rs3_format_ablation": "knoveleng/open-rs",
     "open_rs3_long_completion_ablation": "knoveleng/open-rs",
 }
-# Tina's train script added `--cosine_max_len 3584` for exactly these dataset names (default 1000).
-TINA_COSINE_3584 = {"thoughts", "open_r1", "open_rs3", "open_rs3_drgrpo_ablation"}
+# Tina's launch scripts added `--cosine_max_len 3584` for exactly these dataset names (default 1000):
+# scripts/train/post_train_model_grpo.sh for the first four, post_train_model_grpo_long_completion.sh (always) for
+# the long-completion ablation.
+TINA_COSINE_3584 = {"thoughts", "open_r1", "open_rs3", "open_rs3_drgrpo_ablation", "open_rs3_long_completion_ablation"}
 # Tina's short model names (its scripts resolve them to a local copy of the hub model).
 TINA_MODELS = {
     "DeepSeek-R1-Distill-Qwen-1.5B": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -104,8 +111,8 @@ TRL_DEFAULTS = {
 
 # Known keys with no effect in tina -> why.  Prefixes end with "*".
 DROPPED: dict[str, str] = {
-    "use_vllm": "rollouts use transformers generate",
-    "vllm_*": "no vLLM backend",
+    "vllm_device": "the vllm engine runs on each training process's own device",
+    "vllm_*": "no such vLLM setting in tina",
     "ds3_gather_for_generation": "no DeepSpeed",
     "deepspeed": "no DeepSpeed",
     "fsdp*": "single process",
@@ -162,6 +169,7 @@ MAPPED = {
     "dataset_name", "dataset_config", "dataset_train_split", "dataset_prompt_column", "dataset_mixture",
     "model_post_train_dataset_name", "model_post_train_dataset_config", "model_post_train_dataset_path",
     "system_prompt", "num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
+    "use_vllm", "vllm_gpu_memory_utilization", "vllm_max_model_len",
     "repetition_penalty", "generation_batch_size", "steps_per_generation",
     "beta", "epsilon", "epsilon_high", "num_iterations", "scale_rewards", "loss_type", "mask_truncated_completions",
     "importance_sampling_level", "sync_ref_model", "top_entropy_quantile", "delta",
@@ -437,6 +445,10 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     }
     _copy_present(raw, rollout, _float, {"top_p": "top_p"})
     _copy_present(raw, rollout, _int, {"top_k": "top_k"})
+    if get("use_vllm"):  # the original generated with vLLM: so does the imported recipe
+        rollout["backend"] = "vllm"
+        _copy_present(raw, rollout, _float, {"vllm_gpu_memory_utilization": "gpu_memory_utilization"})
+        _copy_present(raw, rollout, _int, {"vllm_max_model_len": "max_model_len"})
 
     # --------------------------------------------------------------------------------------------------- algorithm
     if get("sync_ref_model"):
@@ -467,9 +479,10 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         else:
             raise ConfigError(f"{source}: scale_rewards '{scale}' is not true, false, group, batch or none")
         if tina_style and scale is False and loss_type is None:
-            algorithm["objective"] = "dr_grpo"
-            notes.append("scale_rewards: false in a Tina recipe means Dr.GRPO: objective dr_grpo (Tina's trainer "
-                         "normalised by the global token count instead; --set algorithm.objective=dapo for that)")
+            algorithm["objective"] = "bnpo"
+            notes.append("scale_rewards: false in a Tina recipe: Tina's trainer then divided each process's "
+                         "micro-batch loss by its own token count (objective bnpo, one micro-batch per process); "
+                         "--set algorithm.objective=dr_grpo for the Dr.GRPO paper's constant normaliser")
     _copy_present(raw, algorithm, _float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
     _copy_present(raw, algorithm, _int, {"num_iterations": "num_iterations"})
     _copy_present(raw, algorithm, _bool, {"mask_truncated_completions": "mask_truncated_completions"})
@@ -492,6 +505,17 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
                           f"{rollout['num_generations']}; pass the original's GPU count with --num-processes")
     train["gradient_accumulation_steps"] = _int(
         "gradient_accumulation_steps", get("gradient_accumulation_steps", TRL_DEFAULTS["gradient_accumulation_steps"]))
+    if algorithm["objective"] == "bnpo" and nproc > 1:
+        if per_device % rollout["num_generations"] == 0:  # keep each process's micro-batch (and its token count)
+            train["batch_size"] = per_device
+            train["gradient_accumulation_steps"] *= nproc
+            notes.append(f"bnpo normalises per micro-batch: each process's {per_device} completions stay one "
+                         f"micro-batch (batch_size {per_device}, gradient_accumulation_steps "
+                         f"{train['gradient_accumulation_steps']} = {train['gradient_accumulation_steps'] // nproc} x "
+                         f"{nproc} processes): the same optimizer step")
+        else:
+            notes.append(f"bnpo: per_device_train_batch_size {per_device} splits prompt groups across processes, "
+                         "which tina's micro-batches cannot; the per-micro-batch token normaliser differs slightly")
     prompts_per_step = train["batch_size"] // rollout["num_generations"] * train["gradient_accumulation_steps"]
     missing_max_steps = None
     max_steps = get("max_steps")

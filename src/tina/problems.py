@@ -19,13 +19,27 @@ class Problem:
     prompt_ids: list[int] = field(default_factory=list)  # the prompt tokenised once (no special tokens added)
 
 
-def load_problems(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(train rows, holdout rows) as dicts with id/problem/answer/meta; builtin:arith never yields its eval split."""
-    d = cfg.data
-    if d.source == "builtin:arith":
-        from tina.tasks import arith
+def _arith():
+    from tina.tasks import arith
 
-        rows, _heldout = arith.split(n_eval=cfg.eval.num_problems, seed=0)
+    return arith
+
+
+def _addition():
+    from tina.tasks import addition
+
+    return addition
+
+
+# Synthetic tasks built in: training never sees their held-out split (the demo and `tina eval` evaluate on it).
+BUILTIN_TASKS = {"builtin:arith": _arith, "builtin:addition": _addition}
+
+
+def load_problems(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(train rows, holdout rows) as dicts with id/problem/answer/meta; a builtin task never yields its eval split."""
+    d = cfg.data
+    if d.source in BUILTIN_TASKS:
+        rows, _heldout = BUILTIN_TASKS[d.source]().split(n_eval=cfg.eval.num_problems, seed=0)
         rows = [dict(r, meta={}) for r in rows]
     else:
         from tina.data import load_examples, with_l1_targets

@@ -101,12 +101,16 @@ TEMPLATE_NAMES: tuple[str, ...] = ("tokenizer", *CHAT_TEMPLATES, "plain")
 # ----------------------------------------------------------------------------------------------------------------------
 # L1 length control (Aggarwal & Welleck 2025, cmu-l3/l1): appended to the user problem after one space, as L1's
 # data script does ("{problem} ... Think for N tokens.").
+# Mode "tina" is Tina's code instead (tina/post_train_hf/preprocess.py make_conv_for_grpo_l1): "\nThink for N tokens."
+# appended to the *system* prompt, the L1-Exact sentence for its L1-Exact and L1-Max runs alike.
 # ----------------------------------------------------------------------------------------------------------------------
 
 L1_PROMPTS: dict[str, str] = {
     "exact": "Think for {n} tokens.",
     "max": "Think for maximum {n} tokens.",
 }
+#: Every L1 mode: L1's two, and "tina" (the "exact" sentence, at the end of the system prompt after a newline).
+L1_MODES: tuple[str, ...] = (*L1_PROMPTS, "tina")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation prompts (Tina's lighteval custom tasks, scripts/eval/run_eval_custom_tasks.py, from open-r1 /
@@ -178,23 +182,30 @@ def l1_instruction(l1_mode: str | None, l1_target: int | None) -> str | None:
     if l1_mode is None and l1_target is None:
         return None
     if l1_mode is None:
-        raise ConfigError(f"an L1 target ({l1_target}) needs an L1 mode; set l1_mode to one of: {', '.join(L1_PROMPTS)}")
-    if l1_mode not in L1_PROMPTS:
+        raise ConfigError(f"an L1 target ({l1_target}) needs an L1 mode; set l1_mode to one of: {', '.join(L1_MODES)}")
+    if l1_mode not in L1_MODES:
         raise ConfigError(
-            f"unknown L1 mode '{l1_mode}'{did_you_mean(l1_mode, L1_PROMPTS)}; choose one of: {', '.join(L1_PROMPTS)}")
+            f"unknown L1 mode '{l1_mode}'{did_you_mean(l1_mode, L1_MODES)}; choose one of: {', '.join(L1_MODES)}")
     if isinstance(l1_target, bool) or not isinstance(l1_target, int) or l1_target < 1:
         raise ConfigError(f"L1 mode '{l1_mode}' needs a positive integer target length; got {l1_target!r}")
-    return L1_PROMPTS[l1_mode].format(n=l1_target)
+    return L1_PROMPTS.get(l1_mode, L1_PROMPTS["exact"]).format(n=l1_target)
 
 
 def build_messages(problem: str, *, system_prompt: str | None = None, l1_mode: str | None = None,
                    l1_target: int | None = None) -> list[dict[str, str]]:
-    """The chat messages for one problem: [system,] user (with the L1 sentence appended after one space)."""
+    r"""The chat messages for one problem: [system,] user (with the L1 sentence appended after one space; for
+    l1_mode "tina", appended to the system prompt after a newline, as Tina's code did).
+
+    >>> build_messages("Find x.", system_prompt="Be brief.", l1_mode="tina", l1_target=7)
+    [{'role': 'system', 'content': 'Be brief.\nThink for 7 tokens.'}, {'role': 'user', 'content': 'Find x.'}]
+    """
     user = problem
     suffix = l1_instruction(l1_mode, l1_target)
-    if suffix:
-        user = f"{problem} {suffix}"
     system = resolve_system_prompt(system_prompt)
+    if suffix and l1_mode == "tina":
+        system = f"{system or ''}\n{suffix}"
+    elif suffix:
+        user = f"{problem} {suffix}"
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": user})
     return messages
@@ -237,7 +248,8 @@ def render_prompt(
     system_prompt: a key of SYSTEM_PROMPTS ("openr1", "open-rs"), literal text, or None.
     template: "tokenizer", one of CHAT_TEMPLATES ("r1-distill", "r1-distill-tina", "chatml"), or "plain" (system
         prompt, stripped, then a blank line, then the problem).
-    l1_mode / l1_target: append L1_PROMPTS[l1_mode] with n=l1_target to the problem.
+    l1_mode / l1_target: append L1_PROMPTS[l1_mode] with n=l1_target to the problem ("tina": the "exact" sentence
+        to the system prompt).
 
     Raises ConfigError for an unknown template (with a suggestion), or a tokenizer without a chat template.
     """

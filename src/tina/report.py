@@ -420,9 +420,13 @@ def _fence(text: str) -> str:
     return f"{ticks}text\n{text}\n{ticks}"
 
 
+FORMAT_REWARDS = ("reward/format", "reward/boxed_number", "reward/tag_count")  # the "format" of the paper's story
+
+
 def transitions(metrics: list[dict]) -> dict[str, Transition]:
+    """Change points of the format reward(s) the run has and of the completion length."""
     out = {}
-    for key in ("reward/format", "completion_length"):
+    for key in (*FORMAT_REWARDS, "completion_length"):
         x, y = _series(metrics, key)
         if x:
             out[key] = detect_phase_transition(x, y)
@@ -430,7 +434,7 @@ def transitions(metrics: list[dict]) -> dict[str, Transition]:
 
 
 def primary_transition(found: dict[str, Transition]) -> tuple[str | None, Transition | None]:
-    """The strongest clear (else weak) transition among format reward and completion length."""
+    """The strongest clear (else weak) transition among the format reward(s) and completion length."""
     ranked = sorted(((t.label == "clear", t.strength, k) for k, t in found.items() if t.found), reverse=True)
     if not ranked:
         return None, None
@@ -446,7 +450,8 @@ def write_report(run_dir: str | Path, *, eval_path: str | Path | None = None, ma
     plots_dir.mkdir(exist_ok=True)
     found = transitions(run.metrics)
     tkey, tr = primary_transition(found)
-    twhat = {"reward/format": "format reward", "completion_length": "completion length"}.get(tkey or "", "")
+    twhat = {"completion_length": "completion length"}.get(tkey or "", (tkey or "").split("/", 1)[-1].replace(
+        "_", " ") + " reward" if tkey else "")
     best = run.eval.get("best") if run.eval else None
     best_step = best[0] if best else None
     usd_at = {m["step"]: m.get("usd") or 0.0 for m in run.metrics}
@@ -547,7 +552,8 @@ def _cost_section(run: Run) -> list[str]:
 def _transition_section(run: Run, found: dict[str, Transition], primary) -> list[str]:
     key, tr = primary
     out = ["## Phase transition", ""]
-    units = {"reward/format": ("format reward", ""), "completion_length": ("completion length", "tokens")}
+    units = {k: (k.split("/", 1)[1].replace("_", " ") + " reward", "") for k in FORMAT_REWARDS}
+    units["completion_length"] = ("completion length", "tokens")
     for k, t in found.items():
         out.append(f"- {t.describe(*units[k])}")
     if not found:

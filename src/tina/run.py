@@ -65,9 +65,10 @@ WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd")  # the res
 # Keys that may differ when a run is resumed: none of them changes which prompts, samples or updates a step sees.
 RESUMABLE_CHANGES = ("train.stop_step", "train.save_steps", "train.save_total_limit", "train.logging_steps",
                      "train.report_to", "train.max_bad_steps", "train.probe_prompt", "train.probe_max_new_tokens",
-                     "train.logprob_memory_mb", "rollout.check_engine", "rollout.canary_tolerance",
+                     "train.logprob_memory_mb", "train.max_tokens_per_pass", "rollout.check_engine", "rollout.canary_tolerance",
                      "rollout.max_logp_diff", "rollout.gpu_memory_utilization", "rollout.vllm_sleep", "cost.", "eval.")
 SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
+# dynamic/rounds: summed over processes (a count); dynamic/groups_with_signal: a share (mean)
 
 
 @dataclass
@@ -231,6 +232,19 @@ class Run:
             chosen = self.sampler.take(self.per_micro)[share]
             first = (step * t.gradient_accumulation_steps + micro) * self.per_micro + share.start
             out += [(i, first + j) for j, i in enumerate(chosen)]
+        return out
+
+    def draw_more(self, step: int, round_: int) -> list[tuple[int, int]]:
+        """More prompts for ``step`` (dynamic sampling's refill round ``round_`` >= 1): one step's worth, this
+        process's share, with keys that no regular draw uses."""
+        from tina.rollout.sampling import row_seed
+
+        t, share = self.cfg.train, self.dist.share(self.per_micro)
+        out = []
+        for micro in range(t.gradient_accumulation_steps):
+            chosen = self.sampler.take(self.per_micro)[share]
+            out += [(i, row_seed(-1, step, round_, micro * self.per_micro + share.start + j))
+                    for j, i in enumerate(chosen)]
         return out
 
     def end_step(self, step: int, out: dict, rollout_metrics: list[dict], step_start: float) -> None:
@@ -445,7 +459,7 @@ def make_scheduler(optimizer, t: cfgmod.TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_multiplier(step, total_steps=t.max_steps, kind=t.lr_scheduler, warmup_steps=warmup,
-                                   min_ratio=t.min_lr_ratio),
+                                   min_ratio=t.min_lr_ratio, warmup_from_zero=t.warmup_from_zero),
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +62,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                     rollout = generate(engine, problems, [k for _, k in drawn], cfg, run.ledger)
                 check_served(rollout, run.published, step)  # ... and it served that very adapter
                 scored = score_rollout(rollout, problems, cfg, run.specs, run.ledger, run.dist)
+                if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
+                    rollout, scored = refill(engine, run, step, rollout, problems, scored)
                 run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
             out = update(run.train_model, run.state.buffer, cfg, run.optimizer, run.ledger, run.dist)
             run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
@@ -95,6 +97,23 @@ class MicroBatch:
     ref_logp: torch.Tensor | None  # [N, T]
     metrics: dict = field(default_factory=dict)  # (sum, count) per rollout metric; the step's first micro-batch
     engine_logp: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens
+
+    def pieces(self, group: int, max_tokens: int | None) -> list[MicroBatch]:
+        """The micro-batch in row pieces of whole prompt groups with at most ``max_tokens`` prompt + completion
+        tokens each (at least one group), for the loss pass; the update is the same."""
+        rows = self.loss_mask.shape[0]
+        per_row = self.prompt_ids.shape[1] + self.completion_ids.shape[1]
+        step = rows if max_tokens is None else max(group, max_tokens // per_row // group * group)
+        if step >= rows:
+            return [self]
+
+        def cut(t, sl):
+            return None if t is None else t[sl]
+
+        return [MicroBatch(*(cut(getattr(self, f), slice(i, i + step)) for f in
+                             ("prompt_ids", "prompt_mask", "completion_ids", "loss_mask", "advantages", "old_logp",
+                              "ref_logp")), {}, cut(self.engine_logp, slice(i, i + step)))
+                for i in range(0, rows, step)]
 
 
 @dataclass
@@ -157,6 +176,60 @@ def score_rollout(rollout: Rollout, problems: list[Problem], cfg: Config, specs:
     return Scored(rewards, adv, keep, metrics)
 
 
+def signal_groups(rewards: torch.Tensor, group: int) -> list[int]:
+    """Indices of the groups whose gradable rewards are not all equal (the others give every completion advantage 0).
+
+    >>> signal_groups(torch.tensor([1.0, 0.0, 1.0, 1.0, float("nan"), 0.5]), 2)
+    [0]
+    """
+    out = []
+    for g, r in enumerate(rewards.view(-1, group)):
+        valid = r[~torch.isnan(r)]
+        if valid.numel() >= 2 and bool(valid.max() > valid.min()):
+            out.append(g)
+    return out
+
+
+def refill(engine, run: Run, step: int, rollout: Rollout, problems: list[Problem], scored: Scored):
+    """DAPO's dynamic sampling: keep the groups with a learning signal; while any process has fewer than the step's
+    groups, draw a fresh step's worth of prompts, generate (one engine call per round) and keep their groups with a
+    signal; at most ``algorithm.dynamic_sampling_rounds`` rounds (then groups without signal fill the rest: they get
+    advantage 0).  Advantages are recomputed over the kept groups; the step's metrics stay those of its own prompts."""
+    cfg, dist = run.cfg, run.dist
+    g, target = cfg.rollout.num_generations, len(problems)
+    pool = [(rollout, scored)]
+    kept = [(0, i) for i in signal_groups(scored.rewards, g)]
+    rounds = 0
+    while dist.broadcast_flag(len(kept) < target) and rounds < cfg.algorithm.dynamic_sampling_rounds:
+        rounds += 1
+        drawn = run.draw_more(step, rounds)
+        more = [run.problems[i] for i, _ in drawn]
+        with dist.gathered(run.model):
+            extra = generate(engine, more, [k for _, k in drawn], cfg, run.ledger)
+        check_served(extra, run.published, step)
+        extra_scored = score_rollout(extra, more, cfg, run.specs, run.ledger, dist)
+        pool.append((extra, extra_scored))
+        kept += [(len(pool) - 1, i) for i in signal_groups(extra_scored.rewards, g)]
+    chosen = kept[:target]
+    filler = [(0, i) for i in range(target) if (0, i) not in chosen]
+    chosen += filler[: target - len(chosen)]
+    rows = {p: [] for p in range(len(pool))}
+    for p, i in chosen:
+        rows[p] += list(range(i * g, (i + 1) * g))
+    parts = [(pool[p][0].select(r), pool[p][1], r) for p, r in rows.items() if r]
+    new = Rollout.concat([r for r, _, _ in parts])
+    rewards = torch.cat([s.rewards[r] for _, s, r in parts])
+    keep = torch.cat([s.keep[r] for _, s, r in parts])
+    a = cfg.algorithm
+    batch_std = step_reward_std(rewards, dist) if a.scale_rewards == "batch" else None
+    adv, _ = group_advantages(rewards, g, scale=a.scale_rewards, batch_std=batch_std)
+    metrics = dict(scored.metrics)
+    metrics["tokens"] = (sum(r.n_tokens for r, _ in pool), 0)  # every round's generation is booked
+    metrics["dynamic/rounds"] = (rounds, 1)
+    metrics["dynamic/groups_with_signal"] = (min(len(kept), target), target)  # share of the step's groups
+    return new, Scored(rewards, adv, keep, metrics)
+
+
 def step_reward_std(rewards: torch.Tensor, dist: distributed.Dist) -> float:
     """Unbiased standard deviation of the step's gradable rewards over every process (``scale_rewards: batch``)."""
     valid = rewards[~torch.isnan(rewards)].double()
@@ -197,12 +270,13 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
             engine_logp=None if rollout.logprobs is None else rollout.logprobs[sl, :width].to(device),
         )
         args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.loss_mask)
+        kwargs = dict(temperature=temperature, max_chunk_bytes=chunk, group_size=r.num_generations)
         with ledger.phase("logprob"), torch.no_grad():
             if need_old:
-                mb.old_logp = token_logprobs(model, *args, temperature=temperature, max_chunk_bytes=chunk)
+                mb.old_logp = token_logprobs(model, *args, **kwargs)
             if a.beta > 0:
                 with model.disable_adapter():  # the reference is the base model: no second copy in memory
-                    mb.ref_logp = token_logprobs(model, *args, temperature=temperature, max_chunk_bytes=chunk)
+                    mb.ref_logp = token_logprobs(model, *args, **kwargs)
         if correction.endswith("mask") and mb.engine_logp is not None:  # masked tokens leave the loss and its norm
             _, keep = rollout_correction(mb.old_logp, mb.engine_logp, mb.loss_mask, mode=correction,
                                          cap=a.rollout_correction_cap)
@@ -246,24 +320,28 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
     norm = Norm(n_seqs=int(n_seqs), n_tokens=int(n_tokens), n_micro=len(micro_batches) * dist.world_size,
                 max_len=r.max_new_tokens)
     temperature = r.temperature if a.logprobs_at_temperature else 1.0
-    correction = rollout_correction_mode(cfg, "hf" if all(mb.engine_logp is None for mb in micro_batches) else r.backend)
+    correction = rollout_correction_mode(cfg, r.backend)
+    comparable = a.logprobs_at_temperature or r.temperature == 1.0  # the engine reports log-probs at T
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
-    for i, mb in enumerate(micro_batches):
+    passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, t.max_tokens_per_pass)]
+    for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
-            logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.loss_mask,
-                                  temperature=temperature, max_chunk_bytes=t.logprob_memory_mb * 2**20)  # [N, T]
-            old = mb.old_logp if mb.old_logp is not None else logp.detach()
+            logp = token_logprobs(model, piece.prompt_ids, piece.prompt_mask, piece.completion_ids, piece.loss_mask,
+                                  temperature=temperature, max_chunk_bytes=t.logprob_memory_mb * 2**20,
+                                  group_size=r.num_generations)  # [N, T]
+            old = piece.old_logp if piece.old_logp is not None else logp.detach()
             weights, mb_diff, m = None, 0.0, 0.0
-            if mb.engine_logp is not None:
-                s, m, c = logp_diff(old, mb.engine_logp, mb.loss_mask)
+            if piece.engine_logp is not None and comparable:
+                s, m, c = logp_diff(old, piece.engine_logp, piece.loss_mask)
                 diff_sum, diff_max, diff_count = diff_sum + s, max(diff_max, m), diff_count + c
                 mb_diff = s / max(c, 1)
                 if correction.endswith("truncate"):
-                    weights, _ = rollout_correction(old, mb.engine_logp, mb.loss_mask, mode=correction,
+                    weights, _ = rollout_correction(old, piece.engine_logp, piece.loss_mask, mode=correction,
                                                     cap=a.rollout_correction_cap)
-            out = loss_fn(logp, old, mb.advantages, mb.loss_mask, ref_logp=mb.ref_logp, beta=a.beta,
-                          eps_low=eps_low, eps_high=eps_high, norm=norm, weights=weights)
+            piece_norm = replace(norm, micro_tokens=int(mb.loss_mask.sum().item())) if piece is not mb else norm
+            out = loss_fn(logp, old, piece.advantages, piece.loss_mask, ref_logp=piece.ref_logp, beta=a.beta,
+                          eps_low=eps_low, eps_high=eps_high, norm=piece_norm, weights=weights)
             disagree = r.max_logp_diff is not None and mb_diff > r.max_logp_diff
             if dist.broadcast_flag(disagree):  # checked before any update: the engine must sample this policy
                 dist.discard_gradients(optimizer, out.loss)
@@ -274,14 +352,16 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
             if dist.broadcast_flag(not torch.isfinite(out.loss)):  # skip the whole step, on every process
                 dist.discard_gradients(optimizer, out.loss)
                 return {"loss": float(out.loss.detach()), "skipped": True}
-            dist.backward(out.loss * dist.world_size, last=i == len(micro_batches) - 1)
-        trained += int(mb.loss_mask.sum().item())
+            dist.backward(out.loss * dist.world_size, last=i == len(passes) - 1)
+        trained += int(piece.loss_mask.sum().item())
         total_loss += float(out.loss.detach())
-        out.metrics["entropy"] = sampled_token_entropy(logp.detach(), mb.loss_mask)
+        share = piece.loss_mask.shape[0] / mb.loss_mask.shape[0] / len(micro_batches)  # metrics: mean over rows
+        out.metrics["entropy"] = sampled_token_entropy(logp.detach(), piece.loss_mask)
         if weights is not None:
-            out.metrics["rollout/is_weight_mean"] = float((weights * mb.loss_mask).sum() / mb.loss_mask.sum().clamp(min=1))
+            out.metrics["rollout/is_weight_mean"] = float((weights * piece.loss_mask).sum()
+                                                          / piece.loss_mask.sum().clamp(min=1))
         for k, v in out.metrics.items():
-            extra[k] = extra.get(k, 0.0) + v / len(micro_batches)
+            extra[k] = extra.get(k, 0.0) + v * share
     summed = dist.sum([total_loss, trained, diff_sum, diff_count, *extra.values()])
     total_loss, trained, diff_sum, diff_count = summed[:4]
     extra = {k: v / dist.world_size for k, v in zip(extra, summed[4:])}

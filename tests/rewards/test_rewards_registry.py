@@ -74,9 +74,9 @@ def path(fn_name: str) -> str:
 # ---------------------------------------------------------------- names
 
 
-def test_registry_has_the_nine_rewards():
+def test_registry_has_the_ten_rewards():
     assert set(REWARDS) == {
-        "accuracy", "format", "tag_count", "reasoning_steps", "cosine",
+        "accuracy", "format", "boxed_number", "tag_count", "reasoning_steps", "cosine",
         "repetition_penalty", "length", "length_l1_exact", "length_l1_max",
     }
     assert get_reward("accuracy") is accuracy
@@ -101,8 +101,9 @@ def test_unknown_name_lists_builtins():
 
 def test_reward_params_defaults():
     assert reward_params("format") == {}
-    assert reward_params("accuracy") == {"extraction": "boxed"}
+    assert reward_params("accuracy") == {"extraction": "boxed", "ungradable": "exclude"}
     assert reward_params("repetition_penalty") == {"ngram_size": 3, "max_penalty": -1.0}
+    assert reward_params("reasoning_steps") == {"multiline": True}
     assert reward_params("cosine") == {
         "min_value_wrong": 0.0,
         "max_value_wrong": -0.5,
@@ -110,10 +111,14 @@ def test_reward_params_defaults():
         "max_value_correct": 1.0,
         "max_len": 1000,
         "extraction": "boxed",
+        "clip": True,
+        "ungradable": "exclude",
     }
-    assert reward_params("length") == {"extraction": "boxed"}
-    assert reward_params("length_l1_exact") == {"alpha": 0.0003, "extraction": "boxed"}
-    assert reward_params("length_l1_max") == {"alpha": 0.0003, "delta": 0.5, "extraction": "boxed"}
+    assert reward_params("length") == {"extraction": "boxed", "ungradable": "exclude"}
+    assert reward_params("length_l1_exact") == {"alpha": 0.0003, "extraction": "boxed", "unit": "tokens",
+                                                "ungradable": "exclude"}
+    assert reward_params("length_l1_max") == {"alpha": 0.0003, "delta": 0.5, "extraction": "boxed", "unit": "tokens",
+                                              "ungradable": "exclude"}
 
 
 def test_check_params_rejects_unknown_with_suggestion():

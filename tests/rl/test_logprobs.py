@@ -117,3 +117,33 @@ def test_lean_path_never_builds_full_vocabulary_logits(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "linear", spy)
     token_logprobs(model, p, pm, c, m, max_chunk_bytes=vocab * 4 * 3 * 4)  # 4 rows per chunk
     assert sizes and max(sizes) <= 4 * vocab  # never [B, T+1, V] = 4 * 10 * V
+
+
+# ------------------------------------------------------------------------------------------------ shared prompts
+def test_shared_prompt_pass_equals_the_full_computation_in_value_and_gradient():
+    """Rows in groups of G completions of one prompt: the prompt runs once, its cache serves the G completions."""
+    from tina.rl.logprobs import can_share_prompts
+
+    model = _lora_model()
+    g = torch.Generator().manual_seed(5)
+    prompts = torch.randint(3, 300, (3, 7), generator=g)
+    pmask = torch.ones(3, 7, dtype=torch.long)
+    pmask[1, :3] = 0  # a left-padded prompt
+    G = 4
+    prompt_ids, prompt_mask = prompts.repeat_interleave(G, 0), pmask.repeat_interleave(G, 0)
+    completions = torch.randint(3, 300, (3 * G, 6), generator=g)
+    mask = torch.ones(3 * G, 6)
+    mask[2, 3:] = 0
+    mask[7, 1:] = 0
+    assert can_share_prompts(model, prompt_ids, G) and not can_share_prompts(model, prompt_ids, 5)
+    upstream = torch.linspace(-1, 1, mask.numel()).view_as(mask)
+    results = []
+    for group in (1, G):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, prompt_ids, prompt_mask, completions, mask, temperature=0.8, group_size=group)
+        (logp * mask * upstream).sum().backward()
+        results.append((logp * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (full, full_grads), (shared, shared_grads) = results
+    assert (full - shared).abs().max() < 1e-5
+    for name in full_grads:
+        assert torch.allclose(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name

@@ -32,6 +32,12 @@ Notes:
   used plain DeepScaleR rows and drew a target uniformly from 100..4000; `with_l1_targets` does that.
 - The adapters never simplify an answer: numbers become their text (27.0 -> "27.0"), a list becomes its first
   element with the rest in `meta["answer_alternatives"]`.
+- Gold vs Tina (docs/fidelity.md): for the datasets with a `solution` column (open-rs, open-s1, OpenR1-Math,
+  CuratedThoughts) Tina's reward parsed the whole worked solution with math-verify (`extraction_mode="first_match"`:
+  the rightmost \\boxed{} unless a "final answer is ... I hope" phrase outranks it; without a box, an "answer ..."
+  phrase, else the last math span or number), not the `answer` column.  `data.answer_field: solution` gives that
+  gold for every row whose solution has a box (its last \\boxed{}); rows without one have no answer and are
+  dropped, where Tina graded against whatever math-verify found (or skipped the row, its gold unparseable).
 """
 
 from __future__ import annotations
@@ -227,8 +233,10 @@ def with_l1_targets(
     >>> [e.meta["l1_target"] for e in with_l1_targets([Example("p", "1", "0")], low=5, high=5)]
     [5]
     """
-    if mode not in ("exact", "max"):
-        raise ConfigError(f"unknown L1 mode '{mode}'{did_you_mean(mode, ['exact', 'max'])}; use 'exact' or 'max'")
+    from tina.prompts import L1_MODES  # "exact", "max", and "tina" (Tina's sentence in the system prompt)
+
+    if mode not in L1_MODES:
+        raise ConfigError(f"unknown L1 mode '{mode}'{did_you_mean(mode, L1_MODES)}; use one of: {', '.join(L1_MODES)}")
     if not (0 < low <= high):
         raise ConfigError(f"L1 target range must satisfy 0 < low <= high; got low={low}, high={high}")
     rng = random.Random(seed)

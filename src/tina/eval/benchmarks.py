@@ -183,6 +183,8 @@ SPECS: dict[str, Spec] = {
     "olympiadbench": Spec("knoveleng/OlympiadBench", None, "train", map_olympiad, "math",
                           "OlympiadBench OE_TO_maths_en_COMP as in Qwen2.5-Math, 675"),
     "arith": Spec(None, None, "heldout", None, "raw", "the demo's a+b-c task, 256 held-out problems (seed 0)"),
+    "addition": Spec(None, None, "heldout", None, "raw",
+                     "the real-model demo's addition task, 40 held-out problems (seed 0)"),
 }
 NAMES = tuple(SPECS)
 
@@ -251,11 +253,11 @@ def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int 
     if name not in SPECS:
         raise TinaError(f"unknown benchmark '{name}'{did_you_mean(name, SPECS)}; known: {', '.join(SPECS)}")
     spec = SPECS[name]
-    if name == "arith":
-        from tina.tasks import arith
+    if name in ("arith", "addition"):
+        from tina.problems import BUILTIN_TASKS
 
-        _, heldout = arith.split(n_eval=256, seed=0)
-        return from_rows(name, heldout, style="raw", source="builtin:arith (held-out split, seed 0)", limit=limit)
+        _, heldout = BUILTIN_TASKS[f"builtin:{name}"]().split(n_eval=256 if name == "arith" else 40, seed=0)
+        return from_rows(name, heldout, style="raw", source=f"builtin:{name} (held-out split, seed 0)", limit=limit)
     if data_dir is not None:
         path = Path(data_dir) / f"{name}.jsonl"
         if not path.is_file():

@@ -20,6 +20,7 @@ RewardFn = Callable[..., list[float | None]]
 REWARDS: dict[str, RewardFn] = {
     "accuracy": graded.accuracy,
     "format": text.format_reward,
+    "boxed_number": text.boxed_number,
     "tag_count": text.tag_count,
     "reasoning_steps": text.reasoning_steps,
     "cosine": graded.cosine,
@@ -121,9 +122,16 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
     if missing:
         raise ConfigError(f"reward '{name}' needs parameter(s) {', '.join(missing)} in the recipe")
     for key, allowed in getattr(fn, "param_choices", {}).items():
-        if key in params and params[key] not in allowed:
-            value = params[key]
+        value = params.get(key)
+        # True == 1 in Python: a flag must be given as a YAML boolean, and a choice of words never as one
+        if key in params and (value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool)):
+            shown = [_yaml_word(a) for a in allowed]
             raise ConfigError(
-                f"reward '{name}': {key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
-                f"{did_you_mean(str(value), [str(a) for a in allowed])}"
+                f"reward '{name}': {key} must be one of {', '.join(shown)}, got {value!r}"
+                f"{did_you_mean(str(value).lower() if isinstance(value, str) else str(value), shown)}"
             )
+
+
+def _yaml_word(value: Any) -> str:
+    """A parameter choice as a recipe spells it (booleans are YAML's true / false)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)

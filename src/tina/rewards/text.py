@@ -1,4 +1,5 @@
-"""Rewards that look only at the completion text: format, tag_count, reasoning_steps, repetition_penalty.
+"""Rewards that look only at the completion text: format, boxed_number, tag_count, reasoning_steps,
+repetition_penalty.
 
 They need no grading, so they never return None. None of them credits an unfinished completion (project rule: a
 reward is never given to an answer that never finishes): format, tag_count and reasoning_steps give 0.0 to a
@@ -12,6 +13,7 @@ import re
 
 from tina.errors import ConfigError
 from tina.rewards.batch import RewardBatch
+from tina.rewards.graded import param_choices
 
 THINK_OPEN = "<think>\n"
 THINK_CLOSE = "\n</think>\n"
@@ -47,6 +49,29 @@ def format_reward(batch: RewardBatch) -> list[float]:
     ]
 
 
+def boxed_number(batch: RewardBatch) -> list[float]:
+    r"""1.0 if the completion finished and its final answer part holds exactly one ``\boxed{...}`` with a number in it
+    (any number: correctness is the accuracy reward's business), else 0.0 -- a format reward for models that do not
+    think in tags (the real-model demo's SmolLM2).  An empty box or a placeholder word (``\boxed{answer}``) is not a
+    boxed number.
+
+    >>> b = RewardBatch(["7 + 5 = \\boxed{12}", "The answer is \\boxed{}.", "\\boxed{1} or \\boxed{2}",
+    ...                  "\\boxed{answer}", "\\boxed{3}"],
+    ...                 ["12"] * 5, ["p"] * 5, [1] * 5, 1, truncated=[False, False, False, False, True])
+    >>> boxed_number(b)
+    [1.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    from tina.grading.extract import extract_boxed, final_part, opens_think
+
+    out = []
+    for i, text in enumerate(batch.completions):
+        final = None if batch.is_truncated(i) else final_part(text, think_open=opens_think(batch.prompts[i]))
+        boxed = extract_boxed(final) if final is not None else None
+        ok = boxed is not None and any(ch.isdigit() for ch in boxed) and final.count("\\boxed") == 1
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
 def tag_count(batch: RewardBatch) -> list[float]:
     r"""Tina's tag count: +0.5 if ``"<think>\n"`` occurs exactly once, +0.5 if ``"\n</think>\n"`` occurs exactly once;
     0.0 for an unfinished completion (truncated, or its think block left open: ``"<think>\nhm"`` earns nothing).
@@ -74,26 +99,37 @@ def tag_count(batch: RewardBatch) -> list[float]:
 
 
 # open-r1's step-marker alternatives: "Step N:", a numbered-list item "N." at the start of a line, a line starting with
-# "-" or "*", and the transition words "First," "Second," "Next," "Finally,". open-r1 compiles this without
-# re.MULTILINE, so its "^\d+\." only ever matches at the very start of the completion even though its docstring says
-# "at start of line"; we use re.MULTILINE so numbered lists count as documented.
-STEP_PATTERN = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,)", re.MULTILINE)
+# "-" or "*", and the transition words "First," "Second," "Next," "Finally,". open-r1 (and Tina, which copied it)
+# searches without re.MULTILINE, so its "^\d+\." only ever matches at the very start of the completion even though
+# its docstring says "at start of line"; we use re.MULTILINE so numbered lists count as documented.
+_STEP_MARKERS = r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,)"
+STEP_PATTERN = re.compile(_STEP_MARKERS, re.MULTILINE)
+#: The same markers without re.MULTILINE: open-r1's / Tina's regex (``reasoning_steps: {multiline: false}``).
+STEP_PATTERN_TINA = re.compile(_STEP_MARKERS)
 
 
-def reasoning_steps(batch: RewardBatch) -> list[float]:
+@param_choices(multiline=(True, False))
+def reasoning_steps(batch: RewardBatch, *, multiline: bool = True) -> list[float]:
     r"""min(1, #step markers / 3): full reward from three markers on (open-r1's "magic number 3"); 0.0 for an
     unfinished completion (truncated or think block left open), which would otherwise be paid for rambling on.
 
     Markers are non-overlapping matches of `STEP_PATTERN`. Note ``"\n-"`` also matches a line that starts with a minus
-    sign or ``---``; that is open-r1's behaviour and kept.
+    sign or ``---``; that is open-r1's behaviour and kept. ``multiline=False`` uses open-r1's / Tina's regex, in which
+    a numbered item "N." counts only at the very start of the completion.
 
     >>> b = RewardBatch(["Step 1: a\nStep 2: b", "First, x\n1. y\n- z\n* w", "First, x\n1. y\n- z\n* w"],
     ...                 ["1"] * 3, ["p"] * 3, [1] * 3, 1, truncated=[False, False, True])
     >>> [round(v, 4) for v in reasoning_steps(b)]
     [0.6667, 1.0, 0.0]
+    >>> lists = RewardBatch(["Plan:\n1. a\n2. b\n3. c"], ["1"], ["p"], [1], 1)
+    >>> reasoning_steps(lists), reasoning_steps(lists, multiline=False)
+    ([1.0], [0.0])
     """
+    if not isinstance(multiline, bool):
+        raise ConfigError(f"reasoning_steps: multiline must be one of true, false, got {multiline!r}")
+    pattern = STEP_PATTERN if multiline else STEP_PATTERN_TINA
     return [
-        0.0 if _unfinished(batch, i) else min(1.0, len(STEP_PATTERN.findall(text)) / 3)
+        0.0 if _unfinished(batch, i) else min(1.0, len(pattern.findall(text)) / 3)
         for i, text in enumerate(batch.completions)
     ]
 

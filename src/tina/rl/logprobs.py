@@ -17,6 +17,12 @@ The values equal the plain computation (``lean=False``) to float rounding, and s
 The head swap happens inside the model's own forward, so DDP, DeepSpeed and FSDP hooks run as usual.  The plain path is
 used where the shortcut would be wrong: an output head that is trained (a LoRA target or ``modules_to_save``), a model
 that post-processes its logits (Gemma-style soft-capping), or a head sharded on its own by FSDP.
+
+**Shared prompts** (``group_size=G``): the G completions of a prompt share it, so its forward pass is run once and its
+key/value cache (with gradients) is repeated G times for the completions' forward -- (G-1)/G of the prompt tokens are
+not recomputed.  This takes two forward calls per backward, which DDP / DeepSpeed / FSDP wrappers do not allow, and a
+KV cache, which gradient checkpointing turns off: the shared path is used for an unwrapped model without gradient
+checkpointing, the plain one otherwise (same values and gradients).
 """
 
 from __future__ import annotations
@@ -43,12 +49,17 @@ def token_logprobs(
     temperature: float = 1.0,
     lean: bool = True,
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    group_size: int = 1,
 ) -> torch.Tensor:
     """log pi(completion_t | prefix) / at ``temperature`` for every completion token: [B, T] float32, 0 where the mask
     is 0 (lean path) -- the masked-out positions are never used.
 
     Logits are divided by the sampling temperature, so the log-probs are those of the distribution that was sampled.
+    ``group_size``: rows come in contiguous groups of this many completions of the same prompt (shared prompt pass).
     """
+    if lean and group_size > 1 and can_share_prompts(model, prompt_ids, group_size):
+        return _shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                                       max_chunk_bytes, group_size)
     width = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)  # [B, P+T]
@@ -71,6 +82,74 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     """
     picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # [B, T]
     return picked - torch.logsumexp(logits, dim=-1)  # [B, T]
+
+
+# ------------------------------------------------------------------------------------------------ shared prompts
+def can_share_prompts(model, prompt_ids: torch.Tensor, group_size: int) -> bool:
+    """An unwrapped model without gradient checkpointing, whose rows really come in groups of one prompt."""
+    if hasattr(model, "module"):  # DDP / DeepSpeed engine: one forward per backward
+        return False
+    inner = _transformers_model(model)
+    if getattr(inner, "is_gradient_checkpointing", False) or getattr(inner, "is_activation_checkpointing", False):
+        return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in inner.modules()):
+            return False
+    except ImportError:  # pragma: no cover
+        pass
+    head = inner.get_output_embeddings()
+    if head is None or not _lean_head_ok(inner, head) or prompt_ids.shape[0] % group_size:
+        return False
+    grouped = prompt_ids.view(-1, group_size, prompt_ids.shape[1])
+    return bool((grouped == grouped[:, :1]).all())
+
+
+def cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    base = _transformers_model(model)
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+class _HiddenOut(torch.nn.Module):
+    """Stands in for the output head: the forward returns the final hidden states."""
+
+    def forward(self, hidden):
+        return hidden
+
+
+def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                            max_chunk_bytes, group_size):
+    inner = _transformers_model(model)
+    head = inner.get_output_embeddings()
+    prompts, pmask = prompt_ids[::group_size], prompt_mask[::group_size]  # [B, P]: one row per prompt
+    inner.set_output_embeddings(_HiddenOut())
+    try:
+        out = model(input_ids=prompts, attention_mask=pmask, position_ids=position_ids_from_mask(pmask),
+                    use_cache=True, logits_to_keep=1)
+    finally:
+        inner.set_output_embeddings(head)
+    cache, last = returned_cache(out), out.logits  # last: [B, 1, H] hidden state that predicts completion token 0
+    cache.batch_repeat_interleave(group_size)  # differentiable: every completion attends to its prompt's keys/values
+    width = completion_ids.shape[1]
+    attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)  # [N, P+T]
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=prompt_mask.device)[None]  # [N, T]
+    lean = _SelectedLogprobHead(head, completion_ids, completion_mask, temperature, max_chunk_bytes,
+                                prefix=last.repeat_interleave(group_size, 0))
+    inner.set_output_embeddings(lean)
+    try:
+        return model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                     logits_to_keep=width, **{cache_argument(model): cache}).logits  # [N, T]
+    finally:
+        inner.set_output_embeddings(head)
 
 
 # --------------------------------------------------------------------------------------------- the lean output head
@@ -113,13 +192,17 @@ def selected_logprob_head(model, targets, mask, temperature, max_chunk_bytes, *,
 class _SelectedLogprobHead(torch.nn.Module):
     """Stands in for the output head for one forward: hidden [B, T+1, H] -> log-probs [B, T] of ``targets``."""
 
-    def __init__(self, head: torch.nn.Linear, targets, mask, temperature: float, max_chunk_bytes: int):
+    def __init__(self, head: torch.nn.Linear, targets, mask, temperature: float, max_chunk_bytes: int, *,
+                 prefix: torch.Tensor | None = None):
         super().__init__()
         self.head = head
         self.targets, self.mask = targets, mask  # [B, T]
         self.temperature, self.max_chunk_bytes = temperature, max_chunk_bytes
+        self.prefix = prefix  # [B, 1, H]: the prompt's last hidden state when the prompt was run separately
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.prefix is not None:  # hidden: [B, T, H] of the completion tokens; prepend what predicts token 0
+            hidden = torch.cat([self.prefix, hidden], dim=1)
         hidden = hidden[:, :-1, :]  # [B, T, H]: position t predicts completion token t
         keep = self.mask.reshape(-1) > 0  # [B*T]
         rows = keep.nonzero().squeeze(1)  # [M]

@@ -41,6 +41,7 @@ class Norm:
     n_tokens: int  # active (masked-in) completion tokens
     n_micro: int = 1  # micro-batches
     max_len: int = 1  # max_new_tokens, for Dr.GRPO's constant normaliser
+    micro_tokens: int | None = None  # bnpo: active tokens of the whole micro-batch when it is passed in pieces
 
 
 @dataclass
@@ -119,7 +120,8 @@ def bnpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2
     """Token-level mean within this micro-batch, averaged over the step's micro-batches."""
     norm = norm or local_norm(mask)
     per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
-    return LossOutput((per_token * mask).sum() / mask.sum().clamp(min=1) / norm.n_micro, metrics)
+    tokens = norm.micro_tokens if norm.micro_tokens is not None else mask.sum().clamp(min=1)
+    return LossOutput((per_token * mask).sum() / max(tokens, 1) / norm.n_micro, metrics)
 
 
 def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-4, eps_high=4e-4, norm=None,

@@ -73,6 +73,29 @@ class Rollout:
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def select(self, rows: list[int]) -> Rollout:
+        """The completions at ``rows`` (any order), as a Rollout of their own."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.lengths[idx],
+                       self.truncated[idx], [self.texts[i] for i in rows],
+                       None if self.logprobs is None else self.logprobs[idx], self.adapter, self.engine)
+
+    @staticmethod
+    def concat(parts: list[Rollout]) -> Rollout:
+        """One Rollout from several (prompts left-padded and completions right-padded to common widths)."""
+        def pad(tensors, value, left=False):
+            width = max(t.shape[1] for t in tensors)
+            return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
+                                                      value=value) for t in tensors])
+        first = parts[0]  # padding ids are masked out (masks come from lengths), any valid id does
+        return Rollout(pad([p.prompt_ids for p in parts], 0, left=True),
+                       pad([p.prompt_mask for p in parts], 0, left=True),
+                       pad([p.completion_ids for p in parts], 0),
+                       torch.cat([p.lengths for p in parts]), torch.cat([p.truncated for p in parts]),
+                       [t for p in parts for t in p.texts],
+                       None if first.logprobs is None else pad([p.logprobs for p in parts], 0.0),
+                       first.adapter, first.engine)
+
     def rows(self, start: int, stop: int) -> Rollout:
         """The completions ``start:stop`` (e.g. one prompt's group) as a Rollout of their own."""
         sl = slice(start, stop)

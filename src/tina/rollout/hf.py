@@ -19,13 +19,12 @@ the completions do not depend on the waves.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from tina.rl.logprobs import position_ids_from_mask
+from tina.rl.logprobs import cache_argument, position_ids_from_mask, returned_cache
 from tina.rollout.base import AdapterVersion, Rollout, Sampling, eos_token_ids, left_pad
 from tina.rollout.sampling import row_seed, sample_tokens
 
@@ -124,10 +123,10 @@ class HFEngine:
     def _decode(self, ids, mask, n, seeds, sampling: Sampling):
         """Decode one wave: ids/mask [b, P] -> (tokens [b*n, T], logprobs [b*n, T], lengths [b*n]) on the CPU."""
         model, budget = self.model, sampling.max_new_tokens
-        cache_arg = _cache_argument(model)
+        cache_arg = cache_argument(model)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
                     logits_to_keep=1)
-        cache, logits = _returned_cache(out), out.logits[:, -1, :]  # [b, V]
+        cache, logits = returned_cache(out), out.logits[:, -1, :]  # [b, V]
         if n > 1:  # the prompt was prefilled once; its cache serves all n samples
             cache.batch_repeat_interleave(n)
             logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
@@ -160,13 +159,3 @@ class HFEngine:
         return tokens.cpu(), logps.float().cpu(), lengths.cpu()
 
 
-
-def _cache_argument(model) -> str:
-    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
-def _returned_cache(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values

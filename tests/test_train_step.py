@@ -1,0 +1,157 @@
+"""The step's pieces through the trainer's own functions: per-objective clip defaults reach update(); batch reward
+scaling uses the whole step; one engine call per step; the ledger counts every process's tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tina import cli
+from tina.config import load_config
+from tina.ledger import Ledger
+from tina.rl.advantages import group_advantages
+from tina.rl.losses import DEFAULT_CLIP
+from tina.train import MicroBatch, step_reward_std, update
+
+BASE = {
+    "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32", "attn_implementation": "sdpa"},
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    "rollout": {"num_generations": 2, "max_new_tokens": 8},
+    "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "lr_scheduler": "constant", "device": "cpu",
+              "probe_prompt": "", "max_grad_norm": 0.0},
+}
+
+
+def cfg(**algorithm):
+    return load_config({**BASE, "algorithm": algorithm})
+
+
+@pytest.mark.parametrize("objective", ["grpo", "dr_grpo", "dapo", "bnpo", "gspo"])
+def test_unset_clip_range_resolves_to_the_objectives_own(objective):
+    a = cfg(objective=objective).algorithm
+    assert (a.epsilon, a.epsilon_high) == DEFAULT_CLIP[objective]
+    assert DEFAULT_CLIP["dapo"] == (0.2, 0.28) and DEFAULT_CLIP["gspo"] == (3e-4, 4e-4)
+    set_ = cfg(objective=objective, epsilon=0.1, epsilon_high=0.3).algorithm
+    assert (set_.epsilon, set_.epsilon_high) == (0.1, 0.3)  # what the recipe says wins
+
+
+def test_tina_check_prints_the_resolved_clip(capsys):
+    assert cli.main(["check", "demo", "--set", "algorithm.objective=dapo"]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon: 0.2" in out and "epsilon_high: 0.28" in out
+
+
+class _Policy(torch.nn.Module):
+    """A stand-in for the model in update(): log-probs come from one parameter per token (no transformer needed)."""
+
+    def __init__(self, logp):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logp.clone())
+
+
+def _clip_ratio_through_update(objective: str, ratio: float) -> float:
+    """Run update() on one micro-batch whose live/old probability ratio is ``ratio`` for every token (A > 0)."""
+    import tina.train as train_mod
+
+    old = torch.log(torch.full((2, 3), 0.5))
+    policy = _Policy(old + math.log(ratio))
+    mask = torch.ones(2, 3)
+    mb = MicroBatch(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long),
+                    torch.zeros(2, 3, dtype=torch.long), mask, torch.tensor([1.0, 1.0]), old, None)
+    real = train_mod.token_logprobs
+    train_mod.token_logprobs = lambda model, *a, **k: model.logits  # the policy's log-probs, as if from a forward
+    try:
+        out = update(policy, [mb], cfg(objective=objective, num_iterations=2), torch.optim.SGD(policy.parameters(),
+                                                                                                lr=0.0), Ledger())
+    finally:
+        train_mod.token_logprobs = real
+    return out["clip_ratio"]
+
+
+def test_dapo_clips_higher_and_gspo_tightly_by_default_in_update():
+    # ratio 1.25: above grpo's 1 + 0.2 (clipped), below dapo's 1 + 0.28 (not clipped)
+    assert _clip_ratio_through_update("grpo", 1.25) == 1.0
+    assert _clip_ratio_through_update("dapo", 1.25) == 0.0
+    # ratio 1.001: inside every token-level range, outside gspo's sequence-level 1 + 4e-4
+    assert _clip_ratio_through_update("grpo", 1.001) == 0.0
+    assert _clip_ratio_through_update("gspo", 1.001) == 1.0
+
+
+class _TwoProcesses:
+    """A Dist whose sum adds the other process's values (what all_reduce would do)."""
+
+    def __init__(self, other: list[float]):
+        self.other = other
+
+    def sum(self, values):
+        return [a + b for a, b in zip(values, self.other)]
+
+
+def test_batch_reward_scaling_uses_the_whole_step_over_processes():
+    mine = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    theirs = torch.tensor([0.0, 0.0, 5.0, 3.0])
+    stats = [4.0, float(theirs.sum()), float((theirs ** 2).sum())]
+    std = step_reward_std(mine, _TwoProcesses(stats))
+    assert std == pytest.approx(float(torch.cat([mine, theirs]).std()))  # unbiased std of all 8 rewards
+    adv, _ = group_advantages(mine, 2, scale="batch", batch_std=std)
+    local, _ = group_advantages(mine, 2, scale="batch")  # the old behaviour: this micro-batch's std only
+    assert not torch.allclose(adv, local)
+    assert adv[2].item() == pytest.approx(0.0) and adv[0].item() == pytest.approx(0.5 / (std + 1e-4))
+
+
+@pytest.mark.slow
+def test_batch_scaling_does_not_depend_on_gradient_accumulation(tmp_path):
+    """scale_rewards: batch divides by the std of the whole step: 1 micro-batch of 8 == 2 micro-batches of 4."""
+    from tina.train import train
+
+    results = []
+    for batch, ga in ((8, 1), (4, 2)):
+        c = load_config({**BASE, "algorithm": {"scale_rewards": "batch"}, "rollout": {"num_generations": 4,
+                                                                                      "max_new_tokens": 8},
+                         "rewards": {"accuracy": {"weight": 1.0}, "format": {"weight": 1.0}},
+                         "train": {**BASE["train"], "batch_size": batch, "gradient_accumulation_steps": ga,
+                                   "max_steps": 2, "save_steps": 2}})
+        results.append(train(c, tmp_path / f"ga{ga}", progress=False, keep_model=True))
+    a, b = (dict(r.model.named_parameters()) for r in results)
+    for name, p in a.items():
+        if p.requires_grad:
+            assert torch.allclose(p, b[name], atol=1e-6), name
+
+
+def test_one_engine_call_per_step(tmp_path, monkeypatch):
+    """Every prompt of the step (all micro-batches) goes to the engine in ONE call; only the loss is micro-batched."""
+    from tina.rollout.hf import HFEngine
+    from tina.train import train
+
+    calls = []
+    real = HFEngine.generate
+
+    def counting(self, prompts, sampling, keys=None):
+        calls.append(len(prompts))
+        return real(self, prompts, sampling, keys)
+
+    monkeypatch.setattr(HFEngine, "generate", counting)
+    c = load_config({**BASE, "train": {**BASE["train"], "batch_size": 4, "gradient_accumulation_steps": 3,
+                                       "max_steps": 2, "save_steps": 2}, "rollout": {"check_engine": False,
+                                                                                     "num_generations": 2,
+                                                                                     "max_new_tokens": 8}})
+    train(c, tmp_path / "run", progress=False)
+    assert calls == [2 * 3, 2 * 3]  # 2 prompts per micro-batch x 3 micro-batches, once per step
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
+    """DAPO's dynamic sampling: zero-variance groups are replaced by groups of fresh prompts (extra engine calls)."""
+    from tina.train import train
+
+    c = load_config("demo", ["train.max_steps=3", "train.save_steps=3", "train.batch_size=32",
+                             "algorithm.dynamic_sampling=true", "algorithm.objective=dapo", "train.probe_prompt=''"])
+    plain = load_config("demo", ["train.max_steps=3", "train.save_steps=3", "train.batch_size=32",
+                                 "algorithm.objective=dapo", "train.probe_prompt=''"])
+    dyn = train(c, tmp_path / "dyn", progress=False).metrics
+    ref = train(plain, tmp_path / "plain", progress=False).metrics
+    for d, r in zip(dyn, ref):
+        assert d["reward"] == r["reward"]  # the step's own prompts and samples are the same ...
+        assert d["dynamic/groups_with_signal"] >= 1 - r["frac_reward_zero_std"]  # ... refilled where they lacked signal
+    assert any(d["dynamic/rounds"] > 0 for d in dyn) and all(d["tokens"] >= r["tokens"] for d, r in zip(dyn, ref))
