@@ -152,6 +152,7 @@ def score_rollout(rollout: Rollout, problems: list[Problem], cfg: Config, specs:
             completion_lengths=rollout.lengths.tolist(),
             group_size=g,
             truncated=rollout.truncated.tolist(),
+            max_new_tokens=r.max_new_tokens,
         )
         batch = grade_batch(batch, timeout=cfg.train.grader_timeout)
         totals, components = score(batch, specs)

@@ -74,10 +74,10 @@ def path(fn_name: str) -> str:
 # ---------------------------------------------------------------- names
 
 
-def test_registry_has_the_ten_rewards():
+def test_registry_has_the_eleven_rewards():
     assert set(REWARDS) == {
         "accuracy", "format", "boxed_number", "tag_count", "reasoning_steps", "cosine",
-        "repetition_penalty", "length", "length_l1_exact", "length_l1_max",
+        "repetition_penalty", "length", "length_l1_exact", "length_l1_max", "overlong",
     }
     assert get_reward("accuracy") is accuracy
 

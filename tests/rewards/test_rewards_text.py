@@ -122,3 +122,15 @@ def test_repetition_penalty_custom_params(batch_of):
 def test_repetition_penalty_positive_max_penalty_is_a_config_error(batch_of):
     with pytest.raises(ConfigError, match="max_penalty"):
         run_reward("repetition_penalty", batch_of(["a b c"]), {"max_penalty": 0.5})
+
+
+def test_overlong_is_dapos_soft_punishment_on_the_rollout_budget():
+    from tina.errors import ConfigError
+    from tina.rewards.batch import RewardBatch
+    from tina.rewards.text import overlong
+
+    b = RewardBatch(["x"] * 5, ["1"] * 5, ["p"] * 5, [3000, 3072, 3328, 3584, 3584], 1, max_new_tokens=3584)
+    assert overlong(b, cache=512) == [0.0, 0.0, -0.5, -1.0, -1.0]  # by hand: (3072 - n) / 512 past 3072
+    assert overlong(b, cache=512, max_len=4096) == [0.0] * 5  # a larger budget: nothing is near its end
+    with pytest.raises(ConfigError, match="needs max_len"):
+        overlong(RewardBatch(["x"], ["1"], ["p"], [5], 1))

@@ -35,6 +35,7 @@ class RewardBatch:
     group_size: int  # G completions per prompt
     verdicts: list[Verdict] | None = None  # filled once by `grade_batch`
     truncated: list[bool] | None = None  # per completion: hit the token limit without EOS (None: none did)
+    max_new_tokens: int | None = None  # the rollout's token budget (for length-shaping rewards such as overlong)
 
     def __post_init__(self) -> None:
         n = len(self.completions)
@@ -75,6 +76,7 @@ class RewardBatch:
             group_size=group_size,
             verdicts=None if self.verdicts is None else [self.verdicts[i] for i in indices],
             truncated=None if self.truncated is None else [self.truncated[i] for i in indices],
+            max_new_tokens=self.max_new_tokens,
         )
 
     def is_truncated(self, i: int) -> bool:

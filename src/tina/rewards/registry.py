@@ -21,6 +21,7 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy": graded.accuracy,
     "format": text.format_reward,
     "boxed_number": text.boxed_number,
+    "overlong": text.overlong,
     "tag_count": text.tag_count,
     "reasoning_steps": text.reasoning_steps,
     "cosine": graded.cosine,

@@ -1,5 +1,5 @@
 """Rewards that look only at the completion text: format, boxed_number, tag_count, reasoning_steps,
-repetition_penalty.
+repetition_penalty, overlong (DAPO's length shaping).
 
 They need no grading, so they never return None. None of them credits an unfinished completion (project rule: a
 reward is never given to an answer that never finishes): format, tag_count and reasoning_steps give 0.0 to a
@@ -70,6 +70,24 @@ def boxed_number(batch: RewardBatch) -> list[float]:
         ok = boxed is not None and any(ch.isdigit() for ch in boxed) and final.count("\\boxed") == 1
         out.append(1.0 if ok else 0.0)
     return out
+
+
+def overlong(batch: RewardBatch, *, cache: int = 4096, max_len: int | None = None) -> list[float]:
+    r"""DAPO's soft overlong punishment, on tokens (EOS included): 0 up to ``max_len - cache`` tokens, then a linear
+    ramp to -1 at ``max_len`` (and -1 beyond).  ``max_len`` defaults to the rollout's token budget
+    (``rollout.max_new_tokens``); with DAPO's own numbers, ``max_len=20480, cache=4096``.
+
+    >>> b = RewardBatch(["a"] * 4, ["1"] * 4, ["p"] * 4, [10, 60, 80, 100], 1, max_new_tokens=100)
+    >>> overlong(b, cache=40)
+    [0.0, 0.0, -0.5, -1.0]
+    """
+    limit = max_len if max_len is not None else batch.max_new_tokens
+    if limit is None:
+        raise ConfigError("reward 'overlong' needs max_len (the completion budget): set rewards.overlong.max_len")
+    if not 0 < cache <= limit:
+        raise ConfigError(f"reward 'overlong': cache must be in 1..max_len ({limit}), got {cache}")
+    start = limit - cache
+    return [0.0 if n <= start else max(-1.0, (start - n) / cache) for n in batch.completion_lengths]
 
 
 def tag_count(batch: RewardBatch) -> list[float]:
