@@ -137,6 +137,9 @@ def _dispatch(args) -> int:
         from tina.train import train
 
         cfg = load_config(args.recipe, args.overrides)  # validate here, before any process is started
+        from tina.train import check_engine_available
+
+        check_engine_available(cfg)
         if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
             from tina.distributed import launch
 

@@ -49,6 +49,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     ``started_at`` (a ``time.perf_counter()`` value) is when the process began, so imports count as setup cost.
     The first SIGINT/SIGTERM finishes the current step, checkpoints and returns ``stopped_early``; a second aborts.
     """
+    check_engine_available(cfg)  # vLLM missing / a model or LoRA rank it cannot serve: one line, before any loading
     run = Run.open(cfg, run_dir, resume=resume, progress=progress, started_at=started_at)
     engine = open_engine(cfg, run)  # hf | vllm; checked against the trainer at start-up (the canary)
     with run:
@@ -71,6 +72,15 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
 
 
 # ------------------------------------------------------------------------------------------------------ the engine
+def check_engine_available(cfg: Config) -> None:
+    from tina.rollout.engines import check_backend
+
+    if cfg.rollout.backend != "hf":
+        from tina.models import resolve_model_path
+
+        check_backend(cfg.rollout.backend, lora_rank=cfg.lora.r, model_path=resolve_model_path(cfg.model.name_or_path))
+
+
 def open_engine(cfg: Config, run: Run):
     """The rollout engine of ``rollout.backend`` with its adapter handover, checked against the trainer (the canary)."""
     from tina.rollout.engines import make_engine, start_up_check

@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32768, help="default 32768 (Tina)")
     p.add_argument("--limit", type=int, help="only the first N problems of each benchmark and the validation set")
     p.add_argument("--batch-size", type=int, default=64,
-                   help="hf: sequences decoded at once (default 64); vllm batches continuously on its own")
+                   help="sequences decoded at once (default 64): hf rows per decode batch; vllm max_num_seqs "
+                        "(continuous batching). The completions do not depend on it")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
                    help="rollout engine: hf (transformers, everywhere) or vllm (pip install 'tina[vllm]'): the base "
                         "loaded once, every checkpoint served as its own LoRA request, all problems submitted at once")

@@ -42,10 +42,9 @@ def previous_measurements(out: Path) -> tuple[dict, float | None, str | None]:
 
 def calibrate(opts, model_name: str, bench) -> float:
     """Tokens/s of the evaluation's own engine on the first problems of ``bench`` (at most 128 new tokens each)."""
-    from tina.eval.runner import BASE, stream_key
+    from tina.eval.runner import BASE, eval_sampling, stream_key
     from tina.eval.serving import Server
     from tina.prompts import render_prompt
-    from tina.rollout.base import Sampling
 
     server = Server(opts, model_name, [])
     items = bench.items(opts.seeds[0])[:CALIBRATION_PROBLEMS]
@@ -53,8 +52,7 @@ def calibrate(opts, model_name: str, bench) -> float:
     texts = [render_prompt(server.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
              for it in items]
     ids = server.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    sampling = Sampling(n=opts.samples, max_new_tokens=min(opts.max_new_tokens, CALIBRATION_TOKENS),
-                        temperature=opts.temperature, top_p=opts.top_p, greedy=opts.temperature == 0, seed=0)
+    sampling = replace(eval_sampling(opts), max_new_tokens=min(opts.max_new_tokens, CALIBRATION_TOKENS))
     with server.serve(BASE) as engine:
         start = time.perf_counter()
         rollout = engine.generate(ids, sampling, keys=[stream_key(opts.seeds[0], bench.name, i)

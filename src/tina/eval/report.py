@@ -73,11 +73,16 @@ def markdown(results: dict) -> str:
     first = results["results"][labels[0]][benches[0]]
     p = first["protocol"]
     s = p["sampling"]
+    if p.get("base_weights_sha256"):
+        identity = f"base weights sha256 `{p['base_weights_sha256'][:16]}…`"
+    elif p.get("base_files_sha256"):  # vllm: the engine's own copy of the base, identified by its files
+        identity = f"base files sha256 `{p['base_files_sha256'][:16]}…`"
+    else:
+        identity = "base digest unknown"
     out = [
         "# tina eval",
         "",
-        f"Model `{p['model']}` (base weights sha256 `{p['base_weights_sha256'][:16]}…`, {p['dtype']}, "
-        f"{p['device']}); "
+        f"Model `{p['model']}` ({identity}, {p['dtype']}, {p['device']}; engine {p.get('engine', '?')}); "
         f"{s['samples']} sample(s) x seeds {s['seeds']} per problem at T={s['temperature']:g}, top-p {s['top_p']:g}, "
         f"max {s['max_new_tokens']} new tokens; chat template `{p['chat_template']}`; grader tina.grading "
         f"(source sha256 `{p['grader']['source_sha256'][:12]}…`, timeout {p['grader']['timeout_seconds']:g} s).",

@@ -37,6 +37,8 @@ from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_valid
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 MERGE_TOLERANCE = 1e-4  # merged vs unmerged: max |logit difference| / max |logit| on a probe batch
+MERGE_SIGNAL_FRACTION = 0.5  # ... and at most half the adapter's own effect (adapter vs base) on them: a merge
+#                              that lost the update (rounding) must not pass because the update itself is small
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -55,7 +57,7 @@ class EvalOptions:
     top_p: float = 0.95
     max_new_tokens: int = 32768
     limit: int | None = None  # first N problems of each benchmark (and of the validation set)
-    batch_size: int = 64  # hf: sequences decoded at once (problems x samples); vllm batches continuously
+    batch_size: int = 64  # sequences decoded at once: hf rows per decode batch; vllm max_num_seqs
     output_dir: str | None = None
     data_dir: str | None = None
     dtype: str = "auto"
@@ -239,6 +241,8 @@ class AdapterSwitcher:
                 wrapped = PeftModel.from_pretrained(self.base, str(adapter), low_cpu_mem_usage=True).eval()
                 with torch.no_grad():
                     reference = wrapped(input_ids=probe).logits.float()  # base + adapter, unmerged
+                    with wrapped.disable_adapter():
+                        plain = wrapped(input_ids=probe).logits.float()  # the base alone
                 merged = wrapped.merge_and_unload()
             if merged is not self.base:  # PEFT returns the wrapped model itself; anything else would be a copy
                 raise RuntimeError("PEFT merge_and_unload returned a new model; merged adapter switching needs it "
@@ -246,11 +250,18 @@ class AdapterSwitcher:
             self.base.eval()
             self.loaded_from = adapter
             with torch.no_grad():
-                error = float((self.base(input_ids=probe).logits.float() - reference).abs().max()
-                              / reference.abs().max().clamp(min=1e-6))
+                scale = reference.abs().max().clamp(min=1e-6)
+                error = float((self.base(input_ids=probe).logits.float() - reference).abs().max() / scale)
+                effect = float((reference - plain).abs().max() / scale)
             if error > MERGE_TOLERANCE:
                 raise TinaError(f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
                                 f"batch), above {MERGE_TOLERANCE:g}; evaluate it unmerged (drop --merge-adapters)")
+            # an update smaller than the merge's rounding would pass the check above even if the merge dropped it
+            if error > MERGE_SIGNAL_FRACTION * effect:
+                raise TinaError(f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
+                                f"batch), more than {MERGE_SIGNAL_FRACTION:g} x the adapter's own effect on them "
+                                f"({effect:.2e}): the update is too small to survive merging; evaluate it unmerged "
+                                "(drop --merge-adapters)")
 
 
 @contextmanager
@@ -390,6 +401,20 @@ def stream_key(seed: int, benchmark: str, problem: int) -> int:
     return row_seed(benchmark_seed(seed, benchmark), problem)
 
 
+def eval_sampling(opts: EvalOptions) -> Sampling:
+    """What every completion of an evaluation samples: exactly the flags (``--temperature 0``: greedy), nothing else.
+
+    Greedy decoding keeps temperature 1 inside the engine: it only scales the log-probabilities reported with the
+    tokens, and dividing the logits by 0 would turn them into inf/nan (whose argmax is garbage).
+
+    >>> eval_sampling(EvalOptions(temperature=0)).temperature, eval_sampling(EvalOptions(temperature=0)).greedy
+    (1.0, True)
+    """
+    greedy = opts.temperature == 0
+    return Sampling(n=opts.samples, max_new_tokens=opts.max_new_tokens, temperature=1.0 if greedy else opts.temperature,
+                    top_p=1.0 if greedy else opts.top_p, top_k=0, greedy=greedy, seed=0)
+
+
 @dataclass
 class Outcome:
     correct: np.ndarray  # [problems, seeds * samples]
@@ -412,8 +437,7 @@ class Session:
         self.opts = opts
         self.samples = samples
         self.bar = bar
-        self._sampling = Sampling(n=opts.samples, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                                  top_p=opts.top_p, greedy=opts.temperature == 0, seed=0)
+        self._sampling = eval_sampling(opts)
         self._prompts: dict[tuple[str, int], tuple[list, list[str], list[list[int]]]] = {}
         self.tokens = 0
         self.units = {"restored": 0, "generated": 0}  # (seed, problem) units read back from samples.jsonl / made now
@@ -457,7 +481,26 @@ class Session:
                         self._write(cand, bench, phase, todo, done)
                         done = []
                 self._write(cand, bench, phase, todo, done)
+            lost = sum(self.samples.complete(self._key(cand, bench, phase, *u)) is None for u in todo)
+            if lost:  # an engine that silently returns fewer groups must not turn into accuracy 0 (or a resume loop)
+                raise RuntimeError(f"the {engine.name} engine returned completions for {len(todo) - lost} of "
+                                   f"{len(todo)} problem(s) of {cand.label} on {bench.name}; what it returned is "
+                                   f"kept in samples.jsonl")
         return self._outcome(cand, bench, phase, units, time.perf_counter() - start, generated)
+
+    def check_prompt_lengths(self, bench: Benchmark) -> None:
+        """A prompt the engine cannot take (vLLM refuses one that fills its context) is a one-line error, before
+        anything is generated."""
+        limit = getattr(self.server, "context_tokens", None)
+        if not limit or not bench.rows:
+            return
+        longest, seed, i = max((len(self.prompts(bench, s)[2][i]), s, i) for s in self.opts.seeds
+                               for i in range(len(bench.rows)))
+        if longest >= limit:
+            raise TinaError(f"{bench.name}: the prompt of problem {bench.rows[i]['id']} is {longest} tokens, but the "
+                            f"{self.server.engine_name} engine serves at most {limit} tokens (prompt + completion) "
+                            "for this model; pass a larger --max-model-len (up to the model's context) or use "
+                            "--backend hf")
 
     def _key(self, cand, bench, phase, seed, i):
         return (cand.label, bench.name, phase, seed, str(bench.rows[i]["id"]))
@@ -556,6 +599,13 @@ def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
     if opts.backend not in ("hf", "vllm"):
         raise TinaError(f"--backend: unknown engine '{opts.backend}'{did_you_mean(opts.backend, ['hf', 'vllm'])}; "
                         "choose hf or vllm")
+    if opts.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:  # before anything is read or written
+            from tina.rollout.engines import VLLM_INSTALL
+
+            raise TinaError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use --backend hf")
     if opts.backend == "vllm" and opts.merge_adapters:
         raise TinaError("--merge-adapters is for --backend hf; vLLM serves every checkpoint as a LoRA request")
     if opts.data_parallel > 1 and opts.select_on:
@@ -602,12 +652,15 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     n_val = (len(validation.rows) * len(opts.seeds) * (len(adapters) + include_base)) if validation else 0
     n_test_models = (include_base + 1) if validation else len(models_for_test)
     total = (n_val + n_test_models * sum(len(b.rows) for b in benches) * len(opts.seeds)) // shards
+    session = Session(server, opts, None, None)  # its log and progress bar are attached below
+    for bench in ([validation] if validation is not None else []) + benches:
+        session.check_prompt_lengths(bench)  # before samples.jsonl is opened: an error leaves it as it was
     samples = SampleLog(out / "samples.jsonl", samples=opts.samples, resume=opts.resume)
     if opts.resume and samples.restored:
         echo(f"resuming: {samples.restored} finished problem(s) read back from {out / 'samples.jsonl'}")
     try:
         with tqdm(total=total, unit="problem", disable=not opts.progress, dynamic_ncols=True) as bar:
-            session = Session(server, opts, samples, bar)
+            session.samples, session.bar = samples, bar
             selection = None
             if validation is not None:
                 selection, chosen = _select(session, validation, adapters, include_base, opts)
@@ -692,19 +745,13 @@ def protocol(opts: EvalOptions, model_name: str, server) -> dict:
         "device": str(next(model.parameters()).device) if model is not None else "vllm",
         "engine": server.engine_name,
         "adapters": ("merged into float32 weights, checked against the unmerged model (max relative logit "
-                     f"difference {MERGE_TOLERANCE:g}); base restored exactly between adapters")
+                     f"difference {MERGE_TOLERANCE:g}, and at most {MERGE_SIGNAL_FRACTION:g} x the adapter's own "
+                     "effect on the logits); base restored exactly between adapters")
                     if opts.merge_adapters else "unmerged LoRA (never merged into the weights)",
         "chat_template": opts.template,
         "chat_template_sha256": hashlib.sha256((getattr(server.tokenizer, "chat_template", None) or "").encode()
                                                ).hexdigest(),
-        "sampling": {"samples": opts.samples, "seeds": list(opts.seeds), "temperature": opts.temperature,
-                     "top_p": opts.top_p, "max_new_tokens": opts.max_new_tokens, "greedy": opts.temperature == 0,
-                     "batch_size": opts.batch_size,
-                     "processors": "temperature and top-p only; the model folder's generation_config is not applied",
-                     "streams": "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
-                                "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
-                                "tina.eval.runner.stream_key), the same for every model, batch size and process "
-                                "count, and after a resume"},
+        "sampling": _sampling_protocol(opts, server),
         "grader": {"name": "tina.grading", "source_sha256": grader_digest(), "timeout_seconds": opts.grader_timeout,
                    "extraction": "lenient (boxed, then answer phrases, then the last math span, final answer part "
                                  "only); hedged and unfinished (truncated or thinking never closed) answers are wrong",
@@ -713,6 +760,29 @@ def protocol(opts: EvalOptions, model_name: str, server) -> dict:
                        "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds", "bootstrap_seed": 0},
         "versions": library_versions(),
     }
+
+
+def _sampling_protocol(opts: EvalOptions, server) -> dict:
+    """The sampling settings as run: the flags, what the engine applied, and where each completion's randomness is."""
+    sampling = eval_sampling(opts)
+    if server.backend == "vllm":
+        streams = ("vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
+                   "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
+                   "tina.eval.runner.stream_key), the same for every model, batch size (max_num_seqs) and process "
+                   "count, and after a resume; not the hf engine's streams")
+    else:
+        streams = ("batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
+                   "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
+                   "tina.eval.runner.stream_key), the same for every model, batch size and process count, and after "
+                   "a resume")
+    return {"samples": opts.samples, "seeds": list(opts.seeds), "temperature": opts.temperature,
+            "top_p": opts.top_p, "top_k": sampling.top_k, "max_new_tokens": opts.max_new_tokens,
+            "greedy": sampling.greedy, "batch_size": opts.batch_size,
+            "processors": sampling.protocol()["processors"],
+            "generation_config": "not applied: no repetition penalty, n-gram blocking, top-k or minimum length from "
+                                 "the model folder; only its end-of-sequence ids",
+            "eos_token_ids": server.eos_ids,
+            "streams": streams}
 
 
 def weight_files(folder: str | Path) -> tuple[str, ...]:

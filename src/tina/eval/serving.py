@@ -113,6 +113,23 @@ class Server:
             self._versions: dict[str, object] = {}
 
     @property
+    def context_tokens(self) -> int | None:
+        """Prompt + completion tokens the engine serves (vLLM's max_model_len; None: no hard limit, hf)."""
+        if self.backend == "hf":
+            return None
+        config = getattr(self.engine.llm, "model_config", None)
+        return getattr(config, "max_model_len", None)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """The ids that end a completion: the only thing taken from the model folder's generation_config."""
+        if self.backend == "hf":
+            from tina.rollout.base import eos_token_ids
+
+            return eos_token_ids(self.model, self.tokenizer)
+        return list(self.engine.eos_ids)
+
+    @property
     def engine_name(self) -> str:
         if self.backend == "hf":
             import transformers

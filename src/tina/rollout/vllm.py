@@ -90,12 +90,14 @@ class VLLMEngine:
             kwargs["enable_sleep_mode"] = self.sleeps
         try:
             self.llm = LLM(**kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TinaError(f"vLLM cannot serve {model_path}: {first[:300]} (rollout.backend=hf always works)") from None
+        except (ValueError, RuntimeError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+            lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
+            raise TinaError(f"vLLM cannot serve {model_path}: {' '.join(lines[:4])[:400]} (the hf engine always "
+                            "works: rollout.backend=hf, or tina eval --backend hf)") from None
         self.adapter: AdapterVersion | None = None
         self._request = None
         self._next_id = 1
+        self._next_request = 0
         self._asleep = False
         self.stats_tokens = 0
 
@@ -131,6 +133,7 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
         requests, params = self._requests(prompts, sampling, keys)
+        self._check_lengths(prompts, sampling)
         self._wake()
         outputs = self.llm.generate(requests, params, lora_request=self._request, use_tqdm=False)
         self._sleep()
@@ -138,26 +141,46 @@ class VLLMEngine:
 
     def generate_each(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None):
         """Every request submitted at once (continuous batching keeps the device busy); each prompt's group is
-        yielded as ``(prompt index, Rollout)`` as soon as its n completions are done."""
+        yielded as ``(prompt index, Rollout)`` as soon as its n completions are done.  Requests carry tina's own
+        ids; if the caller stops early, the unfinished ones are aborted (the next call starts clean)."""
+        from vllm.sampling_params import RequestOutputKind
+
         requests, params = self._requests(prompts, sampling, keys)
         n = sampling.n
+        self._check_lengths(prompts, sampling)
         self._wake()
-        ids = self.llm.enqueue(requests, params, lora_request=self._request, use_tqdm=False)
-        where = {rid: (k // n, k % n) for k, rid in enumerate(ids)}
+        engine = self.llm.llm_engine
+        where = {}
+        for k, (request, param) in enumerate(zip(requests, params)):
+            param.output_kind = RequestOutputKind.FINAL_ONLY
+            rid = f"tina-{self._next_request}"
+            self._next_request += 1
+            where[rid] = (k // n, k % n)
+            engine.add_request(rid, request, param, lora_request=self._request)
         pending: dict[int, dict[int, object]] = {}
         try:
-            while self.llm.llm_engine.has_unfinished_requests():
-                for out in self.llm.llm_engine.step():
+            while engine.has_unfinished_requests():
+                for out in engine.step():
                     if not out.finished or out.request_id not in where:
                         continue
-                    i, j = where[out.request_id]
+                    i, j = where.pop(out.request_id)
                     group = pending.setdefault(i, {})
                     group[j] = out.outputs[0]
                     if len(group) == n:
                         del pending[i]
                         yield i, self._rollout([prompts[i]], [group[j] for j in range(n)], n)
         finally:
+            if where:
+                engine.abort_request(list(where))
             self._sleep()
+
+    def _check_lengths(self, prompts, sampling: Sampling) -> None:
+        """A prompt the engine cannot hold is a one-line error, not a traceback from inside vLLM."""
+        limit = getattr(getattr(self.llm, "model_config", None), "max_model_len", None)
+        longest = max((len(p) for p in prompts), default=0)
+        if limit is not None and longest >= limit:
+            raise TinaError(f"a prompt of {longest} tokens does not fit the vllm engine's max_model_len ({limit}): "
+                            "raise rollout.max_model_len (--max-model-len for tina eval) or shorten the prompts")
 
     def _requests(self, prompts, sampling: Sampling, keys):
         from vllm import SamplingParams
