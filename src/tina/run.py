@@ -67,6 +67,7 @@ RESUMABLE_CHANGES = ("train.stop_step", "train.save_steps", "train.save_total_li
                      "train.report_to", "train.max_bad_steps", "train.probe_prompt", "train.probe_max_new_tokens",
                      "train.logprob_memory_mb", "train.max_tokens_per_pass", "rollout.check_engine", "rollout.canary_tolerance",
                      "rollout.max_logp_diff", "rollout.gpu_memory_utilization", "rollout.vllm_sleep", "cost.", "eval.")
+BASE_FILE = "tina_base.json"  # in every checkpoint: the base model's name, dtype and weights digest
 SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
 # dynamic/rounds: summed over processes (a count); dynamic/groups_with_signal: a share (mean)
 
@@ -157,6 +158,7 @@ class Run:
             self.model, self.tokenizer, self.digest_before = build_model(
                 cfg, device=str(dist.device) if dist.enabled else None)
             self.device = next(self.model.parameters()).device
+            self.base_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.trainable, self.total = count_parameters(self.model)
             self.problems = render_prompts(rows, self.tokenizer, cfg)
             self.specs = [RewardSpec(rw.name, rw.weight, dict(rw.params)) for rw in cfg.rewards]
@@ -325,6 +327,9 @@ class Run:
         extra = {
             "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in self.state.history[: snap.n_history]),
             "ledger.json": json.dumps(self.ledger.to_dict(read_eval_costs(self.run_dir)), indent=2),
+            # the base this adapter belongs to: tina eval refuses another base (same shapes, other weights)
+            BASE_FILE: json.dumps({"model": cfg.model.name_or_path, "dtype": self.base_dtype,
+                                   "base_weights_sha256": self.digest_before}, indent=2),
         }
         try:
             path = save_checkpoint(self.run_dir, snap.step, model, trainer_state, extra, state_dict=adapter)

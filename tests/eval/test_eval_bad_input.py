@@ -181,3 +181,25 @@ def test_backend_vllm_without_vllm(finished, capsys, tmp_path):
     fresh = tmp_path / "fresh"  # the same line for a new evaluation, and nothing is created
     assert main(common(fresh, "--benchmarks", "arith", "--backend", "vllm")) == 2
     assert "pip install" in capsys.readouterr().err and not fresh.exists()
+
+
+def test_an_adapter_trained_on_another_base_of_the_same_shape(tmp_path, capsys):
+    """tiny-random and tiny-arith have the same shapes: only the checkpoint's recorded base (tina_base.json) tells
+    them apart, and evaluating on the wrong one is refused before anything is written."""
+    from tina.config import load_config
+    from tina.train import train
+
+    run = tmp_path / "run"
+    train(load_config("demo", ["train.max_steps=1", "train.save_steps=1", "train.batch_size=16",
+                               "train.probe_prompt=''"]), run, progress=False)
+    recorded = json.loads((run / "checkpoint-1" / "tina_base.json").read_text())
+    assert recorded["model"] == "builtin:tiny-arith" and len(recorded["base_weights_sha256"]) == 64
+    out = tmp_path / "eval"
+    argv = ["eval", "--adapter", str(run / "checkpoint-1"), "--benchmarks", "arith", "--limit", "2", "--samples", "1",
+            "--max-new-tokens", "8", "--dtype", "float32", "--no-progress", "--output-dir", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--model", "builtin:tiny-random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was trained on builtin:tiny-arith" in err and "other weights" in err
+    assert not (out / "samples.jsonl").exists()
+    assert main([*argv, "--model", "builtin:tiny-arith"]) == 0  # the right base

@@ -645,6 +645,9 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     check_state(out, {**asdict(opts), "model": model_name}, resume=opts.resume)
     server = Server(opts, model_name, adapters)
     common = protocol(opts, model_name, server)
+    from tina.eval.serving import check_adapters_base
+
+    check_adapters_base(adapters, model_name, common["dtype"], common["base_weights_sha256"], warn=echo)
     adapter_sha = {c.label: sha256_files(c.adapter) for c in adapters}
 
     models_for_test = ([BASE] if include_base else []) + adapters

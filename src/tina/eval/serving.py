@@ -65,6 +65,28 @@ def check_adapters_fit(model_path: str, adapters: list, *, trust_remote_code: bo
                                 "(trained on another base model?); pass the right --model")
 
 
+def check_adapters_base(adapters: list, model_name: str, dtype: str | None, digest: str | None, *, warn) -> None:
+    """A checkpoint records its base (name, dtype, weights digest; tina_base.json): evaluating it on another base of
+    the same shapes is a one-line error when the digests can be compared (same dtype), else a warning if the names
+    differ."""
+    for cand in adapters:
+        path = Path(cand.adapter) / "tina_base.json"
+        if not path.is_file():
+            continue
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError:
+            continue
+        same_dtype = digest is not None and recorded.get("dtype") == dtype
+        if same_dtype and recorded.get("base_weights_sha256") not in (None, digest):
+            raise TinaError(f"adapter {cand.adapter} was trained on {recorded.get('model')} (weights sha256 "
+                            f"{recorded['base_weights_sha256'][:12]}), but --model {model_name} has other weights "
+                            f"({digest[:12]}); pass --model {recorded.get('model')}")
+        if not same_dtype and recorded.get("model") not in (None, model_name):
+            warn(f"warning: adapter {cand.adapter} was trained on {recorded.get('model')}, evaluated on {model_name} "
+                 "(its weights could not be compared: another dtype or engine)")
+
+
 def adapter_rank(adapters: list) -> int:
     ranks = [1]
     for cand in adapters:
