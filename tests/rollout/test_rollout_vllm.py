@@ -144,3 +144,48 @@ def test_a_stale_adapter_stops_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(AdapterHandover, "publish", stale)
     with pytest.raises(TinaError, match="stale adapter in the vllm engine"):
         train(load_config("demo", RECIPE), tmp_path / "run", progress=False)
+
+
+def test_the_engine_leaves_the_trainers_random_streams_alone(tiny):
+    """LLM(seed=...) reseeds the process and vLLM's sampler draws from the global torch generator: the engine must
+    not move the trainer's streams (LoRA dropout, ...), or a resumed run would differ from an uninterrupted one."""
+    from tina.checkpoint import rng_state
+
+    model, tok, prompts, engine, path = tiny
+    torch.manual_seed(1234)
+    before = rng_state()
+    other = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=7)
+    other.generate(prompts, Sampling(n=2, max_new_tokens=8, seed=1))
+    list(other.generate_each(prompts, Sampling(n=2, max_new_tokens=8, seed=1)))
+    after = rng_state()
+    assert torch.equal(before["torch"], after["torch"]) and before["python"] == after["python"]
+    del other
+
+
+def test_an_adapter_vllm_cannot_serve_is_one_line_and_the_engine_stays_usable(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, prompts, _, path = tiny
+    # an engine of its own: an engine that another test's run let go (garbage-collected) takes vLLM's process-wide
+    # parallel state with it, so engines are not shared across tests that create engines
+    engine = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=0)
+    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", device="cpu")
+    bad = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj"], bias="lora_only", task_type="CAUSAL_LM"))
+    handover = AdapterHandover(tmp_path / "bad")
+    with pytest.raises(TinaError, match="vLLM cannot load the adapter"):
+        engine.load_adapter(handover.publish(bad, 1))
+    engine.load_adapter(None)  # the engine still serves
+    assert len(engine.generate(prompts[:1], Sampling(n=1, max_new_tokens=4, seed=0)).texts) == 1
+
+
+def test_a_vllm_run_resumes_bit_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    full = train(load_config("demo", RECIPE), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train(load_config("demo", [*RECIPE, "train.stop_step=2", "train.save_steps=1"]), part, progress=False)
+    resumed = train(load_config(part / "config.yaml", ["train.stop_step=3"]), part, resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "checkpoint-3" / "adapter_model.safetensors"))
+    b = load_file(str(part / "checkpoint-3" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["reward"] for m in resumed.metrics] == [m["reward"] for m in full.metrics]

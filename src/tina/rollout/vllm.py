@@ -88,12 +88,17 @@ class VLLMEngine:
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleeps
+        from tina.checkpoint import rng_state, set_rng_state
+
+        saved = rng_state()  # LLM(seed=...) reseeds the process's torch / random / numpy generators
         try:
             self.llm = LLM(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:  # pydantic's ValidationError is a ValueError
             lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
             raise TinaError(f"vLLM cannot serve {model_path}: {' '.join(lines[:4])[:400]} (the hf engine always "
                             "works: rollout.backend=hf, or tina eval --backend hf)") from None
+        finally:
+            set_rng_state(saved)  # the trainer's random streams (dropout, ...) continue as if vLLM was not there
         self.adapter: AdapterVersion | None = None
         self._request = None
         self._next_id = 1
@@ -120,8 +125,16 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
 
         previous = self._request
-        self._request = LoRARequest(f"tina-v{adapter.version}-{adapter.digest[:12]}", self._next_id, adapter.path)
+        request = LoRARequest(f"tina-v{adapter.version}-{adapter.digest[:12]}", self._next_id, adapter.path)
         self._next_id += 1
+        try:  # loaded here, not inside generate: a failure there leaves vLLM's engine hung for good
+            self.llm.llm_engine.add_lora(request)
+        except (ValueError, RuntimeError, OSError, KeyError) as exc:
+            lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
+            raise TinaError(f"vLLM cannot load the adapter {adapter.path}: {' '.join(lines[:2])[:300]} (vLLM serves "
+                            "LoRA on linear layers only, without bias, modules_to_save or DoRA; rank <= "
+                            f"{LORA_RANKS[-1]})") from None
+        self._request = request
         self.adapter = adapter
         self._wake()
         self.llm.reset_prefix_cache()  # cached prompt states of the previous version must not be reused
@@ -132,10 +145,16 @@ class VLLMEngine:
                 pass
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
+        from tina.checkpoint import rng_state, set_rng_state
+
         requests, params = self._requests(prompts, sampling, keys)
         self._check_lengths(prompts, sampling)
+        saved = rng_state()  # vLLM's sampler advances the global torch generator; the trainer's must not move
         self._wake()
-        outputs = self.llm.generate(requests, params, lora_request=self._request, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(requests, params, lora_request=self._request, use_tqdm=False)
+        finally:
+            set_rng_state(saved)
         self._sleep()
         return self._rollout(prompts, [o.outputs[0] for o in outputs], sampling.n)
 
@@ -158,6 +177,9 @@ class VLLMEngine:
             where[rid] = (k // n, k % n)
             engine.add_request(rid, request, param, lora_request=self._request)
         pending: dict[int, dict[int, object]] = {}
+        from tina.checkpoint import rng_state, set_rng_state
+
+        saved = rng_state()
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():
@@ -172,6 +194,7 @@ class VLLMEngine:
         finally:
             if where:
                 engine.abort_request(list(where))
+            set_rng_state(saved)
             self._sleep()
 
     def _check_lengths(self, prompts, sampling: Sampling) -> None:
