@@ -92,18 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return _dispatch(args)
-    except TinaError as exc:
-        print(f"tina {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"tina {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(args.command, lambda: _dispatch(args))
 
 
 def run_guarded(command: str, fn) -> int:
-    """Run ``fn()`` as the body of ``tina COMMAND`` (in a child process): a TinaError is one line and exit 2."""
+    """Run ``fn()`` as the body of ``tina COMMAND``: a TinaError is one line on stderr and its exit code (2)."""
     try:
         return fn() or 0
     except TinaError as exc:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -54,22 +52,10 @@ def model_folder(shape: str, *, seed: int = 0, root: str | Path | None = None) -
         raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}")
     from tina.tiny import cache_dir
 
+    from tina.tiny import _build_atomic
+
     folder = Path(root) if root is not None else cache_dir() / "synthetic"
-    folder = folder / shape_key(shape, seed)
-    if (folder / "model.safetensors").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        build_model_folder(tmp, shape, seed=seed)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first
-            if not (folder / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return _build_atomic(folder / shape_key(shape, seed), lambda tmp: build_model_folder(tmp, shape, seed=seed))
 
 
 def build_model_folder(folder: str | Path, shape: str, *, seed: int = 0) -> Path:
