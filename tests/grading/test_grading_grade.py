@@ -30,7 +30,8 @@ def test_public_api():
     v = Verdict(True, "1", "ok")
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.correct = False  # type: ignore[misc]
-    assert set(REASONS) == {"ok", "no_answer", "unfinished", "hedged", "gold_unparseable", "timeout", "grader_error"}
+    assert set(REASONS) == {"ok", "no_answer", "unfinished", "hedged", "unevaluated", "gold_unparseable", "timeout",
+                            "grader_error"}
 
 
 # (prediction written by a model, gold as stored by a benchmark)
@@ -206,3 +207,23 @@ def test_gpqa_no_answer_and_bad_gold():
     assert grade("I cannot decide", "A", task="gpqa") == Verdict(False, None, "no_answer")
     assert grade("Answer: A", "42", task="gpqa").reason == "gold_unparseable"
     assert grade("Answer: A", "42", task="gpqa").correct is None
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [("2 + 3", "5"), ("3+2", "5"), (r"7 \times 8", "56"), ("(4 + 5) - 2", "7"), (r"\frac{1}{2}+\frac{1}{3}", "5/6"),
+     (r"12 \div 4", "3"), ("2*3", "6.0"), ("x = 2 + 3", "5"), ("2+3=2+3", "5")],
+)
+def test_arithmetic_on_literals_is_not_an_answer(pred, gold):
+    # math-verify simplifies "2 + 3" to 5: a policy that copies "What is 2 + 3?" into the box would be paid for it
+    # (the SmolLM2 demo learned exactly that before this rule).
+    assert grade(boxed(pred), gold) == Verdict(False, pred, "unevaluated", "boxed")
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [("5", "5"), ("-3", "-3"), ("7/8", "0.875"), (r"3 \times 10^{5}", "300000"), ("2^{10}", "1024"),
+     (r"6+2\sqrt{3}", r"6+2\sqrt{3}"), ("2 + 3 = 5", "5"), ("x = 5", "5"), (r"15\frac{39}{40}", r"\frac{639}{40}")],
+)
+def test_values_and_symbolic_answers_are_still_graded(pred, gold):
+    assert grade(boxed(pred), gold).correct is True

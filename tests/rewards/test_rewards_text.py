@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tina.errors import ConfigError
+from tina.rewards.text import boxed_number
 from tina.rewards import format_reward, reasoning_steps, repetition_penalty, run_reward, tag_count
 
 MULTILINE_GOOD = (
@@ -41,6 +42,25 @@ def test_format_multiline_text_with_one_closing_tag_scores_one(batch_of):
 )
 def test_format_cases(batch_of, text, expected):
     assert format_reward(batch_of([text])) == [expected]
+
+
+# ---------------------------------------------------------------- boxed_number (the SmolLM2 demo's format reward)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"2 + 3 = \boxed{5}", 1.0),
+        (r"\boxed{-3.5}", 1.0),
+        (r"\boxed{\frac{1}{2}}", 1.0),
+        (r"\boxed{2 + 3}", 0.0),  # the question copied into the box: the hack the demo found before this rule
+        (r"\boxed{x}", 0.0),
+        (r"\boxed{5} or \boxed{6}", 0.0),
+        ("5", 0.0),
+    ],
+)
+def test_boxed_number_cases(batch_of, text, expected):
+    assert boxed_number(batch_of([text])) == [expected]
 
 
 # ---------------------------------------------------------------- tag_count (Tina: 0.5 + 0.5)

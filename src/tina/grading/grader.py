@@ -51,7 +51,12 @@ Math pipeline for one completion (`grade_many` does it for a batch with one roun
 3. Gold and each candidate are reduced to bare strings (`gold_core`, `pred_core`: box/``$`` removed, prediction cut
    to `MAX_ANSWER_CHARS`).
 4. Fast path, in-process: if both are plain numbers (`tina.grading.numeric`), compare them exactly (integer and
-   fraction golds) or with relative tolerance 1e-4 (decimal and scientific-notation golds). No sympy.
+   fraction golds) or with relative tolerance 1e-4 (decimal and scientific-notation golds). No sympy. A plain-number
+   gold answered with arithmetic on number literals (``\boxed{2 + 3}``, or ``\boxed{x = 2 + 3}``: an equation by its
+   last side, for "What is 2 + 3?") gets ``Verdict(False, <answer>, "unevaluated")``: math-verify would simplify it
+   and call it correct, which pays a policy for copying the question into the box (a reward hack the SmolLM2 demo
+   found; `tina.grading.numeric.is_unevaluated`). ``2 + 3 = 5`` is an answer; powers, roots and symbols still go
+   to sympy (``2^{10}``, ``6 + 2\sqrt{3}``).
 5. Otherwise the sympy worker (`tina.grading.pool`, math-verify with its SIGALRM timeouts disabled) decides:
    gold that math-verify cannot parse -> ``correct=None, reason="gold_unparseable"`` (never True); else textual
    equality, ``math_verify.verify``, and the numeric tolerance for measured golds. An item that overruns `timeout`
@@ -81,6 +86,8 @@ Verdict(correct=False, extracted=None, reason='unfinished', source=None)
 'unfinished'
 >>> grade(r"\boxed{4}", "4", finished=False).reason
 'unfinished'
+>>> grade(r"2 + 3 is \boxed{2 + 3}", "5")
+Verdict(correct=False, extracted='2 + 3', reason='unevaluated', source='boxed')
 
 What must stay correct:
 
@@ -109,7 +116,7 @@ from tina.grading import pool
 from tina.grading.extract import EXTRACTIONS, find_answer, find_choice, opens_think
 from tina.grading.hedge import plan
 from tina.grading.normalize import gold_core
-from tina.grading.numeric import NumberLit, numbers_match, parse_number
+from tina.grading.numeric import NumberLit, is_unevaluated, numbers_match, parse_number
 
 __all__ = [
     "EXTRACTIONS",
@@ -125,7 +132,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REASONS = ("ok", "no_answer", "unfinished", "hedged", "gold_unparseable", "timeout", "grader_error")
+REASONS = ("ok", "no_answer", "unfinished", "hedged", "unevaluated", "gold_unparseable", "timeout", "grader_error")
 TASKS = ("math", "gpqa")
 _RESULT_CACHE_SIZE = 100_000
 
@@ -216,14 +223,15 @@ def _run_cached(requests: Sequence[tuple[str, tuple]], timeout: float) -> dict[t
     return answers
 
 
-def _fast(spec: GoldSpec, pred: str) -> bool | None:
-    """Fast path: the verdict for two plain numbers, in-process; None when sympy is needed."""
+def _fast(spec: GoldSpec, pred: str) -> tuple[bool, str] | None:
+    """Fast path, in-process, for a plain-number gold: the verdict for a plain-number prediction, or
+    ``(False, "unevaluated")`` for arithmetic on literals (``2 + 3``); None when sympy is needed."""
     if spec[0] != "num":
         return None
     pred_number = parse_number(pred)
     if pred_number is None:
-        return None
-    return numbers_match(NumberLit(Fraction(spec[1], spec[2]), exact=spec[3]), pred_number.value)
+        return (False, "unevaluated") if is_unevaluated(pred) else None
+    return numbers_match(NumberLit(Fraction(spec[1], spec[2]), exact=spec[3]), pred_number.value), "ok"
 
 
 def _combine(results: list[tuple[bool | None, str]], display: str, source: str | None) -> Verdict:
@@ -272,7 +280,7 @@ def _math_verdicts(
                 requests.append(request)
                 items.append(request)
             else:
-                items.append((fast, "ok"))
+                items.append(fast)
         pending[i] = (items, todo.display, found.source)
     answers = _run_cached(requests, timeout) if requests else {}
     for i, (items, display, source) in pending.items():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-__all__ = ["MAX_EXPONENT", "REL_TOL", "NumberLit", "numbers_match", "parse_number"]
+__all__ = ["MAX_EXPONENT", "REL_TOL", "NumberLit", "is_unevaluated", "numbers_match", "parse_number"]
 
 REL_TOL = Fraction(1, 10_000)
 # |exponent| above this is not a "plain number": it goes to the sympy worker, where the timeout protects us.
@@ -138,6 +138,33 @@ def parse_number(text: str) -> NumberLit | None:
         if m:
             return _to_number(m)
     return None
+
+
+_ARITH_NUM = r"(?:\d+(?:\.\d*)?|\.\d+|\\[dt]?frac\{\d+\}\{\d+\})"
+_ARITH_OP = r"(?:\+|-|\*|/|×|÷|\\times|\\cdot|\\div)"
+_ARITH_RE = re.compile(rf"[+-]?{_ARITH_NUM}(?:{_ARITH_OP}[+-]?{_ARITH_NUM})+")
+
+
+@lru_cache(maxsize=65_536)
+def is_unevaluated(text: str) -> bool:
+    r"""True when `text` is arithmetic on number literals -- ``2 + 3``, ``(7 \times 8) - 1``,
+    ``\frac{1}{2} + \frac{1}{3}`` -- rather than a number: the question restated, not answered.
+
+    An equation is judged by its last side, the one math-verify grades: ``2 + 3 = 5`` is an answer, ``x = 2 + 3`` and
+    ``2 + 3 = 2 + 3`` are not.  A plain number (`parse_number`: ``-3``, ``7/8``, ``3 \times 10^{5}``) is not
+    unevaluated, and neither is anything with a symbol, a power or a root (``2^{10}``, ``6 + 2\sqrt{3}``).
+
+    >>> [is_unevaluated(t) for t in ["2 + 3", "(2+3) \\times 4", "\\frac{1}{2}+\\frac{1}{3}", "-3", "7/8", "2^{10}",
+    ...                               "x + 1", "2 + 3 = 5", "15\\frac{39}{40}", "x = 2 + 3"]]
+    [True, True, True, False, False, False, False, False, False, True]
+    """
+    if len(text) > _MAX_LEN or parse_number(text) is not None:
+        return False
+    side = _clean(text).split("=")[-1]  # an equation's answer is its last side, as math-verify reads it
+    if parse_number(side) is not None:
+        return False
+    s = re.sub(r"\\left|\\right|\\[,;:! ]|\s", "", side).replace("(", "").replace(")", "")
+    return _ARITH_RE.fullmatch(s) is not None
 
 
 def numbers_match(gold: NumberLit, pred: Fraction) -> bool:

@@ -50,24 +50,26 @@ def format_reward(batch: RewardBatch) -> list[float]:
 
 
 def boxed_number(batch: RewardBatch) -> list[float]:
-    r"""1.0 if the completion finished and its final answer part holds exactly one ``\boxed{...}`` with a number in it
-    (any number: correctness is the accuracy reward's business), else 0.0 -- a format reward for models that do not
-    think in tags (the real-model demo's SmolLM2).  An empty box or a placeholder word (``\boxed{answer}``) is not a
-    boxed number.
+    r"""1.0 if the completion finished and its final answer part holds exactly one ``\boxed{...}`` with a plain number
+    in it (`tina.grading.numeric.parse_number`: ``12``, ``-3.5``, ``\frac{1}{2}``; any number: correctness is the
+    accuracy reward's business), else 0.0 -- a format reward for models that do not think in tags (the real-model
+    demo's SmolLM2).  An empty box, a placeholder word (``\boxed{answer}``) or the question's arithmetic copied into
+    the box (``\boxed{7 + 5}``) is not a boxed number.
 
     >>> b = RewardBatch(["7 + 5 = \\boxed{12}", "The answer is \\boxed{}.", "\\boxed{1} or \\boxed{2}",
-    ...                  "\\boxed{answer}", "\\boxed{3}"],
-    ...                 ["12"] * 5, ["p"] * 5, [1] * 5, 1, truncated=[False, False, False, False, True])
+    ...                  "\\boxed{answer}", "\\boxed{3}", "\\boxed{7 + 5}"],
+    ...                 ["12"] * 6, ["p"] * 6, [1] * 6, 1, truncated=[False, False, False, False, True, False])
     >>> boxed_number(b)
-    [1.0, 0.0, 0.0, 0.0, 0.0]
+    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     """
     from tina.grading.extract import extract_boxed, final_part, opens_think
+    from tina.grading.numeric import parse_number
 
     out = []
     for i, text in enumerate(batch.completions):
         final = None if batch.is_truncated(i) else final_part(text, think_open=opens_think(batch.prompts[i]))
         boxed = extract_boxed(final) if final is not None else None
-        ok = boxed is not None and any(ch.isdigit() for ch in boxed) and final.count("\\boxed") == 1
+        ok = boxed is not None and parse_number(boxed) is not None and final.count("\\boxed") == 1
         out.append(1.0 if ok else 0.0)
     return out
 
