@@ -30,7 +30,8 @@ def test_eval_on_math500_problems(shared_data, tmp_path):
     assert entry["protocol"]["model"] == MODEL and entry["protocol"]["engine"].startswith("hf")
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all(r["completion"] for r in records)  # the real model writes text
-    assert {r["reason"] for r in records} <= {"ok", "no_answer", "unfinished", "hedged", "gold_unparseable"}
+    assert {r["reason"] for r in records} <= {"ok", "no_answer", "unfinished", "hedged", "unevaluated",
+                                              "gold_unparseable"}
 
 
 def test_three_training_steps_save_an_adapter_that_peft_reloads(tmp_path):
@@ -62,5 +63,11 @@ def test_real_model_demo_improves_strict_accuracy(tmp_path, capsys):
     assert s["gain_ci95"][0] > 0, s  # strict sampled accuracy: a boxed, finished, correct answer
     assert s["tuned_accuracy"] > s["base_accuracy"] and s["tuned_finished"] >= s["base_finished"]
     assert s["base_weights_unchanged"] is True
+    # the gain is answers, not the question copied into the box (`\boxed{2 + 3}`, which math-verify calls 5: the
+    # hack this demo found before the grader refused it)
+    assert s["tuned_outcomes"].get("unevaluated", 0) <= 0.05 * sum(s["tuned_outcomes"].values()), s["tuned_outcomes"]
+    # ... nor boxed guesses: with std-scaled advantages two seeds of three learned `\boxed{2}.` (the first operand;
+    # 146 wrong, 13 correct); the recipe's unscaled advantages keep the model adding
+    assert s["tuned_outcomes"].get("correct", 0) > 2 * s["tuned_outcomes"].get("wrong", 0), s["tuned_outcomes"]
     assert {"reward/accuracy", "reward/boxed_number", "completion_length"} <= set(s["phase_transitions"])
     assert "phase transitions" in capsys.readouterr().out

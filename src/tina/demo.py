@@ -46,9 +46,25 @@ def held_out(tokenizer, cfg) -> tuple[list[str], list[str]]:
     return prompts, [r["answer"] for r in rows]
 
 
+def outcomes(verdicts) -> dict[str, int]:
+    """How graded completions ended: "correct", "wrong" (a gradable answer that is not), or the grader's reason for
+    giving no credit ("no_answer", "unfinished", "hedged", "unevaluated", ...), most frequent first.
+
+    >>> from tina.grading import Verdict
+    >>> outcomes([Verdict(True, "5", "ok"), Verdict(False, "6", "ok"), Verdict(False, "2 + 3", "unevaluated")])
+    {'correct': 1, 'wrong': 1, 'unevaluated': 1}
+    """
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        key = "correct" if v.correct is True else "wrong" if v.reason == "ok" else v.reason
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def evaluate(model, tokenizer, cfg, *, seed: int) -> dict:
     """Sampled (cfg.eval.samples per problem at cfg.eval.temperature) and greedy accuracy on the held-out split,
-    strict (boxed answer, finished) and lenient; plus the share of finished completions and an example."""
+    strict (boxed answer, finished) and lenient; how the strict sampled completions ended (`outcomes`); the share of
+    finished completions and an example."""
     import numpy as np
 
     from tina.grading import grade_many
@@ -70,6 +86,8 @@ def evaluate(model, tokenizer, cfg, *, seed: int) -> dict:
             verdicts = grade_many(rollout.texts, gold, extraction=mode, **rep)
             matrix = np.array([np.nan if v.correct is None else float(v.correct) for v in verdicts])
             out[name if mode == "boxed" else f"{name}_lenient"] = matrix.reshape(len(prompts), n)
+            if mode == "boxed" and name == "sampled":
+                out["outcomes"] = outcomes(verdicts)
         out[f"{name}_finished"] = float((~rollout.truncated).float().mean())
         if name == "sampled":
             out["example"] = rollout.texts[0]
@@ -181,6 +199,7 @@ def run_demo(output_dir: str | Path, *, seed: int = 0, overrides: list[str] | No
         "base_accuracy_ci95": list(bootstrap_ci(before["sampled"], seed=seed)),
         "tuned_accuracy_ci95": list(bootstrap_ci(after["sampled"], seed=seed)),
         "base_finished": before["sampled_finished"], "tuned_finished": after["sampled_finished"],
+        "base_outcomes": before["outcomes"], "tuned_outcomes": after["outcomes"],
         "n_eval": int(before["sampled"].shape[0]),
         "samples_per_problem": int(before["sampled"].shape[1]),
         "eval_temperature": cfg.eval.temperature,
@@ -242,6 +261,8 @@ def format_summary(s: dict, out: Path) -> str:
         f"  gain (greedy):  {100 * s['greedy_gain']:+.1f} points, 95% CI [{ci('greedy_gain_ci95')}]",
         f"  gain (lenient sampled): {100 * s['lenient_gain']:+.1f} points, 95% CI [{ci('lenient_gain_ci95')}]",
     ]
+    lines += [f"  how sampled completions ended, {who}: " + ", ".join(f"{n} {k}" for k, n in s[f"{key}_outcomes"].items())
+              for who, key in (("before", "base"), ("after", "tuned"))]
     moved = [f"{k.split('/', 1)[-1]}: {v['label']}" + (f" at step {v['step']:.0f}" if v["step"] is not None and
                                                         v["label"] != "none" else "")
              for k, v in s["phase_transitions"].items()]
