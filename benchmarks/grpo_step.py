@@ -3,8 +3,8 @@
 Both run LoRA (same rank, alpha, targets) on the same base model, the same prompts (rendered once with the model's
 chat template and given to both as text), the same rewards (tina's accuracy + boxed_number for the real model; the
 accuracy + format rewards on the tiny model), the same sizes (prompts x generations x new tokens per step), the same
-learning rate, beta 0, GRPO loss, no gradient checkpointing.  Each engine runs in its own subprocess, so peak memory
-(max RSS, or CUDA max allocated) is its own.
+learning rate, beta 0, GRPO loss with group-scaled advantages, no gradient checkpointing.  Each engine runs in its
+own subprocess, so peak memory (max RSS, or CUDA max allocated) is its own.
 
     python benchmarks/grpo_step.py                                            # tiny model: 2 x 4 x 32, r=8
     python benchmarks/grpo_step.py --model builtin:smollm2-135m-instruct      # real model: 8 x 4 x 48, r=8, fp32
@@ -59,11 +59,13 @@ def run_tina(a) -> dict:
         f"train.batch_size={prompts * gens}", "train.gradient_accumulation_steps=1",
         f"train.max_steps={a.steps}", f"train.save_steps={a.steps}", "train.learning_rate=1e-4",
         "train.lr_scheduler=constant", "train.probe_prompt=''", "algorithm.objective=grpo", "algorithm.beta=0.0",
+        "algorithm.scale_rewards=group",
         "rollout.check_engine=false", f"train.max_tokens_per_pass={a.tina_tokens_per_pass or 'null'}",
         "train.device=cpu" if a.device == "cpu" else "train.device=auto",
     ]
     raw = {"rewards": {name: {"weight": 1.0} for name in rewards}}
-    cfg = load_config({**load_config_dict("demo"), **raw}, overrides)
+    recipe = "demo" if a.model == "builtin:tiny-random" else "demo-smollm2"  # the task's own held-out split
+    cfg = load_config({**load_config_dict(recipe), **raw}, overrides)
     with tempfile.TemporaryDirectory() as out:
         result = train(cfg, out, progress=False)
         ledger = json.load(open(os.path.join(out, "ledger.json")))
