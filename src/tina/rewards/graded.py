@@ -18,6 +18,7 @@ rewards' ``unit`` (Tina counted characters against the token target).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -45,12 +46,30 @@ UNGRADABLE_LENGTH = ("exclude", "correct")
 UNITS = ("tokens", "chars")
 
 
+def choice_error(reward: str, key: str, value, allowed: tuple) -> str | None:
+    """The one-line error for a parameter value outside its declared choices, or None.  True == 1 in Python: a flag
+    must be a boolean, and a choice of words never one.  Recipes spell booleans as YAML's true / false."""
+    if value in allowed and isinstance(value, bool) == isinstance(allowed[0], bool):
+        return None
+    shown = [("true" if a else "false") if isinstance(a, bool) else str(a) for a in allowed]
+    hint = did_you_mean(str(value).lower() if isinstance(value, str) else str(value), shown)
+    return f"reward '{reward}': {key} must be one of {', '.join(shown)}, got {value!r}{hint}"
+
+
 def param_choices(**choices: tuple) -> Callable[[F], F]:
-    """Declare the allowed values of some parameters; `tina.rewards.check_params` checks recipes against them."""
+    """Declare the allowed values of some keyword parameters: `tina.rewards.check_params` checks recipes against them
+    (``fn.param_choices``), and a direct call with another value is the same one-line ConfigError."""
 
     def mark(fn: F) -> F:
-        fn.param_choices = {**getattr(fn, "param_choices", {}), **choices}  # type: ignore[attr-defined]
-        return fn
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            for key, allowed in choices.items():
+                if key in kwargs and (error := choice_error(fn.__name__, key, kwargs[key], allowed)):
+                    raise ConfigError(error)
+            return fn(*args, **kwargs)
+
+        checked.param_choices = {**getattr(fn, "param_choices", {}), **choices}  # type: ignore[attr-defined]
+        return checked  # type: ignore[return-value]
 
     return mark
 
@@ -65,14 +84,6 @@ def _check_extraction(extraction: str) -> None:
     if extraction not in EXTRACTIONS:
         hint = did_you_mean(str(extraction), EXTRACTIONS)
         raise ConfigError(f"extraction must be one of {', '.join(EXTRACTIONS)}, got {extraction!r}{hint}")
-
-
-def _check_choice(reward: str, name: str, value, allowed: tuple) -> None:
-    """The one-line error `check_params` gives, for direct calls that bypass the registry."""
-    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-        shown = [("true" if a else "false") if isinstance(a, bool) else str(a) for a in allowed]
-        hint = did_you_mean(str(value).lower() if isinstance(value, str) else str(value), shown)
-        raise ConfigError(f"{reward}: {name} must be one of {', '.join(shown)}, got {value!r}{hint}")
 
 
 def correctness(batch: RewardBatch, extraction: str = "boxed") -> list[bool | None]:
@@ -118,7 +129,6 @@ def accuracy(batch: RewardBatch, *, extraction: str = "boxed", ungradable: str =
     >>> accuracy(b, ungradable="zero")
     [1.0, 0.0, 0.0, 0.0]
     """
-    _check_choice("accuracy", "ungradable", ungradable, UNGRADABLE_ACCURACY)
     missing = None if ungradable == "exclude" else 0.0
     return [missing if c is None else float(c) for c in correctness(batch, extraction)]
 
@@ -161,8 +171,6 @@ def cosine(
     """
     if max_len <= 0:
         raise ConfigError(f"cosine: max_len must be positive, got {max_len}")
-    _check_choice("cosine", "clip", clip, (True, False))
-    _check_choice("cosine", "ungradable", ungradable, UNGRADABLE_COSINE)
     out: list[float | None] = []
     for text, correct in zip(batch.completions, correctness(batch, extraction)):
         if correct is None:
@@ -195,7 +203,6 @@ def length(batch: RewardBatch, *, extraction: str = "boxed", ungradable: str = "
     >>> length(b)
     [0.5, 0.0, -0.5, 0.0]
     """
-    _check_choice("length", "ungradable", ungradable, UNGRADABLE_LENGTH)
     correct = _as_correct(correctness(batch, extraction), ungradable)
     out: list[float | None] = [None] * len(batch)
     for group in batch.group_slices():
@@ -217,9 +224,8 @@ def _as_correct(correct: list[bool | None], ungradable: str) -> list[bool | None
     return [True if c is None and ungradable == "correct" else c for c in correct]
 
 
-def _lengths(batch: RewardBatch, unit: str, reward_name: str) -> list[int]:
+def _lengths(batch: RewardBatch, unit: str) -> list[int]:
     """n_y per completion: generated tokens (EOS included) or, ``unit: chars`` (Tina), characters of the text."""
-    _check_choice(reward_name, "unit", unit, UNITS)
     return [len(t) for t in batch.completions] if unit == "chars" else list(batch.completion_lengths)
 
 
@@ -275,11 +281,10 @@ def length_l1_exact(
     >>> [round(v, 6) for v in length_l1_exact(b, unit="chars")]  # 1 character each: |1000 - 1| * 0.0003
     [0.7003, -0.2997]
     """
-    _check_choice("length_l1_exact", "ungradable", ungradable, UNGRADABLE_LENGTH)
     correct = _as_correct(correctness(batch, extraction), ungradable)
     targets = _targets(batch, "length_l1_exact")
     out: list[float | None] = []
-    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit, "length_l1_exact")):
+    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit)):
         out.append(None if c is None else float(c) - alpha * abs(n_gold - n_y))
     return out
 
@@ -301,11 +306,10 @@ def length_l1_max(
     >>> [round(v, 6) for v in length_l1_max(b)]
     [0.65, 0.0]
     """
-    _check_choice("length_l1_max", "ungradable", ungradable, UNGRADABLE_LENGTH)
     correct = _as_correct(correctness(batch, extraction), ungradable)
     targets = _targets(batch, "length_l1_max")
     out: list[float | None] = []
-    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit, "length_l1_max")):
+    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit)):
         if c is None:
             out.append(None)
             continue

@@ -123,16 +123,5 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
     if missing:
         raise ConfigError(f"reward '{name}' needs parameter(s) {', '.join(missing)} in the recipe")
     for key, allowed in getattr(fn, "param_choices", {}).items():
-        value = params.get(key)
-        # True == 1 in Python: a flag must be given as a YAML boolean, and a choice of words never as one
-        if key in params and (value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool)):
-            shown = [_yaml_word(a) for a in allowed]
-            raise ConfigError(
-                f"reward '{name}': {key} must be one of {', '.join(shown)}, got {value!r}"
-                f"{did_you_mean(str(value).lower() if isinstance(value, str) else str(value), shown)}"
-            )
-
-
-def _yaml_word(value: Any) -> str:
-    """A parameter choice as a recipe spells it (booleans are YAML's true / false)."""
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if key in params and (error := graded.choice_error(name, key, params[key], allowed)):
+            raise ConfigError(error)
