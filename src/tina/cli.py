@@ -1,4 +1,4 @@
-"""Command line: ``tina train | demo | recipes | check | eval | grade | merge | report``.
+"""Command line: ``tina train | demo | recipes | check | doctor | eval | grade | merge | report``.
 
 User errors (bad recipe, missing file, unknown name) print one line and exit 2; they never show a traceback.
 """
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that live next to their code: each module has register(subparsers) and run(args) -> int, and sets
 # `command=<name>` on its parser via set_defaults(command_module=__name__).
-COMMAND_MODULES: list[str] = ["tina.eval.cli", "tina.report"]
+COMMAND_MODULES: list[str] = ["tina.eval.cli", "tina.report", "tina.doctor"]
 
 
 def _command_modules():

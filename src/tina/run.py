@@ -86,6 +86,7 @@ class TrainResult:
     stopped_early: bool = False
     stop_reason: str | None = None  # "SIGINT" / "SIGTERM" when stopped early
     resume_command: str = ""
+    engine_info: dict = field(default_factory=dict)  # what the rollout engine reports of itself (tina doctor shows it)
 
 
 @dataclass

@@ -68,7 +68,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
             out = update(run.train_model, run.state.buffer, cfg, run.optimizer, run.ledger, run.dist)
             run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
-    return run.result(keep_model=keep_model)
+    result = run.result(keep_model=keep_model)
+    result.engine_info = engine.info() if hasattr(engine, "info") else {}
+    return result
 
 
 # ------------------------------------------------------------------------------------------------------ the engine

@@ -67,6 +67,11 @@ class HFEngine:
         """The live model *is* the current adapter; None serves the base model (the adapter disabled)."""
         self.adapter, self._base = adapter, adapter is None
 
+    def info(self) -> dict:
+        """What the engine reports of itself (``tina doctor`` shows it)."""
+        return {"engine": self.version, "memory": "shares the trainer's model (no copy, never sleeps)",
+                "calls": self.stats.calls, "tokens": self.stats.tokens}
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
         n = sampling.n
