@@ -93,11 +93,29 @@ class Dist:
     def is_fsdp(self) -> bool:
         return self.accelerator is not None and str(self.accelerator.distributed_type).endswith("FSDP")
 
+    def sync_gradients(self, model, sync: bool) -> None:
+        """Whether the next forward/backward of ``model`` communicates gradients: call it before each micro-batch's
+        forward with ``sync`` True only for the optimizer step's last one.
+
+        Before it, DDP accumulates locally (``require_backward_grad_sync``, what ``no_sync()`` sets; DDP reads it in
+        the *forward*, so it must be set before the forward, not around the backward) and FSDP2 skips its
+        reduce-scatter (``set_requires_gradient_sync``): gradients cross the network once per step, not once per
+        micro-batch.  DeepSpeed marks its boundary in :meth:`backward` instead.
+        """
+        if self.accelerator is None or self.is_deepspeed:
+            return
+        if self.is_fsdp:
+            for unit in _fsdp_units(model):
+                unit.set_requires_gradient_sync(sync, recurse=False)
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model.require_backward_grad_sync = sync
+
     def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
         """Backward of one micro-batch; ``last`` marks the optimizer step's final micro-batch.
 
         accelerate's DeepSpeed wrapper runs DeepSpeed's clip + optimizer step inside ``backward`` when gradients are
-        synchronised, so for DeepSpeed only the last micro-batch of a step is marked as a boundary.
+        synchronised, so for DeepSpeed only the last micro-batch of a step is marked as a boundary.  (DDP and FSDP:
+        :meth:`sync_gradients` before the forward.)
         """
         if self.accelerator is None:
             loss.backward()
@@ -187,9 +205,7 @@ class Dist:
         if not self.is_fsdp:
             yield
             return
-        from torch.distributed.fsdp import FSDPModule
-
-        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        units = _fsdp_units(model)
         saved = [_reshard_setting(m) for m in units]
         try:
             for m in units:
@@ -255,6 +271,13 @@ class Dist:
         if self.accelerator is not None:
             return self.accelerator.device
         return torch.device("cpu")
+
+
+def _fsdp_units(model) -> list:
+    """The FSDP2-sharded modules inside ``model`` (empty without FSDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

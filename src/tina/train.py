@@ -340,6 +340,7 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
     passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, t.max_tokens_per_pass)]
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
+            dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass
             logp = token_logprobs(model, piece.prompt_ids, piece.prompt_mask, piece.completion_ids, piece.loss_mask,
                                   temperature=temperature, max_chunk_bytes=t.logprob_memory_mb * 2**20,
                                   group_size=r.num_generations)  # [N, T]
