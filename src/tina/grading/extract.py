@@ -80,12 +80,14 @@ _TRAILING_RE = re.compile(
     re.IGNORECASE,
 )
 # What follows a trailing "or": the other candidate -- a math span, or at most three words up to a sentence end,
-# bracket or newline ("or 8", "(or maybe 8)"). Longer text is prose restating the answer ("\boxed{MR=SRMC}, or marginal
-# revenue is equal to short-run marginal cost"), not a candidate.
+# bracket or newline ("or 8", "(or maybe 8)"; an escaped ``\$`` is a literal dollar sign in both: "or $\$6$", "or
+# \$6"). Longer text is prose restating the answer ("\boxed{MR=SRMC}, or marginal revenue is equal to short-run
+# marginal cost"), not a candidate.
 _AFTER_OR_RE = re.compile(
     r"[\s,:}]*(?:(?:equivalently|simply|in\s+other\s+words|written\s+as|as)(?![A-Za-z])[\s,:]*)*"
-    r"(?:\$(?P<m>[^$\n]{1,400})\$|\\\((?P<p>.{1,400}?)\\\)"
-    r"|(?P<t>(?:[^\s.;()$]|\.(?=\d)){1,60}(?:[ \t]+(?:[^\s.;()$]|\.(?=\d)){1,60}){0,2})(?=[ \t]*(?:[.;\n()$]|\Z)))"
+    r"(?:\$(?P<m>(?:[^$\n\\]|\\[^\n]){1,400})\$|\\\((?P<p>.{1,400}?)\\\)"
+    r"|(?P<t>(?:\\\$|[^\s.;()$]|\.(?=\d)){1,60}(?:[ \t]+(?:\\\$|[^\s.;()$]|\.(?=\d)){1,60}){0,2})"
+    r"(?=[ \t]*(?:[.;\n()$]|\Z)))"
 )
 # Just before an answer: a doubt ("the answer is probably \boxed{7}").
 _LEADING_RE = re.compile(rf"(?<![A-Za-z])(?P<w>{_UNCERTAIN})(?:\s+(?:is|be|it's|it\s+is))?[\s:$*(]*\Z", re.IGNORECASE)
@@ -284,11 +286,19 @@ _ANSWER_PHRASE_RE = re.compile(
     r"answer\s*(?:is|:)\s*:?[ \t*]*(?P<rest>[^\n]+)",
     re.IGNORECASE,
 )
-# Display/inline math spans; the bounded repeats keep the scan near-linear on adversarial input.
+# Display/inline math spans; the bounded repeats keep the scan near-linear on adversarial input. An escaped ``\$`` is a
+# literal dollar sign, never a delimiter: it opens no span, and inside one (``$\$12.50$``) it does not close it. The
+# content is read in units -- one character, or a backslash and the character it escapes -- so ``\\`` (a line break)
+# right before the closing ``$`` still closes.
+_MATH_UNIT = r"(?:[^$\\]|\\.)"
 _INLINE_MATH_RE = re.compile(
-    r"\$\$(?P<a>[^$]{1,4000}?)\$\$|\$(?P<b>[^$]{1,4000}?)\$|\\\[(?P<c>.{1,4000}?)\\\]|\\\((?P<d>.{1,4000}?)\\\)",
+    rf"(?<!\\)\$\$(?P<a>{_MATH_UNIT}{{1,4000}}?)\$\$|(?<!\\)\$(?P<b>{_MATH_UNIT}{{1,4000}}?)\$"
+    r"|\\\[(?P<c>.{1,4000}?)\\\]|\\\((?P<d>.{1,4000}?)\\\)",
     re.DOTALL,
 )
+# "Final Answer: The final answer is 9.81." (Minerva's and MATH's few-shot format): the phrase restated at the start
+# of the text after the phrase; the answer is what follows the restatement.
+_RESTATED_RE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?[ \t*]*", re.IGNORECASE)
 
 
 def _span_text(m: re.Match[str]) -> str:
@@ -304,8 +314,15 @@ def _phrase_answer(rest: str) -> Extraction | None:
     '42'
     >>> _phrase_answer("probably $7$.").doubt, _phrase_answer("$7$ (or $8$).").candidates
     ('probably', ('7', '8'))
+    >>> _phrase_answer("The final answer is 9.81. I hope it is correct.").answer
+    '9.81'
     """
     rest = rest.strip().strip("*").strip()
+    for _ in range(4):  # "Answer: The final answer is 9.81": skip the restated phrase (bounded: no runaway loop)
+        restated = _RESTATED_RE.match(rest)
+        if restated is None:
+            break
+        rest = rest[restated.end() :].strip().strip("*").strip()
     math = _INLINE_MATH_RE.search(rest)
     if math:
         answer = _span_text(math)

@@ -40,8 +40,9 @@ Hedges (`tina.grading.hedge`) -> ``Verdict(False, <answer>, "hedged")``
 * GPQA: several letters for one choice: "C or D", "C/D", "C, D", ``\boxed{C,D}``, "(C) and (D)", "C (or maybe D)".
 
 Not hedges: wrapper text around ONE answer (``\boxed{12 \text{ cm}}``, ``\text{(B)}``), the equation form of one
-answer (``x = 3``), fractions (``7/8``), thousands separators (``1,000``), and lists when the gold is a list (a set,
-tuple, interval, several solutions, or has ``\pm``): ``x = 1, 2`` or ``1 \text{ or } 2`` against gold ``1,2``.
+answer (``x = 3``), fractions (``7/8``), thousands separators (``1,000``, MATH's ``10,\!000``), and lists when the
+gold is a list (a set, tuple, interval, several solutions, or has ``\pm``): ``x = 1, 2`` or ``1 \text{ or } 2``
+against gold ``1,2``.
 "approximately 7" names one value and is not a hedge.
 
 Math pipeline for one completion (`grade_many` does it for a batch with one round trip to the worker):
@@ -92,8 +93,9 @@ Verdict(correct=False, extracted='2 + 3', reason='unevaluated', source='boxed')
 What must stay correct:
 
 >>> [grade(rf"\boxed{{{a}}}", g).correct for a, g in [(r"12 \text{ cm}", "12"), ("x = 3", "3"), ("1,000", "1000"),
-...      (r"\{1,2\}", r"\{2,1\}"), ("x = 1, 2", "1,2"), (r"1 \pm \sqrt{2}", r"1 \pm \sqrt{2}"), ("7/8", r"\frac78")]]
-[True, True, True, True, True, True, True]
+...      (r"\{1,2\}", r"\{2,1\}"), ("x = 1, 2", "1,2"), (r"1 \pm \sqrt{2}", r"1 \pm \sqrt{2}"), ("7/8", r"\frac78"),
+...      (r"10,\!000", "10000")]]
+[True, True, True, True, True, True, True, True]
 
 Training (boxed) versus evaluation (lenient):
 

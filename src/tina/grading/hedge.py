@@ -8,11 +8,11 @@ Pure string functions (no sympy), linear scans. `plan` turns an `Extraction` and
   several solutions): the answer is graded whole, as today; candidates written next to each other
   (``\boxed{1} or \boxed{-2}``) are joined into one list ``1, -2``.
 * **single gold** (anything else): the answer is split into its candidates (`split_candidates`: top-level commas
-  and semicolons -- not thousands separators ``1,000`` --, "or", "and", ``\lor``, ``\vee``, a parenthetical
-  "(or 8)", ``\pm`` expanded into + and -), together with the candidates the extraction found next to it. One
-  candidate: graded as usual. Several distinct candidates: each one is graded and the answer is correct only if
-  EVERY candidate is (one value written in two forms, ``15\frac{39}{40}`` or ``\frac{639}{40}``); otherwise the
-  verdict is "hedged". An "or" that cannot be split off (inside brackets) -> hedged.
+  and semicolons -- not thousands separators ``1,000``, ``10,\!000``, ``1\,000`` --, "or", "and", ``\lor``,
+  ``\vee``, a parenthetical "(or 8)", ``\pm`` expanded into + and -), together with the candidates the extraction
+  found next to it. One candidate: graded as usual. Several distinct candidates: each one is graded and the answer is
+  correct only if EVERY candidate is (one value written in two forms, ``15\frac{39}{40}`` or ``\frac{639}{40}``);
+  otherwise the verdict is "hedged". An "or" that cannot be split off (inside brackets) -> hedged.
 
 >>> plan(Extraction("7, 8", "boxed", "ok", ("7, 8",)), "7")
 Plan(preds=('7', '8'), display='7, 8', hedged=False)
@@ -30,6 +30,7 @@ from functools import lru_cache
 
 from tina.grading.extract import UNCERTAIN_WORDS, Extraction
 from tina.grading.normalize import gold_core, pred_core, text_key
+from tina.grading.numeric import unify_thousands
 
 __all__ = ["Plan", "doubt_word", "is_list_gold", "plan", "split_candidates"]
 
@@ -59,9 +60,14 @@ class Plan:
 
 
 def _plain(text: str) -> str:
-    """Text commands unwrapped, ``{,}`` and thousands separators removed."""
+    r"""Text commands unwrapped, ``{,}`` and thousands separators removed (MATH's ``10,\!000`` and ``1\,000`` too:
+    `tina.grading.numeric.unify_thousands`), so that the commas left are the ones that separate candidates.
+
+    >>> _plain(r"\$12,\!345.60"), _plain(r"1,\!000, 2")
+    ('\\$12345.60', '1000, 2')
+    """
     s = _TEXT_CMD_RE.sub(r" \1 ", text).replace("{,}", ",")
-    return _THOUSANDS_RE.sub("", s)
+    return _THOUSANDS_RE.sub("", unify_thousands(s))
 
 
 def doubt_word(text: str) -> str | None:
@@ -85,6 +91,8 @@ def is_list_gold(gold: str) -> bool:
 
     >>> is_list_gold(r"\{1,2\}"), is_list_gold("1,000"), is_list_gold(r"2\pm\sqrt{3}"), is_list_gold(r"\frac{1}{2}")
     (True, False, True, False)
+    >>> is_list_gold(r"10,\!000"), is_list_gold(r"\$32,\!348")
+    (False, False)
     """
     return _gold_profile(gold)[0]
 

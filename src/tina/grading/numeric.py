@@ -2,8 +2,8 @@ r"""Fast path: plain numbers compared in-process with exact rational arithmetic,
 
 A "plain number" is an integer, a decimal, a simple fraction (``3/4``, ``-1./3``, ``\frac{14}{3}``, ``\frac12``)
 or scientific notation (``4.5e33``, ``3.83 \times 10^{35}``, ``10^{5}``), optionally wrapped in ``$``, with
-``,`` thousands separators (``1,234,567``; but ``1,2`` is a list, not a number), a leading ``\$`` and a trailing
-period.
+thousands separators (``1,234,567``, and MATH's ``10,\!000``, ``10{,}000``, ``1\,000``: see `unify_thousands`; but
+``1,2`` is a list, not a number), a leading ``\$`` and a trailing period.
 
 Comparison rule (`numbers_match`), decided by how the GOLD is written:
 
@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-__all__ = ["MAX_EXPONENT", "REL_TOL", "NumberLit", "is_unevaluated", "numbers_match", "parse_number"]
+__all__ = [
+    "MAX_EXPONENT",
+    "REL_TOL",
+    "NumberLit",
+    "is_unevaluated",
+    "numbers_match",
+    "parse_number",
+    "unify_thousands",
+]
 
 REL_TOL = Fraction(1, 10_000)
 # |exponent| above this is not a "plain number": it goes to the sympy worker, where the timeout protects us.
@@ -59,6 +67,24 @@ _PATTERNS = (
 )
 
 
+# A thousands separator as MATH writes it, between a digit and a group of exactly three digits: ",", "{,}" or a thin
+# space "\,", with a negative space "\!" on either side of the comma ("10,\!000"; MATH-500 also has "11,\! 111").
+_THOUSANDS_SEP_RE = re.compile(r"(?<=\d)(?:\\!)?(?:,|\{,\}|\\,)(?:\\!\s*)?(?=\d{3}(?!\d))")
+
+
+def unify_thousands(text: str) -> str:
+    r"""Every thousands separator between digit groups written as a plain ",", so that one number reads as one
+    number (and is not split at its commas into a list of candidates). Anything else is left as it is: ``1, 234``
+    (a space) and ``1,\!23`` (not three digits) are lists.
+
+    >>> unify_thousands(r"\$12,\!345.60"), unify_thousands(r"1\,000\,000"), unify_thousands("10{,}000")
+    ('\\$12,345.60', '1,000,000', '10,000')
+    >>> unify_thousands("1, 234")
+    '1, 234'
+    """
+    return _THOUSANDS_SEP_RE.sub(",", text)
+
+
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 
 
@@ -73,7 +99,8 @@ def _clean(text: str) -> str:
     """
     s = text.strip().replace("\u2212", "-")
     s = re.sub(r"(?<!\\)\$", "", s).strip()
-    s = s.replace(r"\$", "").replace("{,}", ",").replace(r"\!", "").replace(r"\,", "").replace(r"\ ", "")
+    s = unify_thousands(s).replace(r"\$", "").replace("{,}", ",")
+    s = s.replace(r"\!", "").replace(r"\,", "").replace(r"\ ", "")
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1]
     s = s.strip()
