@@ -1,20 +1,30 @@
-"""Time one GRPO step of tina's loop and of TRL's GRPOTrainer on the same model, prompts, rewards and sizes.
+"""Time one GRPO step of `tina train` and of TRL's GRPOTrainer on the same model, prompts, rewards and sizes.
 
-Both run LoRA (same rank, alpha, targets) on the same base model, the same prompts (rendered once with the model's
-chat template and given to both as text), the same rewards (tina's accuracy + boxed_number for the real model; the
-accuracy + format rewards on the tiny model), the same sizes (prompts x generations x new tokens per step), the same
-learning rate, beta 0, GRPO loss with group-scaled advantages, no gradient checkpointing.  Each engine runs in its
-own subprocess, so peak memory (max RSS, or CUDA max allocated) is its own.
+tina is measured through its own command line, as a user runs it: the benchmark writes the task's training problems
+to a .jsonl file and a plain recipe (model, LoRA, the file with the tokenizer's chat template, G, the token budget,
+beta 0, batch size, steps, learning rate, rewards) and runs ``python -m tina train RECIPE --output-dir RUN`` in a
+subprocess.  Everything the recipe does not say is tina's default -- the start-up engine check, the probe at the
+checkpoint, the checkpoint write, the grader worker, the loss pass size -- so the benchmark cannot drift from what
+users run; ``--tina-set KEY=VALUE`` adds a ``--set`` (e.g. ``train.max_tokens_per_pass=1024``) to see what a
+setting buys.  s/step comes from the run's metrics.jsonl (``step_seconds``), the phases from its ledger.json.
+
+TRL runs its GRPOTrainer (generation with transformers ``generate``, one micro-batch of all completions, no
+checkpoint) on the same rows of the same .jsonl file, the same LoRA (rank, alpha, targets), rewards (tina's accuracy
++ boxed_number for the real model, accuracy + format on the tiny one), sizes, learning rate, beta 0, GRPO loss with
+group-scaled advantages, no gradient checkpointing, sdpa attention, float32.
+
+Both run in their own subprocess and are measured the same way from outside: peak memory is the largest process's
+maximum RSS (exact: ``wait4``'s ``ru_maxrss``, what ``/usr/bin/time -v`` reports), and the process tree's (the
+trainer + its grader worker) RSS summed and sampled every 50 ms; with ``--device cuda`` also the GPU memory
+nvidia-smi reports for the tree.
 
     python benchmarks/grpo_step.py                                            # tiny model: 2 x 4 x 32, r=8
     python benchmarks/grpo_step.py --model builtin:smollm2-135m-instruct      # real model: 8 x 4 x 48, r=8, fp32
-    python benchmarks/grpo_step.py --model builtin:smollm2-135m-instruct --tina-dtype bfloat16
+    python benchmarks/grpo_step.py --model builtin:smollm2-135m-instruct --engines tina --tina-dtype bfloat16
+    python benchmarks/grpo_step.py --model builtin:smollm2-135m-instruct --engines tina \\
+        --tina-set train.max_tokens_per_pass=1024
 
 Prints a table: median and mean seconds per step (first step excluded), first step, peak memory, and the ratios.
-tina is run as a user would run it: `tina train` on a recipe (its lean defaults: one generation call per step,
-finished rows leave the decode batch, prompts run once per group in the loss pass, the loss in pieces of
---tina-tokens-per-pass tokens).  TRL runs as its GRPOTrainer is configured here (generation with transformers
-`generate`, one micro-batch of all completions).
 """
 
 from __future__ import annotations
@@ -22,12 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,51 +49,132 @@ SETTINGS = {  # model -> (prompts, generations, new tokens, task source, rewards
     "builtin:tiny-random": (2, 4, 32, "builtin:arith", ("accuracy", "format")),
     "builtin:smollm2-135m-instruct": (8, 4, 48, "builtin:addition", ("accuracy", "boxed_number")),
 }
+LEARNING_RATE = 1e-4
 
 
-def peak_memory_mb() -> float:
-    import torch
+# ------------------------------------------------------------------------------------------------------- inputs
+def write_problems(model: str, path: Path) -> Path:
+    """The task's training rows as the .jsonl file a user would bring: one ``{"problem", "answer"}`` per line."""
+    from tina.problems import BUILTIN_TASKS
 
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def run_tina(a) -> dict:
-    from tina.config import load_config
-    from tina.train import train
-
-    prompts, gens, tokens, source, rewards = SETTINGS[a.model]
-    overrides = [
-        f"model.name_or_path={a.model}", f"model.dtype={a.tina_dtype}", "model.attn_implementation=sdpa",
-        f"lora.r={a.rank}", f"lora.alpha={2 * a.rank}", f"data.source={source}", "data.template=tokenizer",
-        f"rollout.num_generations={gens}", f"rollout.max_new_tokens={tokens}", "rollout.temperature=1.0",
-        f"train.batch_size={prompts * gens}", "train.gradient_accumulation_steps=1",
-        f"train.max_steps={a.steps}", f"train.save_steps={a.steps}", "train.learning_rate=1e-4",
-        "train.lr_scheduler=constant", "train.probe_prompt=''", "algorithm.objective=grpo", "algorithm.beta=0.0",
-        "algorithm.scale_rewards=group",
-        "rollout.check_engine=false", f"train.max_tokens_per_pass={a.tina_tokens_per_pass or 'null'}",
-        "train.device=cpu" if a.device == "cpu" else "train.device=auto",
-    ]
-    raw = {"rewards": {name: {"weight": 1.0} for name in rewards}}
-    recipe = "demo" if a.model == "builtin:tiny-random" else "demo-smollm2"  # the task's own held-out split
-    cfg = load_config({**load_config_dict(recipe), **raw}, overrides)
-    with tempfile.TemporaryDirectory() as out:
-        result = train(cfg, out, progress=False)
-        ledger = json.load(open(os.path.join(out, "ledger.json")))
-    return {"engine": f"tina ({a.tina_dtype})", "times": [m["step_seconds"] for m in result.metrics],
-            "peak_mb": peak_memory_mb(), "phases": ledger["phases"], "steps": len(result.metrics)}
+    rows, _ = BUILTIN_TASKS[SETTINGS[model][3]]().split()
+    path.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"]}) + "\n" for r in rows))
+    return path
 
 
-def load_config_dict(name: str) -> dict:
-    from tina.config import load_config, to_dict
+def tina_recipe(a, data: Path) -> dict:
+    """The plain recipe: only what the comparison fixes; everything else is tina's default."""
+    prompts, gens, tokens, _, rewards = SETTINGS[a.model]
+    return {
+        "model": {"name_or_path": a.model, "dtype": a.tina_dtype},
+        "lora": {"r": a.rank, "alpha": 2 * a.rank, "dropout": 0.0, "target_modules": TARGETS},
+        "data": {"source": str(data), "template": "tokenizer"},
+        "rollout": {"num_generations": gens, "max_new_tokens": tokens, "temperature": 1.0},
+        "algorithm": {"objective": "grpo", "beta": 0.0, "scale_rewards": "group"},
+        "rewards": {name: {"weight": 1.0} for name in rewards},
+        "train": {"max_steps": a.steps, "batch_size": prompts * gens, "learning_rate": LEARNING_RATE,
+                  "lr_scheduler": "constant", "device": "cpu" if a.device == "cpu" else "auto"},
+    }
 
-    d = to_dict(load_config(name))
-    d.pop("rewards")
-    return d
+
+# ------------------------------------------------------------------------------------------------ measurement
+def measure(cmd: list[str], folder: Path, name: str) -> dict:
+    """Run ``cmd`` to the end; its exit code, output, wall time and memory, measured from outside.
+
+    ``peak_mb``: the largest process's maximum RSS (exact, from wait4); ``tree_peak_mb``: the RSS of the process and
+    all its descendants summed, sampled every 50 ms (a short spike between samples can be missed); ``gpu_peak_mb``:
+    the tree's GPU memory per nvidia-smi (sampled, when there is one)."""
+    peaks = {"tree": 0.0, "gpu": None}
+    done = threading.Event()
+    with open(folder / f"{name}.stdout", "w+") as out, open(folder / f"{name}.stderr", "w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        sampler = threading.Thread(target=sample_tree, args=(proc.pid, peaks, done), daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    return {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "wall_s": wall,
+            "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+            "tree_peak_mb": peaks["tree"] / 2**20 or None, "gpu_peak_mb": peaks["gpu"]}
+
+
+def sample_tree(pid: int, peaks: dict, done: threading.Event, every: float = 0.05) -> None:
+    try:
+        import psutil
+    except ImportError:  # the exact largest-process peak (wait4) still comes back
+        return
+    gpu = shutil.which("nvidia-smi")
+    tick = 0
+    while not done.is_set():
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
+            peaks["tree"] = max(peaks["tree"], rss)
+            if gpu and tick % 10 == 0:  # nvidia-smi is slow: every 0.5 s
+                used = gpu_memory_mb(gpu, {p.pid for p in procs})
+                if used is not None:
+                    peaks["gpu"] = max(peaks["gpu"] or 0.0, used)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        tick += 1
+        done.wait(every)
+
+
+def gpu_memory_mb(nvidia_smi: str, pids: set[int]) -> float | None:
+    try:
+        text = subprocess.run([nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(m) for p, m in (line.split(",") for line in text.splitlines() if "," in line)
+            if p.strip().isdigit() and int(p) in pids and m.strip().replace(".", "").isdigit()]
+    return sum(used) if used else None
+
+
+# ---------------------------------------------------------------------------------------------------- engines
+def run_tina(a, folder: Path, data: Path) -> dict:
+    """`tina train` on the plain recipe, in a subprocess; s/step from its metrics.jsonl, phases from ledger.json."""
+    import yaml
+
+    recipe, run = folder / "recipe.yaml", folder / "tina-run"
+    recipe.write_text(yaml.safe_dump(tina_recipe(a, data), sort_keys=False))
+    cmd = [sys.executable, "-m", "tina", "train", str(recipe), "--output-dir", str(run), "--no-progress"]
+    for item in a.tina_set:
+        cmd += ["--set", item]
+    m = measure(cmd, folder, "tina")
+    if m["rc"]:
+        raise RuntimeError(f"tina train failed (exit {m['rc']}):\n{m['stderr'][-3000:]}")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ledger = json.loads((run / "ledger.json").read_text())
+    label = f"tina train ({a.tina_dtype}{'; ' + ', '.join(a.tina_set) if a.tina_set else ''})"
+    return {"engine": label, "times": [r["step_seconds"] for r in metrics], "phases": ledger["phases"],
+            "steps": len(metrics), **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")}}
+
+
+def run_trl_subprocess(a, folder: Path, data: Path) -> dict:
+    cmd = [sys.executable, __file__, "--engine", "trl", "--model", a.model, "--steps", str(a.steps),
+           "--rank", str(a.rank), "--device", a.device, "--data", str(data)]
+    m = measure(cmd, folder, "trl")
+    line = next((x for x in m["stdout"].splitlines() if x.startswith("RESULT ")), None)
+    if m["rc"] or line is None:
+        raise RuntimeError(f"trl failed (exit {m['rc']}):\n{m['stderr'][-3000:]}")
+    res = json.loads(line[len("RESULT "):])
+    return {**res, **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")}}
 
 
 def run_trl(a) -> dict:
+    """TRL's GRPOTrainer, in this (sub)process; prints its step times (memory is measured by the parent)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -89,16 +182,15 @@ def run_trl(a) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from tina.models import resolve_model_path
-    from tina.problems import BUILTIN_TASKS
     from tina.rewards import RewardBatch, RewardSpec, grade_batch, score
 
-    prompts, gens, tokens, source, rewards = SETTINGS[a.model]
+    prompts, gens, tokens, _, rewards = SETTINGS[a.model]
     path = resolve_model_path(a.model)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    rows, _ = BUILTIN_TASKS[source]().split()
+    rows = [json.loads(line) for line in Path(a.data).read_text().splitlines() if line.strip()]
     texts = [tok.apply_chat_template([{"role": "user", "content": r["problem"]}], tokenize=False,
                                      add_generation_prompt=True) for r in rows]
     data = Dataset.from_list([{"prompt": t, "answer": r["answer"]} for t, r in zip(texts, rows)])
@@ -128,8 +220,8 @@ def run_trl(a) -> dict:
         args = GRPOConfig(
             output_dir=out, max_steps=a.steps, per_device_train_batch_size=prompts * gens,
             gradient_accumulation_steps=1, num_generations=gens, max_completion_length=tokens,
-            temperature=1.0, learning_rate=1e-4, beta=0.0, loss_type="grpo", scale_rewards="group", use_vllm=False,
-            use_cpu=a.device == "cpu", bf16=False, gradient_checkpointing=False, logging_steps=1,
+            temperature=1.0, learning_rate=LEARNING_RATE, beta=0.0, loss_type="grpo", scale_rewards="group",
+            use_vllm=False, use_cpu=a.device == "cpu", bf16=False, gradient_checkpointing=False, logging_steps=1,
             save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0, lr_scheduler_type="constant",
         )
         peft_config = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, target_modules=TARGETS,
@@ -137,12 +229,17 @@ def run_trl(a) -> dict:
         trainer = GRPOTrainer(model=model, reward_funcs=[make_reward(r) for r in rewards], args=args,
                               train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[timer])
         trainer.train()
-    return {"engine": "trl (float32)", "times": timer.times, "peak_mb": peak_memory_mb(), "steps": len(timer.times)}
+    return {"engine": "trl (float32)", "times": timer.times, "steps": len(timer.times)}
 
 
+# ------------------------------------------------------------------------------------------------------ report
 def summarise(res: dict) -> dict:
     steady = res["times"][1:] or res["times"]
     return {**res, "mean": statistics.mean(steady), "median": statistics.median(steady), "first": res["times"][0]}
+
+
+def mb(x) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
 
 
 def main() -> None:
@@ -151,18 +248,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per engine (default 15 tiny, 4 real model)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--tina-dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--tina-tokens-per-pass", type=int, default=None,
-                        help="tina's train.max_tokens_per_pass (default: 1024 for the real model, none for tiny)")
+    parser.add_argument("--tina-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an extra `tina train --set` (repeatable); without any, the recipe runs on tina's defaults")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--engines", default="tina,trl", help="comma-separated: tina, trl")
-    parser.add_argument("--engine", choices=["tina", "trl"], help=argparse.SUPPRESS)  # internal: one engine
+    parser.add_argument("--keep", type=Path, default=None, help="keep the recipe, data, run folder and logs here")
+    parser.add_argument("--engine", choices=["trl"], help=argparse.SUPPRESS)  # internal: the TRL worker
+    parser.add_argument("--data", help=argparse.SUPPRESS)  # internal: the .jsonl the TRL worker reads
     a = parser.parse_args()
     a.steps = a.steps or (15 if a.model == "builtin:tiny-random" else 4)
-    if a.tina_tokens_per_pass is None and a.model != "builtin:tiny-random":
-        a.tina_tokens_per_pass = 1024
     if a.engine:
-        result = run_tina(a) if a.engine == "tina" else run_trl(a)
-        print("RESULT " + json.dumps(result))
+        print("RESULT " + json.dumps(run_trl(a)))
         return
     engines = [e for e in a.engines.split(",") if e]
     if "trl" in engines:
@@ -171,37 +267,46 @@ def main() -> None:
         except ImportError:
             print("trl is not installed: timing tina only (pip install -e '.[bench]' to compare)")
             engines.remove("trl")
+    folder = Path(tempfile.mkdtemp(prefix="grpo_step-")) if a.keep is None else a.keep
+    folder.mkdir(parents=True, exist_ok=True)
+    data = write_problems(a.model, folder / "problems.jsonl")
     rows = []
-    for engine in engines:
-        cmd = [sys.executable, __file__, "--engine", engine, "--model", a.model, "--steps", str(a.steps),
-               "--rank", str(a.rank), "--tina-dtype", a.tina_dtype, "--device", a.device]
-        if a.tina_tokens_per_pass:
-            cmd += ["--tina-tokens-per-pass", str(a.tina_tokens_per_pass)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(f"{engine} failed:\n{proc.stderr[-3000:]}")
-            continue
-        rows.append(summarise(json.loads(line[len("RESULT "):])))
+    try:
+        for engine in engines:
+            try:
+                res = run_tina(a, folder, data) if engine == "tina" else run_trl_subprocess(a, folder, data)
+            except RuntimeError as exc:
+                print(f"{engine}: {exc}")
+                continue
+            rows.append(summarise(res))
+    finally:
+        if a.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
     prompts, gens, tokens, _, rewards = SETTINGS[a.model]
     print(f"\nOne GRPO step on {a.model}: {prompts} prompts x {gens} generations x {tokens} new tokens, LoRA r={a.rank}, "
           f"rewards {' + '.join(rewards)}, {a.steps} steps each (first excluded from mean/median), "
           f"{os.cpu_count()} CPU threads available, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n")
-    print("| engine | s/step (median) | s/step (mean) | first step (s) | peak memory (MB) |")
-    print("|---|---|---|---|---|")
+    gpu = any(r.get("gpu_peak_mb") is not None for r in rows)
+    print("| engine | s/step (median) | s/step (mean) | first step (s) | peak RSS, largest process (MB) "
+          f"| peak RSS, process tree (MB) |{' peak GPU (MB) |' if gpu else ''}")
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for r in rows:
-        print(f"| {r['engine']} | {r['median']:.2f} | {r['mean']:.2f} | {r['first']:.2f} | {r['peak_mb']:.0f} |")
+        print(f"| {r['engine']} | {r['median']:.2f} | {r['mean']:.2f} | {r['first']:.2f} | {mb(r['peak_mb'])} "
+              f"| {mb(r.get('tree_peak_mb'))} |" + (f" {mb(r.get('gpu_peak_mb'))} |" if gpu else ""))
     trl_rows = [r for r in rows if r["engine"].startswith("trl")]
     for r in rows:
         if r["engine"].startswith("tina") and trl_rows:
             t = trl_rows[0]
             print(f"\n{r['engine']} / {t['engine']}: time per step {r['median'] / t['median']:.2f}x (median), "
                   f"{r['mean'] / t['mean']:.2f}x (mean); peak memory {r['peak_mb'] / t['peak_mb']:.2f}x "
-                  "(below 1 = tina better)")
+                  "(largest process; below 1 = tina better)")
         if r["engine"].startswith("tina") and r.get("phases"):
             ph = r["phases"]
-            per = {k: ph[k] / r["steps"] for k in ("generation", "reward", "logprob", "backward")}
-            print(f"{r['engine']} seconds per step by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+            per = {k: ph[k] / r["steps"] for k in ("generation", "reward", "logprob", "backward", "checkpoint")}
+            print(f"{r['engine']} seconds per step by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+                  + f"; setup {ph['setup']:.2f} s once, whole command {r['wall_s']:.1f} s")
+    if a.keep is not None:
+        print(f"\nrecipe, data, run folder and logs kept in {folder}")
 
 
 if __name__ == "__main__":

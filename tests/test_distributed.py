@@ -216,6 +216,79 @@ def test_a_checkpoint_from_another_engine_is_refused_in_one_line(engine_runs, ca
                       "single-process or DDP run; resume with the run's own --accelerate-config"]
 
 
+# ------------------------------------------------------------------- FSDP: the engine's adapter folder, the canary
+HANDOVER = ["--set", "train.batch_size=16", "--set", "rollout.num_generations=4", "--set", "train.max_steps=2",
+            "--set", "train.save_steps=2", "--set", "rollout.max_new_tokens=32", "--no-progress"]
+WALL_TIME = ("seconds", "step_seconds", "device_hours", "usd")
+
+
+@pytest.fixture(scope="module")
+def fsdp_handover(tmp_path_factory):
+    """Two 2-step FSDP runs on 2 CPU processes (hf engine, its adapter handed over through a folder as the vllm
+    engine's is: tests/fsdp_handover_worker.py), with the start-up canary on and off."""
+    from tina.tiny import resolve_builtin
+
+    resolve_builtin("builtin:tiny-arith", progress=False)
+    out = tmp_path_factory.mktemp("fsdp-handover")
+    worker = str(Path(__file__).with_name("fsdp_handover_worker.py"))
+    done = {}
+    for canary in ("on", "off"):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path("fsdp")),
+               "--num_processes", "2", "--mixed_precision", "no", worker, "train", "demo", "-o", str(out / canary),
+               *HANDOVER, "--set", f"rollout.check_engine={'true' if canary == 'on' else 'false'}"]
+        done[canary] = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+        assert done[canary].returncode == 0, done[canary].stderr[-4000:]
+    return out, done
+
+
+def test_the_canary_runs_under_fsdp_and_leaves_the_run_bit_identical(fsdp_handover):
+    """The random canary adapters are written into the FSDP shards and gathered; the trained adapter comes back bit
+    for bit: the run equals one without the canary."""
+    out, done = fsdp_handover
+    checked = [line for line in done["on"].stderr.splitlines() if line.startswith("engine check (hf)")]
+    assert len(checked) == 1 and "log-probs match the trainer's" in checked[0]  # main process reports, both ran it
+    assert "engine check" not in done["off"].stderr
+    a = load_file(str(out / "on" / "checkpoint-2" / "adapter_model.safetensors"))
+    b = load_file(str(out / "off" / "checkpoint-2" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    m_on = [json.loads(line) for line in (out / "on" / "metrics.jsonl").read_text().splitlines()]
+    m_off = [json.loads(line) for line in (out / "off" / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(m_on, m_off, strict=True):  # the same training (rollout.check_engine also adds its own metrics)
+        assert {k: v for k, v in y.items() if k not in WALL_TIME} == {k: x[k] for k in y if k not in WALL_TIME}
+        assert x["grad_norm"] > 0
+
+
+def test_the_adapter_fsdp_hands_the_engine_has_peft_names_and_loads_with_peft(fsdp_handover):
+    """The folder the engine reads is written from the gathered FSDP shards: PEFT's saved names (not
+    '….lora_A.default.weight', which vLLM and PEFT refuse), the trained tensors, and PeftModel.from_pretrained gives
+    the logits of an unsharded model holding the same adapter."""
+    from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from tina.config import load_config
+    from tina.models import load_model_and_tokenizer
+    from tina.run import build_model
+
+    out, _ = fsdp_handover
+    served = out / "on" / ".engine" / "rank0" / "v2"  # published for the probe after step 2
+    folder = load_file(str(served / "adapter_model.safetensors"))
+    trained = load_file(str(out / "on" / "checkpoint-2" / "adapter_model.safetensors"))
+    unsharded, _, _ = build_model(load_config(out / "on" / "config.yaml"))
+    assert sorted(folder) == sorted(get_peft_model_state_dict(unsharded))
+    assert all(torch.equal(folder[k], trained[k]) for k in trained)
+    other_rank = load_file(str(out / "on" / ".engine" / "rank1" / "v2" / "adapter_model.safetensors"))
+    assert all(torch.equal(folder[k], other_rank[k]) for k in folder)
+    set_peft_model_state_dict(unsharded, trained)
+    unsharded.eval()
+    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
+                                       device="cpu")
+    loaded = PeftModel.from_pretrained(base, str(served)).eval()
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3, 64]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, unsharded(ids).logits)
+        with unsharded.disable_adapter():
+            assert not torch.equal(loaded(ids).logits, unsharded(ids).logits)  # the trained adapter is applied
+
+
 def test_a_deepspeed_config_without_deepspeed_installed_fails_before_launch(tmp_path, capsys, monkeypatch):
     import importlib.util
 

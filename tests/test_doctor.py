@@ -98,3 +98,17 @@ def test_memory_without_headroom_fails(monkeypatch):
 def test_render_is_a_markdown_table():
     text = doctor.render([Check("a", "ok", "x | y")])
     assert text.splitlines()[2] == "| a | ok | x / y |  |"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_doctor_with_the_vllm_engine(capsys, tmp_path):
+    pytest.importorskip("vllm")
+    code = main(["doctor", "demo", *SMALL, "--set", "rollout.backend=vllm", "--set", "model.dtype=float32",
+                 "-o", str(tmp_path / "d")])
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert code == 0, out
+    assert table["engine"][0] == "ok" and table["run"][0] == "ok"
+    assert "vllm" in table["engine states"][1] and "sleep" in table["engine states"][1]
+    assert table["step time"][0] in ("ok", "warn")

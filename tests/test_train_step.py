@@ -155,3 +155,52 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
         assert d["reward"] == r["reward"]  # the step's own prompts and samples are the same ...
         assert d["dynamic/groups_with_signal"] >= 1 - r["frac_reward_zero_std"]  # ... refilled where they lacked signal
     assert any(d["dynamic/rounds"] > 0 for d in dyn) and all(d["tokens"] >= r["tokens"] for d, r in zip(dyn, ref))
+
+
+@pytest.mark.parametrize("at_temperature", [True, False])
+def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch, at_temperature):
+    """The loss pass scores tokens under the distribution they were sampled from (T, top-k, top-p); with
+    logprobs_at_temperature: false (Tina's trainer) under the raw logits -- then the engine's log-probs (of the
+    truncated distribution) are not comparable, and no correction or check uses them, even at T = 1."""
+    import tina.train as train_mod
+    from tina.train import comparable_with_engine, rollout_correction_mode
+
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, temperature, top_k, top_p, **kwargs):
+        seen.append((temperature, top_k, top_p))
+        raise Seen
+
+    monkeypatch.setattr(train_mod, "token_logprobs", spy)
+    c = load_config({**BASE, "algorithm": {"logprobs_at_temperature": at_temperature, "rollout_correction": "auto"},
+                     "rollout": {"num_generations": 2, "max_new_tokens": 8, "temperature": 0.7, "top_k": 5,
+                                 "top_p": 0.9}})
+    ones = torch.ones(2, 3, dtype=torch.long)
+    mb = MicroBatch(ones, ones, ones, ones.float(), torch.tensor([1.0, -1.0]), None, None)
+    layer = torch.nn.Linear(1, 1)
+    with pytest.raises(Seen):
+        update(layer, [mb], c, torch.optim.SGD(layer.parameters(), lr=0.1), Ledger())
+    assert seen == [(0.7, 5, 0.9) if at_temperature else (1.0, 0, 1.0)]
+    assert rollout_correction_mode(c, "vllm") == ("token_truncate" if at_temperature else "none")
+    at_one = load_config({**BASE, "algorithm": {"logprobs_at_temperature": False},
+                          "rollout": {"num_generations": 2, "max_new_tokens": 8, "top_p": 0.9}})
+    assert not comparable_with_engine(at_one) and rollout_correction_mode(at_one, "vllm") == "none"
+
+
+def test_micro_batch_pieces_carry_both_masks():
+    """The attention mask (from lengths) and the loss mask (with holes) are cut together; a hand-built micro-batch
+    without a completion mask attends to its loss mask's extent (holes filled)."""
+    ids = torch.arange(4 * 3).view(4, 3)
+    loss = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    full = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    mb = MicroBatch(ids, torch.ones(4, 1, dtype=torch.long), ids, loss, torch.zeros(4), None, None,
+                    completion_mask=full)
+    pieces = mb.pieces(group=2, max_tokens=8)  # 4 tokens per row: two rows per piece
+    assert len(pieces) == 2
+    assert torch.equal(torch.cat([p.completion_mask for p in pieces]), full)
+    assert torch.equal(torch.cat([p.loss_mask for p in pieces]), loss)
+    bare = MicroBatch(ids, torch.ones(4, 1, dtype=torch.long), ids, loss, torch.zeros(4), None, None)
+    assert bare.completion_mask.tolist() == [[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]]

@@ -100,9 +100,16 @@ class RolloutConfig:
     generation_batch_size: int | None = None  # hf: rows decoded at once (None = the whole step)
     gpu_memory_utilization: float = 0.3  # vllm: share of the GPU for weights + KV cache, the rest is for training
     max_model_len: int | None = None  # vllm: prompt + completion tokens per sequence (None: the model's maximum)
-    vllm_sleep: bool = True  # vllm on a GPU: sleep (level 1) between rollout and update, so training gets the memory
-    check_engine: bool = True  # start-up canary: the engine must reproduce the trainer's log-probs (base + 2 adapters)
-    canary_tolerance: float | None = None  # mean |d log p| allowed by the canary (None: 1e-3 fp32, 0.1 bf16/fp16)
+    # vllm on a GPU shared with the trainer: sleep (level 1) between rollout and update when engine and trainer do not
+    # fit together (tina.rollout.vllm.sleep_plan; `tina check` says which); false: never sleep
+    vllm_sleep: bool = True
+    # the engine checks: at start-up the canary (the engine must reproduce the trainer's log-probs, base + 2
+    # adapters); every step, for an engine with its own weights (vllm), the content probe (what it serves must be
+    # the current adapter, not the previous one: rollout/probe_diff*)
+    check_engine: bool = True
+    # mean |d log p| per token two correct implementations may differ by: the canary's limit (None: 1e-3 fp32, 0.1
+    # bf16/fp16) and the content probe's noise bound (None: 1e-4 fp32, 0.125 bf16, 0.016 fp16)
+    canary_tolerance: float | None = None
     # stop when engine and trainer log-probs of the sampled tokens differ more than this per token (mean over a
     # micro-batch; typical: ~1e-6 in float32, ~0.02 in bfloat16); None: only log rollout/logp_diff_*
     max_logp_diff: float | None = 0.25

@@ -220,10 +220,17 @@ class Dist:
 
     def adapter_state(self, model) -> dict | None:
         """FSDP: the trainable (LoRA) tensors as full CPU tensors, keyed like ``model.state_dict()`` (a collective:
-        every process calls it).  None otherwise (PEFT reads the model directly)."""
+        every process calls it).  None otherwise (PEFT reads the model directly).
+
+        The keys carry the adapter name (``….lora_A.default.weight``), which vLLM and PEFT refuse in a folder: every
+        writer maps them to PEFT's saved names -- checkpoints through PEFT's ``save_pretrained(state_dict=...)``,
+        the engine's folder through :func:`tina.rollout.adapters.peft_state` (PEFT's own mapping)."""
         if not self.is_fsdp:
             return None
-        return {name: full_tensor(p).detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+        # a copy even on the CPU: inside Dist.gathered the tensor *is* FSDP's gathered storage, which must stay its own
+        # (a digest's numpy view or a safetensors write would pin it, and FSDP could not free it on reshard)
+        return {name: full_tensor(p).detach().to("cpu", copy=True) for name, p in model.named_parameters()
+                if p.requires_grad}
 
     @property
     def optimizer_format(self) -> str:

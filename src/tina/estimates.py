@@ -1,4 +1,8 @@
-"""What a recipe will cost before it runs: an *estimate*, printed by ``tina recipes`` and ``tina check``.
+"""What a recipe will cost before it runs: *estimates*, printed by ``tina recipes`` and ``tina check``.
+
+Two of them: the cost of the run (below), and the trainer's device memory (:func:`trainer_memory`, from the model's
+shape and the recipe), which decides whether a vLLM engine sharing the trainer's GPU must sleep between rollout and
+update (:func:`tina.rollout.vllm.sleep_plan`).
 
 The estimate is plain arithmetic on the recipe's ``cost`` section::
 
@@ -93,3 +97,181 @@ def describe(est: CostEstimate) -> str:
     if est.note:
         text += f" [{est.note}]"
     return text
+
+
+# ------------------------------------------------------------------------------------------------ memory (vLLM sleep)
+# What the trainer will hold on its device, estimated from the model's shape and the recipe, so that a vLLM engine
+# sharing the device sleeps only when the two do not fit together (tina.rollout.vllm.sleep_plan).  An ESTIMATE (the
+# autograd graph is counted tensor by tensor for a Qwen2/Llama-style decoder, not measured): `tina doctor` measures the
+# real peak on the machine of the run.
+
+GIB = 2**30
+CUDA_OVERHEAD = 1 * GIB  # CUDA context, cuBLAS workspace, NCCL buffers: outside torch's allocator, per process
+PROMPT_TOKENS = 512  # assumed prompt length when rollout.max_model_len does not bound prompt + completion
+ADAM_BYTES = 4 + 4 + 8  # per trainable (LoRA) parameter: float32 weight, gradient, two Adam moments
+# memory of GPUs the recipes name in cost.device_name, as nvidia-smi reports it (MiB / 1024), for `tina check` on
+# another machine; a run reads the real total from its device.  Specific names first (A100-40 before A100).
+NOMINAL_GPU_GIB = {"H200": 140.4, "H100": 79.6, "A100-40": 40.0, "A100 40": 40.0, "A100": 80.0, "L40S": 45.0,
+                   "L40": 45.0, "A6000": 48.0, "A10G": 22.5, "A10": 22.5, "L4": 22.5, "4090": 24.0, "3090": 24.0,
+                   "T4": 15.0}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a decoder-only transformer (Qwen2 / Llama style: GQA attention, SwiGLU MLP).
+
+    >>> s = ModelShape.from_config({"hidden_size": 1536, "num_hidden_layers": 28, "intermediate_size": 8960,
+    ...                             "vocab_size": 151936, "num_attention_heads": 12, "num_key_value_heads": 2,
+    ...                             "tie_word_embeddings": False})
+    >>> s.params  # Qwen2-1.5B untied: 2 x 151936 x 1536 embeddings + 28 x 46,795,776 per layer + the final norm
+    1777030656
+    """
+
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape | None:
+        """From a transformers ``config.json`` (a dict); None when it is not a decoder of this kind."""
+        config = config.get("text_config", config)
+        try:
+            h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+            return cls(int(config["num_hidden_layers"]), h, int(config["intermediate_size"]),
+                       int(config["vocab_size"]), heads, int(config.get("num_key_value_heads") or heads),
+                       int(config.get("head_dim") or h // heads), bool(config.get("tie_word_embeddings", False)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_dims(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of every linear layer of one decoder layer, by its usual module name."""
+        h, i = self.hidden, self.intermediate
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
+                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def params(self) -> int:
+        """Weights (biases ignored: a few thousand per layer)."""
+        per_layer = sum(a * b for a, b in self.linear_dims().values()) + 2 * self.hidden  # + the two RMSNorms
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * per_layer + self.hidden
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        """LoRA parameters at rank ``r`` on ``targets`` (an unknown module name counts as hidden -> hidden)."""
+        dims = self.linear_dims()
+        return self.layers * sum(r * sum(dims.get(t, (self.hidden, self.hidden))) for t in targets)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one training process holds on its device (an estimate)."""
+
+    weights: float  # the base model's weights on this process (FSDP: its shard; all of them while gathered)
+    adapter: float  # LoRA weights, gradients and Adam moments
+    activations: float  # saved for the backward of one forward/backward pass, plus one layer's gradients
+    logits: float  # the log-prob head's float32 chunks
+    overhead: float  # CUDA context and libraries
+    resident: float  # held between steps, while the engine generates: full weights + adapter + overhead
+
+    @property
+    def peak(self) -> float:
+        """The update's peak."""
+        return self.weights + self.adapter + self.activations + self.logits + self.overhead
+
+
+def trainer_memory(shape: ModelShape, *, weight_bytes: int, lora_params: int, tokens: int, seq: int,
+                   checkpointing: bool, lora_dropout: bool = False, lora_targets: tuple[str, ...] = (),
+                   eager_attention: bool = False, shards: int = 1, chunk_bytes: int = 256 * 2**20,
+                   on_gpu: bool = True) -> MemoryEstimate:
+    """The trainer's memory for one pass of ``tokens`` prompt + completion tokens (``seq`` per row).
+
+    Saved per token and layer (elements of ``weight_bytes``): the layer input and the two norms' in/outputs (4h); q
+    before and after rope and the attention output (3 q_dim); k before and after rope, v and its copy in the
+    attention kernel (4 kv_dim); the MLP's gate, up, activation and product (4i).  Eager attention adds its score and
+    probability matrices (2 heads x seq); LoRA dropout a copy of each target's input.  Gradient checkpointing keeps
+    only the layer inputs (h) and recomputes one layer at a time.  The backward holds about one more layer's worth of
+    gradients.
+
+    >>> s = ModelShape(layers=2, hidden=4, intermediate=8, vocab=10, heads=2, kv_heads=1, head_dim=2, tied=True)
+    >>> m = trainer_memory(s, weight_bytes=2, lora_params=100, tokens=10, seq=5, checkpointing=False,
+    ...                    chunk_bytes=1000, on_gpu=False)
+    >>> m.weights, m.adapter, m.logits  # 348 weights x 2 bytes; 100 x (4 + 4 + 8); 3 chunks
+    (696.0, 1600.0, 3000.0)
+    >>> m.activations  # 10 tokens x ((2 layers + 1 in the backward) x 68 elements x 2 bytes + 2 x 4 x 2 + 4 x 4)
+    4400.0
+    """
+    h = shape.hidden
+    per_layer = 4 * h + 3 * shape.q_dim + 4 * shape.kv_dim + 4 * shape.intermediate  # elements per token
+    if eager_attention:
+        per_layer += 2 * shape.heads * seq
+    if lora_dropout:
+        dims = shape.linear_dims()
+        per_layer += sum(dims.get(t, (h, h))[0] for t in lora_targets)
+    saved_layers = shape.layers * h + per_layer if checkpointing else shape.layers * per_layer
+    head = 2 * h * weight_bytes + 4 * h  # final hidden, its norm, the float32 gradient w.r.t. it (lean head)
+    activations = tokens * ((saved_layers + per_layer) * weight_bytes + head)
+    weights = shape.params * weight_bytes
+    adapter = lora_params * ADAM_BYTES
+    overhead = CUDA_OVERHEAD if on_gpu else 0
+    return MemoryEstimate(weights / shards, float(adapter), float(activations), 3.0 * chunk_bytes, float(overhead),
+                          float(weights + adapter + overhead))
+
+
+def pass_tokens(cfg, *, world_size: int = 1) -> tuple[int, int]:
+    """(tokens in one forward/backward pass on one process, tokens per row): the process's share of a micro-batch,
+    rows of ``rollout.max_model_len`` tokens (else ``max_new_tokens`` + PROMPT_TOKENS), cut to
+    ``train.max_tokens_per_pass`` (whole prompt groups, at least one)."""
+    r, t = cfg.rollout, cfg.train
+    seq = r.max_model_len or (r.max_new_tokens + PROMPT_TOKENS)
+    rows = max(1, t.batch_size // world_size)
+    tokens = rows * seq
+    if t.max_tokens_per_pass is not None:
+        group = r.num_generations * seq
+        tokens = min(tokens, max(group, t.max_tokens_per_pass // group * group))
+    return tokens, seq
+
+
+def estimate_trainer_memory(cfg, shape: ModelShape, *, weight_bytes: int, world_size: int = 1, fsdp: bool = False,
+                            on_gpu: bool = True) -> MemoryEstimate:
+    """:func:`trainer_memory` for a recipe (one process of ``world_size``)."""
+    tokens, seq = pass_tokens(cfg, world_size=world_size)
+    targets = tuple(cfg.lora.target_modules)
+    return trainer_memory(shape, weight_bytes=weight_bytes, lora_params=shape.lora_params(cfg.lora.r, list(targets)),
+                          tokens=tokens, seq=seq, checkpointing=cfg.train.gradient_checkpointing,
+                          lora_dropout=cfg.lora.dropout > 0, lora_targets=targets,
+                          eager_attention=cfg.model.attn_implementation == "eager", shards=world_size if fsdp else 1,
+                          chunk_bytes=cfg.train.logprob_memory_mb * 2**20, on_gpu=on_gpu)
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per weight of a recipe's ``model.dtype`` (``auto``: bfloat16, what a GPU run loads)."""
+    return 4 if dtype in ("float32", "fp32") else 2
+
+
+def nominal_gpu_bytes(device_name: str) -> float | None:
+    """The memory of a GPU named like ``NVIDIA L40S`` / ``H100`` (None: not a GPU known here).
+
+    >>> nominal_gpu_bytes("NVIDIA L40S") / GIB, nominal_gpu_bytes("A100 40GB") / GIB, nominal_gpu_bytes("cpu")
+    (45.0, 40.0, None)
+    """
+    name = device_name.upper()
+    for key, size in NOMINAL_GPU_GIB.items():
+        if key in name:
+            return size * GIB
+    return None
+
+
+def gib(x: float) -> str:
+    return f"{x / GIB:.1f} GiB"

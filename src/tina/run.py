@@ -118,6 +118,12 @@ class Run:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.engine = self.handover = None  # the rollout engine (attach_engine); the probe generates through it too
         self.published = None  # the adapter version last handed to the engine
+        # the content check of the served adapter (check_content): the probe (prompt, completion token ids), the
+        # trainer's probe log-probs under the base and under the last adapter version checked, this step's metrics
+        self.probe: tuple[list[int], list[int]] | None = None
+        self.probe_base: torch.Tensor | None = None
+        self.probe_previous: tuple[int, torch.Tensor] | None = None
+        self.probe_metrics: dict = {}
 
     # ---------------------------------------------------------------------------------------------------- open
     @classmethod
@@ -216,6 +222,44 @@ class Run:
         self.published = self.handover.publish(self.model, version, state=state)
         return self.published
 
+    def check_content(self, step: int, rollout) -> None:
+        """Check *what* the engine serves, at every step that generates (inside the rollout's gathered block: FSDP
+        needs the full weights): the engine and the trainer score one fixed probe, and the engine's log-probs must be
+        clearly closer to the trainer's under the adapter just handed over (v``step``) than to those under the
+        previous version handed over, or under the base model, whenever those differ by more than the numerical
+        noise (:func:`tina.rollout.agreement.probe_verdict`); else the run stops in one line.  The version numbers
+        that :func:`~tina.rollout.agreement.check_served` compares are set by the engine wrapper itself, and a
+        one-step-stale adapter is far inside ``rollout.max_logp_diff``: this looks at the served weights.
+
+        The probe is chosen once (:func:`~tina.rollout.agreement.choose_probe`, from the main process's first
+        rollout; kept in checkpoints, with the last log-probs, so a resumed run checks and logs as an uninterrupted
+        one).  Cost per step: one forward of ~100 tokens on each side.  On for engines that hold their own weights
+        (adapters handed over through a folder: vllm) when ``rollout.check_engine``; the ``hf`` engine *is* the
+        trainer's model -- nothing can go stale, and the check would compare the model with itself.  Eval mode and
+        no gradients: no random number is drawn and training is unchanged."""
+        if not self.cfg.rollout.check_engine or self.handover is None or self.handover.folder is None:
+            return
+        from tina.rollout.agreement import choose_probe, probe_noise, probe_verdict, score_with_model
+
+        if self.probe is None:  # the same probe on every process (its trainer log-probs are then the same too)
+            self.probe = self.dist.all_gather_object(choose_probe(rollout))[0]
+        prompts, completions = [self.probe[0]], [self.probe[1]]
+        with self.ledger.phase("logprob"):
+            if self.probe_base is None:  # the base never changes: scored once
+                self.probe_base = score_with_model(self.model, prompts, completions, base=True)  # [1, T]
+            current = score_with_model(self.model, prompts, completions)  # [1, T]
+            served = self.engine.score(prompts, completions).float()  # [1, T]
+        previous = self.probe_previous if self.probe_previous is not None and self.probe_previous[0] != step else None
+        noise = self.cfg.rollout.canary_tolerance or probe_noise(next(self.model.parameters()).dtype)
+        metrics, problem = probe_verdict(served, current, torch.ones_like(current), noise=noise, version=step,
+                                         previous=None if previous is None else previous[1],
+                                         previous_version=None if previous is None else previous[0],
+                                         base=self.probe_base, engine=self.engine.name)
+        if self.dist.broadcast_flag(problem is not None):  # every process stops at once
+            raise TinaError(problem or f"step {step + 1}: another process's {self.engine.name} engine does not "
+                                       "serve the trainer's adapter (see its error); the run stops here")
+        self.probe_previous, self.probe_metrics = (step, current), metrics
+
     def steps(self):
         """Step indices from the resume point to the last step; ends early after a graceful stop."""
         for step in range(self.start_step, self.last):
@@ -255,6 +299,7 @@ class Run:
         n, t, dist = step + 1, self.cfg.train, self.dist
         lr = self.optimizer.param_groups[0]["lr"]
         advance_schedule(self.scheduler)  # a skipped step still counts, so the schedule stays on the step clock
+        out = {**out, **self.pop_probe_metrics()}
         record = step_record(n, rollout_metrics, out, lr, time.perf_counter() - step_start, self.ledger, dist)
         self.state.history.append(record)
         if self.main:
@@ -284,6 +329,13 @@ class Run:
             if self.main:
                 say(f"stopped by {self.stop.reason} after step {n}; saved checkpoint-{n}. Resume with:\n  "
                     f"{self.resume_cmd}")
+
+    def pop_probe_metrics(self) -> dict:
+        """This step's content-check metrics (none at steps that reuse a rollout), averaged over the processes."""
+        metrics, self.probe_metrics = self.probe_metrics, {}
+        keys = sorted(metrics)
+        flat = self.dist.sum([x for k in keys for x in ((metrics[k] or 0.0), float(metrics[k] is not None))])
+        return {k: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else None for i, k in enumerate(keys)}
 
     def result(self, *, keep_model: bool = False) -> TrainResult:
         digest_after = base_weights_digest(self.model)
@@ -324,6 +376,9 @@ class Run:
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
             "buffer": [micro_batch_state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
+            "content_probe": None if self.probe is None else {  # check_content goes on after a resume as before
+                "prompt": self.probe[0], "completion": self.probe[1],
+                "previous": None if self.probe_previous is None else list(self.probe_previous)},
         }
         extra = {
             "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in self.state.history[: snap.n_history]),
@@ -383,6 +438,11 @@ class Run:
         self.sampler.load_state(ts["sampler"])
         by_rank = ts.get("rng_by_rank") or []
         set_rng_state(by_rank[dist.rank] if dist.rank < len(by_rank) else ts["rng"])
+        probe = ts.get("content_probe")
+        if probe:
+            self.probe = (list(probe["prompt"]), list(probe["completion"]))
+            self.probe_previous = None if probe["previous"] is None else (int(probe["previous"][0]),
+                                                                          probe["previous"][1])
         copy_path = ckpt / "metrics.jsonl"
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]

@@ -6,6 +6,7 @@ One optimizer step::
     engine.load_adapter(run.publish(step))                          # hand the engine the current adapter
     rollout = engine.generate(prompts, G completions each)          # ONE engine call for the whole step
     check_served(rollout, ...)                                      # ... and it served that very adapter
+    run.check_content(step, rollout)                                # ... its content too: a probe scored by both
     rewards = score(grade_batch(batch), reward_specs)               # pure reward functions, one grader
     adv     = group_advantages(rewards, G)                          # group-normalised, over the whole step
     loss    = LOSSES[objective](logp, old_logp, adv, mask, ...)     # per micro-batch; mask from generation lengths
@@ -58,10 +59,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if step % cfg.algorithm.num_iterations == 0 or not run.state.buffer:
                 drawn = run.draw(step)
                 problems = [run.problems[i] for i, _ in drawn]
-                with run.dist.gathered(run.model):  # FSDP: full weights for the rollout, no per-token collectives
+                # FSDP: full weights for the rollout (no per-token collectives); a sleeping vLLM engine wakes once
+                with run.dist.gathered(run.model), engine.awake():
                     engine.load_adapter(run.publish(step))  # the adapter after `step` updates: a fresh version
                     rollout = generate(engine, problems, [k for _, k in drawn], cfg, run.ledger)
-                check_served(rollout, run.published, step)  # ... and it served that very adapter
+                    check_served(rollout, run.published, step)  # ... and it served that very adapter (its version)
+                    run.check_content(step, rollout)  # ... and its content: a fixed probe scored by both sides
                 scored = score_rollout(rollout, problems, cfg, run.specs, run.ledger, run.dist)
                 if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
                     rollout, scored = refill(engine, run, step, rollout, problems, scored)
@@ -98,17 +101,30 @@ def open_engine(cfg: Config, run: Run):
 # ------------------------------------------------------------------------------------------------------ one step
 @dataclass
 class MicroBatch:
-    """One micro-batch of rollouts with everything the loss needs (stored for num_iterations > 1)."""
+    """One micro-batch of rollouts with everything the loss needs (stored for num_iterations > 1).
+
+    Two masks: ``completion_mask`` comes from the completions' lengths and is what the model attends to;
+    ``loss_mask`` is which tokens enter the loss (zero rows, holes) and never reaches the attention.
+    """
 
     prompt_ids: torch.Tensor  # [N, P]
     prompt_mask: torch.Tensor  # [N, P]
     completion_ids: torch.Tensor  # [N, T]
-    loss_mask: torch.Tensor  # [N, T]  from lengths; zero rows for ungradable / masked-truncated completions
+    # [N, T] the completion mask, with zero rows for ungradable / masked-truncated completions and holes where a
+    # masking rollout correction drops tokens
+    loss_mask: torch.Tensor
     advantages: torch.Tensor  # [N]
     old_logp: torch.Tensor | None  # [N, T]  the trainer's log-probs at rollout time (when stored)
     ref_logp: torch.Tensor | None  # [N, T]
     metrics: dict = field(default_factory=dict)  # (sum, count) per rollout metric; the step's first micro-batch
     engine_logp: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens
+    # [N, T] from lengths: the attention mask (ones, then zeros).  None (a hand-built micro-batch): the loss mask's
+    # extent -- every position up to a row's last loss token, holes filled
+    completion_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.completion_mask is None:
+            self.completion_mask = (self.loss_mask.flip(-1).cumsum(-1) > 0).flip(-1).to(self.loss_mask.dtype)
 
     def pieces(self, group: int, max_tokens: int | None) -> list[MicroBatch]:
         """The micro-batch in row pieces of whole prompt groups with at most ``max_tokens`` prompt + completion
@@ -118,13 +134,13 @@ class MicroBatch:
         step = rows if max_tokens is None else max(group, max_tokens // per_row // group * group)
         if step >= rows:
             return [self]
+        rowwise = ("prompt_ids", "prompt_mask", "completion_ids", "loss_mask", "advantages", "old_logp", "ref_logp",
+                   "engine_logp", "completion_mask")
 
         def cut(t, sl):
             return None if t is None else t[sl]
 
-        return [MicroBatch(*(cut(getattr(self, f), slice(i, i + step)) for f in
-                             ("prompt_ids", "prompt_mask", "completion_ids", "loss_mask", "advantages", "old_logp",
-                              "ref_logp")), {}, cut(self.engine_logp, slice(i, i + step)))
+        return [MicroBatch(**{f: cut(getattr(self, f), slice(i, i + step)) for f in rowwise}, metrics={})
                 for i in range(0, rows, step)]
 
 
@@ -217,7 +233,7 @@ def refill(engine, run: Run, step: int, rollout: Rollout, problems: list[Problem
         rounds += 1
         drawn = run.draw_more(step, rounds)
         more = [run.problems[i] for i, _ in drawn]
-        with dist.gathered(run.model):
+        with dist.gathered(run.model), engine.awake():
             extra = generate(engine, more, [k for _, k in drawn], cfg, run.ledger)
         check_served(extra, run.published, step)
         extra_scored = score_rollout(extra, more, cfg, run.specs, run.ledger, dist)
@@ -258,12 +274,12 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
     time (``num_iterations > 1``, or a masking rollout correction) and the reference's (``beta > 0``)."""
     a, r = cfg.algorithm, cfg.rollout
     device = next(model.parameters()).device
-    loss_mask = rollout.completion_mask * scored.keep[:, None].float()  # [N, T]
+    completion_mask = rollout.completion_mask  # [N, T] from lengths: the attention mask
+    loss_mask = completion_mask * scored.keep[:, None].float()  # [N, T]
     rows = rollout.completion_ids.shape[0]
     per = rows // cfg.train.gradient_accumulation_steps
     correction = rollout_correction_mode(cfg, rollout.engine)
     need_old = a.num_iterations > 1 or correction.endswith("mask")
-    temperature = r.temperature if a.logprobs_at_temperature else 1.0
     chunk = cfg.train.logprob_memory_mb * 2**20
     out = []
     for i, start in enumerate(range(0, rows, per)):
@@ -281,16 +297,19 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
             ref_logp=None,
             metrics=scored.metrics if i == 0 else {},
             engine_logp=None if rollout.logprobs is None else rollout.logprobs[sl, :width].to(device),
+            completion_mask=completion_mask[sl, :width].to(device),
         )
-        args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.loss_mask)
-        kwargs = dict(temperature=temperature, max_chunk_bytes=chunk, group_size=r.num_generations)
+        args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
+        kwargs = dict(loss_mask=mb.loss_mask, max_chunk_bytes=chunk, group_size=r.num_generations,
+                      **scored_distribution(cfg))
         with ledger.phase("logprob"), torch.no_grad():
             if need_old:
                 mb.old_logp = token_logprobs(model, *args, **kwargs)
             if a.beta > 0:
                 with model.disable_adapter():  # the reference is the base model: no second copy in memory
                     mb.ref_logp = token_logprobs(model, *args, **kwargs)
-        if correction.endswith("mask") and mb.engine_logp is not None:  # masked tokens leave the loss and its norm
+        if correction.endswith("mask") and mb.engine_logp is not None:  # masked tokens leave the loss and its norm,
+            # not the attention: the remaining tokens keep the log-probs they have here (mb.completion_mask)
             _, keep = rollout_correction(mb.old_logp, mb.engine_logp, mb.loss_mask, mode=correction,
                                          cap=a.rollout_correction_cap)
             mb.loss_mask = keep
@@ -304,9 +323,25 @@ def rollout_correction_mode(cfg: Config, engine: str) -> str:
     mode = cfg.algorithm.rollout_correction
     if mode == "auto":
         mode = "none" if engine == "hf" else "token_truncate"
-    if not cfg.algorithm.logprobs_at_temperature and cfg.rollout.temperature != 1.0:
-        return "none"  # trainer log-probs at T=1 are not comparable with the engine's at the sampling temperature
+    if not comparable_with_engine(cfg):
+        return "none"  # trainer log-probs of raw logits are not comparable with the engine's of the sampled ones
     return mode
+
+
+def scored_distribution(cfg: Config) -> dict:
+    """The distribution the trainer scores tokens under (``token_logprobs`` keywords): the one they were sampled from
+    -- ``rollout.temperature``, ``top_k``, ``top_p`` -- or, with ``algorithm.logprobs_at_temperature: false``
+    (Tina's trainer), the raw logits (T = 1, untruncated)."""
+    r = cfg.rollout
+    if cfg.algorithm.logprobs_at_temperature:
+        return dict(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+    return dict(temperature=1.0, top_k=0, top_p=1.0)
+
+
+def comparable_with_engine(cfg: Config) -> bool:
+    """Whether the trainer's log-probs are of the distribution the engine reports (the sampled one)."""
+    r = cfg.rollout
+    return cfg.algorithm.logprobs_at_temperature or (r.temperature == 1.0 and r.top_k == 0 and r.top_p == 1.0)
 
 
 def _sum_count(values) -> tuple[float, int]:
@@ -332,18 +367,17 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
                                  sum(mb.loss_mask.sum().item() for mb in micro_batches)])
     norm = Norm(n_seqs=int(n_seqs), n_tokens=int(n_tokens), n_micro=len(micro_batches) * dist.world_size,
                 max_len=r.max_new_tokens)
-    temperature = r.temperature if a.logprobs_at_temperature else 1.0
     correction = rollout_correction_mode(cfg, r.backend)
-    comparable = a.logprobs_at_temperature or r.temperature == 1.0  # the engine reports log-probs at T
+    comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
     passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, t.max_tokens_per_pass)]
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
             dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass
-            logp = token_logprobs(model, piece.prompt_ids, piece.prompt_mask, piece.completion_ids, piece.loss_mask,
-                                  temperature=temperature, max_chunk_bytes=t.logprob_memory_mb * 2**20,
-                                  group_size=r.num_generations)  # [N, T]
+            logp = token_logprobs(model, piece.prompt_ids, piece.prompt_mask, piece.completion_ids,
+                                  piece.completion_mask, loss_mask=piece.loss_mask, **scored_distribution(cfg),
+                                  max_chunk_bytes=t.logprob_memory_mb * 2**20, group_size=r.num_generations)  # [N, T]
             old = piece.old_logp if piece.old_logp is not None else logp.detach()
             weights, mb_diff, m = None, 0.0, 0.0
             if piece.engine_logp is not None and comparable:

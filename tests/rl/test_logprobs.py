@@ -1,4 +1,7 @@
-"""Token log-probs under left padding equal those of the unpadded sequence (positions skip the padding)."""
+"""Token log-probs: left padding, the lean head, shared prompts, attention from lengths, and the sampled (top-k / top-p)
+distribution."""
+
+import math
 
 import pytest
 import torch
@@ -147,3 +150,132 @@ def test_shared_prompt_pass_equals_the_full_computation_in_value_and_gradient():
     assert (full - shared).abs().max() < 1e-5
     for name in full_grads:
         assert torch.allclose(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+# ------------------------------------------------------------------------------- attention from lengths, loss mask
+def _grouped_batch():
+    g = torch.Generator().manual_seed(5)
+    prompts = torch.randint(3, 300, (2, 7), generator=g)
+    pmask = torch.ones(2, 7, dtype=torch.long)
+    pmask[1, :3] = 0
+    completions = torch.randint(3, 300, (4, 6), generator=g)
+    cmask = torch.ones(4, 6)
+    cmask[1, 4:] = 0
+    cmask[3, 2:] = 0
+    return prompts.repeat_interleave(2, 0), pmask.repeat_interleave(2, 0), completions, cmask
+
+
+@pytest.mark.parametrize("path", ["plain", "lean", "shared"])
+def test_a_loss_mask_with_holes_leaves_the_other_tokens_log_probs_unchanged(path):
+    """The attention comes from the completion mask (lengths): dropping tokens from the loss mask (holes, a zero row)
+    must not change any other token's log-prob -- the later tokens still see the dropped ones."""
+    model = _lora_model()
+    p, pm, c, cmask = _grouped_batch()
+    holes = cmask.clone()
+    holes[0, 1] = holes[2, 0] = 0  # tokens a masking rollout correction dropped
+    holes[1] = 0  # an ungradable completion
+    kw = dict(temperature=0.8, lean=path != "plain", group_size=2 if path == "shared" else 1)
+    with torch.no_grad():
+        full = token_logprobs(model, p, pm, c, cmask, **kw)
+        holey = token_logprobs(model, p, pm, c, cmask, loss_mask=holes, **kw)
+    assert ((holey - full).abs() * holes).max() < 1e-6
+    if path != "plain":
+        assert torch.all(holey[holes == 0] == 0)  # the lean head computes the loss positions only
+
+
+def test_a_completion_mask_with_holes_is_refused():
+    model = _lora_model()
+    p, pm, c, cmask = _grouped_batch()
+    holes = cmask.clone()
+    holes[0, 1] = 0
+    with pytest.raises(ValueError, match="must come from the completions' lengths"):
+        token_logprobs(model, p, pm, c, holes)
+
+
+# ----------------------------------------------------------------------------- the sampled distribution: top-k/p
+def _nucleus_by_hand(row: list[float], top_k: int, top_p: float) -> set[int]:
+    """Top-k (ties with the k-th kept), then the smallest set of the largest probabilities whose mass reaches top_p."""
+    order = sorted(range(len(row)), key=lambda v: -row[v])
+    if top_k:
+        kth = row[order[top_k - 1]]
+        order = [v for v in order if row[v] >= kth]
+    z = sum(math.exp(row[v]) for v in order)
+    kept, mass = set(), 0.0
+    for v in order:
+        if mass >= top_p:
+            break
+        kept.add(v)
+        mass += math.exp(row[v]) / z
+    return kept
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (5, 1.0), (5, 0.9)])
+def test_truncated_log_probs_are_renormalised_over_the_nucleus_by_hand(top_k, top_p):
+    model = _lora_model()
+    p, pm, c, cmask = _grouped_batch()
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([p, c], 1), attention_mask=torch.cat([pm, cmask.long()], 1),
+                       position_ids=position_ids_from_mask(torch.cat([pm, cmask.long()], 1))).logits
+        got = {lean: token_logprobs(model, p, pm, c, cmask, temperature=0.3, top_k=top_k, top_p=top_p, lean=lean)
+               for lean in (True, False)}
+    scaled = (logits[:, p.shape[1] - 1:-1].float() / 0.3).double()  # [4, 6, V]: position t predicts token t
+    checked = 0
+    for i in range(4):
+        for t in range(int(cmask[i].sum())):
+            row = scaled[i, t].tolist()
+            kept = _nucleus_by_hand(row, top_k, top_p) | {int(c[i, t])}  # the sampled token is always in support
+            expected = row[int(c[i, t])] - math.log(sum(math.exp(row[v]) for v in kept))
+            assert got[True][i, t].item() == pytest.approx(expected, abs=2e-5)
+            assert got[False][i, t].item() == pytest.approx(expected, abs=2e-5)
+            checked += len(kept) < len(row)
+    assert checked > 10  # the truncation really removed tokens
+    untruncated = token_logprobs(model, p, pm, c, cmask, temperature=0.3).detach()
+    assert ((got[True] - untruncated).abs() * cmask).max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk_bytes", [300 * 4 * 10 * 5, 2**30])  # 5 rows per chunk, or all at once
+def test_lean_equals_plain_in_value_and_gradient_with_top_k_and_top_p(chunk_bytes):
+    model = _lora_model()
+    p, pm, c, m = _batch()
+    upstream = torch.linspace(-1, 1, m.numel()).view_as(m)
+    results = {}
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, p, pm, c, m, temperature=0.5, top_k=20, top_p=0.8, lean=lean,
+                              max_chunk_bytes=chunk_bytes)
+        (logp * m * upstream).sum().backward()
+        results[lean] = (logp.detach() * m, {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad})
+    (plain, plain_grads), (lean, lean_grads) = results[False], results[True]
+    assert (lean - plain).abs().max() < 1e-5
+    for name in plain_grads:
+        assert torch.allclose(lean_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4), name
+    model.zero_grad(set_to_none=True)
+    untruncated = token_logprobs(model, p, pm, c, m, temperature=0.5)
+    (untruncated * m * upstream).sum().backward()
+    assert any(not torch.allclose(q.grad, lean_grads[n], atol=1e-4) for n, q in model.named_parameters()
+               if q.requires_grad)  # the truncation changes the gradient (the softmax over the support only)
+
+
+def test_shared_prompt_pass_equals_the_full_computation_with_top_p():
+    model = _lora_model()
+    p, pm, c, m = _grouped_batch()
+    upstream = torch.linspace(-1, 1, m.numel()).view_as(m)
+    results = []
+    for group in (1, 2):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, p, pm, c, m, temperature=0.5, top_p=0.8, top_k=30, group_size=group)
+        (logp * m * upstream).sum().backward()
+        results.append((logp.detach() * m, {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}))
+    (full, full_grads), (shared, shared_grads) = results
+    assert (full - shared).abs().max() < 1e-5
+    for name in full_grads:
+        assert torch.allclose(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_top_p_one_and_top_k_zero_change_nothing_bit_for_bit():
+    model = _lora_model()
+    p, pm, c, m = _batch()
+    with torch.no_grad():
+        for lean in (True, False):
+            assert torch.equal(token_logprobs(model, p, pm, c, m, temperature=0.7, lean=lean),
+                               token_logprobs(model, p, pm, c, m, temperature=0.7, top_k=0, top_p=1.0, lean=lean))

@@ -280,3 +280,22 @@ def test_a_fully_masked_sequence_adds_nothing_but_still_counts_as_a_sequence():
     assert torch.all(grad[2] == 0)
     out, _ = run(gspo_loss, old=LOGP, mask=mask, **SYM)
     assert out.loss.item() == pytest.approx(0.5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["grpo", "gspo"])
+def test_importance_weights_multiply_the_policy_gradient_not_the_kl(name):
+    # On-policy, weights 2 on every token, beta 0.04.  grpo, seq 0 token 0 (d = ln2, A = +1, len 3, B 4):
+    #   pg part -w * A / (len * B) = -2/12;  KL part beta * (1 - e^d) / (len * B) = 0.04 * (1 - 2) / 12, NOT x 2.
+    # gspo on-policy: the same per-token gradient (sequence ratio 1, its gradient spread as 1/len over the tokens).
+    weights = torch.full_like(MASK, 2.0)
+    _, grad = run(LOSSES[name], old=LOGP, ref_logp=REF, beta=0.04, weights=weights, **SYM)
+    assert grad[0, 0].item() == pytest.approx(-2 / 12 + 0.04 * (1 - 2) / 12, abs=1e-7)
+    assert grad[0, 1].item() == pytest.approx(-2 / 12, abs=1e-7)  # d = 0: no KL gradient
+    # loss value: the pg terms doubled, the KL term as without weights
+    plain, _ = run(LOSSES[name], old=LOGP, ref_logp=REF, beta=0.04, **SYM)
+    no_kl, _ = run(LOSSES[name], old=LOGP, **SYM)
+    weighted_no_kl, _ = run(LOSSES[name], old=LOGP, weights=weights, **SYM)
+    out, _ = run(LOSSES[name], old=LOGP, ref_logp=REF, beta=0.04, weights=weights, **SYM)
+    kl_part = plain.loss.item() - no_kl.loss.item()
+    assert kl_part > 1e-3
+    assert out.loss.item() == pytest.approx(weighted_no_kl.loss.item() + kl_part, abs=1e-7)

@@ -35,16 +35,28 @@ def test_samples_follow_the_softmax_at_the_temperature():
     assert torch.allclose(logps, torch.log(probs)[tokens], atol=1e-6)  # the log-prob the trainer will compute
 
 
-def test_top_k_and_top_p_are_respected_and_log_probs_stay_untruncated():
+def test_top_k_and_top_p_are_respected_and_log_probs_are_those_of_the_truncated_distribution():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     n = 5000
     tokens, logps = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_p=0.75)
     assert set(tokens.tolist()) == {0, 1}
     freq = torch.bincount(tokens, minlength=4).float() / n
     assert abs(float(freq[0]) - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
-    assert torch.allclose(logps, torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))[tokens], atol=1e-6)
-    tokens, _ = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_k=1)
-    assert set(tokens.tolist()) == {0}
+    # the reported log-prob is that of the distribution sampled: nucleus {0, 1} of mass 0.8 -> 0.5/0.8, 0.3/0.8
+    assert torch.allclose(logps, torch.log(torch.tensor([0.625, 0.375]))[tokens], atol=1e-6)
+    tokens, logps = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_k=1)
+    assert set(tokens.tolist()) == {0} and torch.all(logps == 0)  # a one-token support: probability 1
+    # top-k 3 (mass 0.95), then top-p 0.8 over the renormalised [0.526, 0.316, 0.158]: 0.526 + 0.316 reaches 0.8
+    tokens, logps = sample_tokens(logits.expand(n, 4), torch.arange(n), 2, top_k=3, top_p=0.8)
+    assert set(tokens.tolist()) == {0, 1}
+    assert torch.allclose(logps, torch.log(torch.tensor([0.625, 0.375]))[tokens], atol=1e-6)
+
+
+def test_top_p_one_and_top_k_zero_report_the_tempered_softmax_bit_for_bit():
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(1))
+    tokens, logps = sample_tokens(logits, torch.arange(64), 0, temperature=0.7)
+    scaled = logits / 0.7
+    assert torch.equal(logps, scaled.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scaled, -1))
 
 
 def test_greedy_takes_the_argmax():

@@ -130,6 +130,10 @@ def test_training_with_vllm_checks_and_logs_agreement(tmp_path, capsys):
     for m in result.metrics:
         assert m["rollout/logp_diff_mean"] < 1e-4 and m["rollout/logp_diff_max"] < 1e-3  # fp32
         assert m["rollout/is_weight_mean"] == pytest.approx(1.0, abs=1e-3)  # token_truncate on by default
+    # the content check: the engine's probe log-probs are the current adapter's (fp32), and from step 2 on the
+    # previous version is far enough away on the probe (demo learning rate) that the check really decides
+    assert all(m["rollout/probe_diff"] < 1e-4 for m in result.metrics)
+    assert [m["rollout/probe_decided"] for m in result.metrics] == [0.0, 1.0, 1.0]  # v0 is the base (fresh LoRA)
     probes = [json.loads(x) for x in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
     assert probes and probes[-1]["step"] == 3 and probes[-1]["tokens"] > 0
 
@@ -157,6 +161,7 @@ def test_the_engine_leaves_the_trainers_random_streams_alone(tiny):
     other = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=7)
     other.generate(prompts, Sampling(n=2, max_new_tokens=8, seed=1))
     list(other.generate_each(prompts, Sampling(n=2, max_new_tokens=8, seed=1)))
+    other.score(prompts[:2], [[5, 6, 7], [8]])
     after = rng_state()
     assert torch.equal(before["torch"], after["torch"]) and before["python"] == after["python"]
     del other
@@ -189,3 +194,65 @@ def test_a_vllm_run_resumes_bit_exact(tmp_path):
     b = load_file(str(part / "checkpoint-3" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["reward"] for m in resumed.metrics] == [m["reward"] for m in full.metrics]
+    probe = [k for k in full.metrics[-1] if k.startswith("rollout/probe_")]
+    assert len(probe) == 4 and resumed.metrics[2]["rollout/probe_diff_prev"] is not None  # kept in the checkpoint
+    assert [[m[k] for k in probe] for m in resumed.metrics] == [[m[k] for k in probe] for m in full.metrics]
+
+
+def test_score_is_the_trainers_log_prob_at_temperature_1_under_the_served_adapter(tiny, tmp_path):
+    """vLLM's prompt log-probs skip its sampling processors (raw log_softmax, T = 1, whatever logprobs_mode):
+    the same numbers as token_logprobs at temperature 1, for the base and for an adapter."""
+    model, tok, prompts, _, path = tiny
+    engine = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=0)  # its own (see above)
+    rollout = engine.generate(prompts, Sampling(n=1, max_new_tokens=12, temperature=0.7, seed=2))
+    completions = [rollout.completion_ids[i, : int(rollout.lengths[i])].tolist() for i in range(len(prompts))]
+    mask = rollout.completion_mask
+    engine.load_adapter(None)
+    with model.disable_adapter():
+        base = _trainer_logprobs(model, rollout, 1.0)
+    served = engine.score(prompts, completions)
+    assert served.shape == mask.shape and bool((served[mask == 0] == 0).all())
+    assert float(((served - base).abs() * mask).max()) < 1e-4
+    state = random_adapter(model, seed=3)
+    with temporary_adapter(model, state):
+        engine.load_adapter(AdapterHandover(tmp_path / "engine").publish(model, 1, state=state))
+        adapted = _trainer_logprobs(model, rollout, 1.0)
+        served = engine.score(prompts, completions)
+    assert float(((served - adapted).abs() * mask).max()) < 1e-4
+    assert float(((adapted - base).abs() * mask).sum() / mask.sum()) > 1e-3  # the adapter is visible on them
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        engine.score([[]], [[5]])
+
+
+def test_the_previous_versions_folder_served_under_the_new_version_stops_the_run(tmp_path, monkeypatch):
+    """A stale adapter the version check cannot see: the engine is handed v1 (name, number and digest right) but
+    vLLM is given v0's folder (the digest check of the folder bypassed).  The content probe stops the run at step 2,
+    before its update, in one line."""
+    from tina.rollout import adapters
+
+    real_load, real_digest = VLLMEngine.load_adapter, adapters.folder_digest
+    handed: list[AdapterVersion] = []
+    claimed = {}
+
+    def stale_load(self, adapter):
+        if adapter is not None and adapter.version >= 0 and (not handed or handed[-1].version != adapter.version):
+            previous = handed[-1] if handed else None
+            handed.append(adapter)
+            if previous is not None:
+                adapter = AdapterVersion(adapter.version, adapter.digest, previous.path)  # the old folder
+        claimed["digest"] = None if adapter is None else adapter.digest
+        return real_load(self, adapter)
+
+    def digest(path):
+        return claimed.get("digest") or real_digest(path)  # the folder "holds" whatever is claimed
+
+    monkeypatch.setattr(VLLMEngine, "load_adapter", stale_load)
+    monkeypatch.setattr(adapters, "folder_digest", digest)
+    with pytest.raises(TinaError) as err:
+        train(load_config("demo", RECIPE), tmp_path / "run", progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("step 2: the vllm engine does not serve the trainer's adapter v1: on the content probe")
+    assert "from those of the previous adapter (v0)" in message
+    assert [a.version for a in handed] == [0, 1]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # step 1 ran, step 2 stopped

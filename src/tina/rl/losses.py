@@ -5,7 +5,7 @@ Every objective shares the clipped surrogate per token (PPO/GRPO)::
     ratio_t = exp(logp_t - old_logp_t)                       # == 1 on-policy (num_iterations == 1)
     pg_t    = -min(ratio_t * A, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A)
     kl_t    = exp(ref_t - logp_t) - (ref_t - logp_t) - 1     # k3 estimator, only when beta > 0
-    loss_t  = pg_t + beta * kl_t
+    loss_t  = w_t * pg_t + beta * kl_t                       # w_t: rollout-correction weights (default 1)
 
 and differs in how token losses are aggregated (and, for GSPO, in the ratio):
 
@@ -17,8 +17,11 @@ and differs in how token losses are aggregated (and, for GSPO, in the ratio):
 
 Gradient accumulation must equal one big batch, so each function takes a :class:`Norm` with the optimizer step's
 totals; its result is *summed* over micro-batches by the caller.  Without a ``Norm`` the micro-batch is the whole step.
-``weights`` (optional, [B, T], no gradient) multiply each token's loss: the importance weights that correct for an
-engine whose samples come from a slightly different distribution (tina.rollout.agreement.rollout_correction).
+``weights`` (optional, [B, T], no gradient) multiply each token's *policy-gradient* term: the importance weights that
+correct for an engine whose samples come from a slightly different distribution
+(tina.rollout.agreement.rollout_correction).  The KL term is not weighted (as in TRL and verl): it is a penalty on the
+trainer's own policy against the reference, evaluated on the sampled tokens, not an estimate of the engine's
+objective.
 Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``, ``weights`` are [B, T]; ``adv`` is [B].
 
 Each objective's clip range defaults to its paper's (:data:`DEFAULT_CLIP`); the recipe loader fills unset
@@ -71,15 +74,13 @@ def _kl(logp, ref_logp):
 
 def _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights=None):
     pg, ratio, was_clipped = _surrogate(logp, old_logp, adv, eps_low, eps_high)
-    per_token = pg
+    per_token = pg if weights is None else pg * weights  # the importance weights correct the policy gradient only
     metrics = {}
     active = mask.sum().clamp(min=1)
     if beta > 0 and ref_logp is not None:
         kl = _kl(logp, ref_logp)
         per_token = per_token + beta * kl
         metrics["kl"] = float((kl.detach() * mask).sum() / active)
-    if weights is not None:
-        per_token = per_token * weights
     metrics["clip_ratio"] = float((was_clipped.float() * mask).sum() / active)
     metrics["ratio_mean"] = float((ratio.detach() * mask).sum() / active)
     return per_token, metrics
@@ -141,6 +142,8 @@ def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-
     was_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
     has_tokens = (mask.sum(-1) > 0).float()
     per_seq = per_seq * has_tokens
+    if weights is not None:  # one weight per sequence: the mean of its tokens' (equal for sequence-level corrections)
+        per_seq = per_seq * (weights * mask).sum(-1) / lengths
     metrics = {
         "clip_ratio": float((was_clipped.float() * has_tokens).sum() / has_tokens.sum().clamp(min=1)),
         "ratio_mean": float((ratio.detach() * has_tokens).sum() / has_tokens.sum().clamp(min=1)),
@@ -149,8 +152,6 @@ def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-
         kl = _kl(logp, ref_logp)
         per_seq = per_seq + beta * (kl * mask).sum(-1) / lengths
         metrics["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
-    if weights is not None:  # one weight per sequence: the mean of its tokens' (equal for sequence-level corrections)
-        per_seq = per_seq * (weights * mask).sum(-1) / lengths
     return LossOutput(per_seq.sum() / norm.n_seqs, metrics)
 
 

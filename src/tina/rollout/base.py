@@ -123,6 +123,20 @@ class Engine(Protocol):
         group is done (any order) -- long evaluations write results as they go."""
         ...
 
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
+        """[N, T] float32 log-probs of each completion token given its prompt and the completion tokens before it,
+        under the adapter the engine serves now (after ``load_adapter``; None: the base), at temperature 1 over the
+        full vocabulary (no top-k / top-p); 0 past each row's end.  Prompts must not be empty.  The trainer scores
+        a fixed probe the same way every step, to check *what* the engine serves, not only the version number it
+        reports (:func:`tina.rollout.agreement.probe_verdict`)."""
+        ...
+
+    def awake(self):
+        """A context manager: inside it the engine may touch device memory (a sleeping vLLM engine wakes on entry
+        and sleeps again on exit; every call above wakes it by itself too).  The trainer holds one around a step's
+        engine calls, so a sleeping engine wakes once per step; engines that never sleep return a no-op context."""
+        ...
+
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists -> (ids [B, P], mask [B, P]), left-padded.

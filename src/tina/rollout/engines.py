@@ -33,26 +33,64 @@ def check_backend(name: str, *, lora_rank: int | None = None, model_path: str | 
         check_servable(model_path)
 
 
-def make_engine(cfg, model, tokenizer, *, run_dir: str | Path, rank: int = 0):
-    """(engine, adapter handover) for a training run."""
+def make_engine(cfg, model, tokenizer, *, run_dir: str | Path, rank: int = 0, local_rank: int | None = None,
+                world_size: int | None = None):
+    """(engine, adapter handover) for a training run.
+
+    vllm: one engine per process, on the process's own device (``local_rank``; default: ``LOCAL_RANK`` from the
+    launcher), in a world of ``world_size`` processes (default: torch.distributed's); it sleeps between calls only
+    when it shares the trainer's GPU and the two do not fit together (:func:`tina.rollout.vllm.sleep_plan`, with the
+    trainer's memory estimated from the model's shape and the recipe, :mod:`tina.estimates`)."""
+    import os
+
     from tina.rollout.adapters import AdapterHandover
     from tina.rollout.hf import HFEngine
 
     r = cfg.rollout
     if r.backend == "hf":
         return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
+    from tina.estimates import ModelShape
     from tina.models import resolve_model_path
-    from tina.rollout.vllm import VLLMEngine
+    from tina.rollout.vllm import VLLMEngine, engine_placement, recipe_sleep_plan
 
+    if world_size is None:
+        dist = torch.distributed
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    on_gpu = torch.cuda.is_available()
+    placement = engine_placement(world_size=world_size, local_rank=local_rank, cuda=on_gpu)
+    trainer_device = next(model.parameters()).device
+    shares = on_gpu and torch.device(placement.device) == trainer_device
+    total = float(torch.cuda.get_device_properties(trainer_device).total_memory) if shares else None
+    config = getattr(model, "config", None)
+    shape = ModelShape.from_config(config.to_dict()) if hasattr(config, "to_dict") else None
+    plan = recipe_sleep_plan(cfg, shape, total=total, sleep_mode=on_gpu, shares_device=shares,
+                             weight_bytes=next(model.parameters()).element_size(), world_size=world_size,
+                             fsdp=_is_fsdp(model))
     engine = VLLMEngine(resolve_model_path(cfg.model.name_or_path), tokenizer, dtype=_dtype_name(model),
                         lora_rank=cfg.lora.r, max_model_len=r.max_model_len,
-                        gpu_memory_utilization=r.gpu_memory_utilization, sleep=r.vllm_sleep, seed=cfg.train.seed,
-                        revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+                        gpu_memory_utilization=r.gpu_memory_utilization, sleep=plan.sleeps, sleep_reason=plan.reason,
+                        seed=cfg.train.seed, revision=cfg.model.revision,
+                        trust_remote_code=cfg.model.trust_remote_code, rank=rank, local_rank=local_rank,
+                        world_size=world_size)
+    if rank == 0:
+        from tina.run import say
+
+        say(f"vllm engine on {placement.describe()}; {plan.describe()}")
     return engine, AdapterHandover(Path(run_dir) / ".engine" / f"rank{rank}")
 
 
 def _dtype_name(model) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _is_fsdp(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def default_tolerance(model) -> float:
@@ -61,16 +99,16 @@ def default_tolerance(model) -> float:
 
 
 def start_up_check(engine, run, handover) -> dict:
-    """The canary (tina.rollout.agreement.canary) on two training prompts; results written to the ledger log."""
+    """The canary (tina.rollout.agreement.canary) on two training prompts; results written to the ledger log.
+
+    Every process runs it with its own engine.  Under FSDP it runs inside ``run.dist.gathered(model)`` (as
+    ``tina.train.open_engine`` calls it): the random adapters are written into the shards and gathered again, and the
+    trained adapter is put back bit for bit (tina.rollout.adapters.replace_adapter)."""
     from tina.rl.logprobs import token_logprobs
     from tina.rollout.agreement import canary
     from tina.run import say
 
     cfg, model = run.cfg, run.model
-    if run.dist.is_fsdp:
-        if run.dist.is_main:
-            say("engine check skipped under FSDP (the random canary adapters would have to be sharded)")
-        return {}
     device = run.device
     temperature = cfg.rollout.temperature
 
@@ -78,7 +116,7 @@ def start_up_check(engine, run, handover) -> dict:
     def trainer_logprobs(rollout):
         return token_logprobs(model, rollout.prompt_ids.to(device), rollout.prompt_mask.to(device),
                               rollout.completion_ids.to(device), rollout.completion_mask.to(device),
-                              temperature=temperature).cpu()
+                              temperature=temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p).cpu()
 
     prompts = [p.prompt_ids for p in run.problems[:2]]
     tolerance = cfg.rollout.canary_tolerance or default_tolerance(model)
@@ -86,7 +124,8 @@ def start_up_check(engine, run, handover) -> dict:
     model.eval()
     try:
         results = canary(engine, model, handover, prompts, tolerance=tolerance, temperature=temperature,
-                         max_new_tokens=min(16, cfg.rollout.max_new_tokens), logprob_fn=trainer_logprobs)
+                         max_new_tokens=min(16, cfg.rollout.max_new_tokens), logprob_fn=trainer_logprobs,
+                         top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p)
     finally:
         model.train(was_training)
     if run.dist.is_main:

@@ -12,7 +12,8 @@ is no weight copy that could go stale.  The loop, per call::
 Only temperature / top-k / top-p (from :class:`~tina.rollout.base.Sampling`) shape the distribution: the model
 folder's ``generation_config`` (repetition penalty, n-gram blocking, top-k, minimum length ...) never applies, which
 transformers' ``generate`` would do for every field the caller leaves unset.  The log-probability of each sampled
-token (``log_softmax(logits / T)``) is returned with the completion.  Prompts are processed in *waves* of at most
+token under the distribution it was drawn from (``logits / T``, truncated to the top-k / nucleus and renormalised:
+:mod:`tina.rollout.sampling`, the trainer's and vLLM's definition too) is returned with the completion.  Prompts are processed in *waves* of at most
 ``max_batch_rows`` rows (all at once by default), sorted by prompt length so a wave pads little; with seeded sampling
 the completions do not depend on the waves.
 """
@@ -66,6 +67,10 @@ class HFEngine:
     def load_adapter(self, adapter: AdapterVersion | None) -> None:
         """The live model *is* the current adapter; None serves the base model (the adapter disabled)."""
         self.adapter, self._base = adapter, adapter is None
+
+    def awake(self):
+        """The trainer's own model never sleeps: a no-op context (the protocol's ``awake``)."""
+        return nullcontext()
 
     def info(self) -> dict:
         """What the engine reports of itself (``tina doctor`` shows it)."""
@@ -124,6 +129,13 @@ class HFEngine:
             rollout = self.generate([prompts[i] for i in wave], sampling, keys=[keys[i] for i in wave])
             for k, i in enumerate(wave):
                 yield i, rollout.rows(k * sampling.n, (k + 1) * sampling.n)
+
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
+        """[N, T] log-probs (temperature 1) of the completions under the live model as served (the base when serving
+        None), by the trainer's own :func:`tina.rl.logprobs.token_logprobs`; 0 past each row's end."""
+        from tina.rollout.agreement import score_with_model
+
+        return score_with_model(self.model, prompts, completions, base=self._base)
 
     def _decode(self, ids, mask, n, seeds, sampling: Sampling):
         """Decode one wave: ids/mask [b, P] -> (tokens [b*n, T], logprobs [b*n, T], lengths [b*n]) on the CPU."""

