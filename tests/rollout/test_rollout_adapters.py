@@ -99,7 +99,7 @@ def _relative_change(model, state, layer_name: str) -> tuple[float, float]:
 def test_canary_adapters_change_each_layer_of_a_qwen2_1_5b_shape_by_the_target_fraction_at_tinas_rank():
     """One decoder layer of Qwen2-1.5B's exact shape (hidden 1536, intermediate 8960, 12 / 2 heads; weights N(0, 0.02)
     as a fresh Qwen2 and the synthetic 1.5B model), LoRA at tina-open-rs2's r / alpha on its seven projections: the
-    canary adapter changes every layer's output by 5% (the old fixed B ~ N(0, 0.05): by 60-145%)."""
+    canary adapter changes every layer's output by CANARY_SCALE, 15% (the old fixed B ~ N(0, 0.05): by 60-145%)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from tina.config import load_config
@@ -112,7 +112,7 @@ def test_canary_adapters_change_each_layer_of_a_qwen2_1_5b_shape_by_the_target_f
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(Qwen2Config(**arch), dtype=torch.float32)
     model = attach_lora(model, r=lora.r, alpha=lora.alpha, dropout=0.0, target_modules=list(lora.target_modules))
-    assert CANARY_SCALE <= 0.05
+    assert CANARY_SCALE <= 0.15  # detectable on a tiny bf16 model, far from the old 60-145 %
     state = random_adapter(model, seed=1234)
     layers = [f"base_model.model.model.layers.0.{part}" for part in
               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",

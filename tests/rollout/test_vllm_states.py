@@ -117,7 +117,7 @@ def test_an_engine_that_does_not_sleep_never_calls_sleep_mode(fake, tmp_path):
     eng.generate(PROMPTS, SAMPLING)
     assert eng.state == "awake" and "sleep" not in llm.names() and "wake_up" not in llm.names()
     assert llm.kwargs["enable_sleep_mode"] is False
-    assert eng.info() == {"device": "cuda:0 (vLLM's default executor, one process)",
+    assert eng.info() == {"engine": eng.version, "device": "cuda:0 (vLLM's default executor, one process)",
                           "sleep mode": "off (engine 0.3 x 80 GiB + trainer fits)"}
 
 

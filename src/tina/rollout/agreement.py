@@ -102,7 +102,7 @@ def temporary_adapter(model, state: dict[str, torch.Tensor] | None):
         replace_adapter(model, saved, local=True)
 
 
-CANARY_SCALE = 0.05  # expected relative change of each adapted layer's output under a canary adapter
+CANARY_SCALE = 0.15  # expected relative change of each adapted layer's output under a canary adapter
 
 
 def random_adapter(model, seed: int, scale: float = CANARY_SCALE) -> dict[str, torch.Tensor]:

@@ -13,9 +13,9 @@ Only temperature / top-k / top-p (from :class:`~tina.rollout.base.Sampling`) sha
 folder's ``generation_config`` (repetition penalty, n-gram blocking, top-k, minimum length ...) never applies, which
 transformers' ``generate`` would do for every field the caller leaves unset.  The log-probability of each sampled
 token under the distribution it was drawn from (``logits / T``, truncated to the top-k / nucleus and renormalised:
-:mod:`tina.rollout.sampling`, the trainer's and vLLM's definition too) is returned with the completion.  Prompts are processed in *waves* of at most
-``max_batch_rows`` rows (all at once by default), sorted by prompt length so a wave pads little; with seeded sampling
-the completions do not depend on the waves.
+:mod:`tina.rollout.sampling`, the trainer's and vLLM's definition too) is returned with the completion.  Prompts are
+processed in *waves* of at most ``max_batch_rows`` rows (all at once by default), sorted by prompt length so a wave
+pads little; with seeded sampling the completions do not depend on the waves.
 """
 
 from __future__ import annotations
