@@ -24,23 +24,25 @@ grpo_step = load_script()
 
 CHILD = """
 import subprocess, sys, time
-held = b"x" * ({mb} * 2**20)  # touched pages: resident
 if len(sys.argv) == 1:
+    held = b"x" * ({parent_mb} * 2**20)  # touched pages: resident
     subprocess.run([sys.executable, __file__, "child"], check=True)
 else:
+    held = b"x" * ({child_mb} * 2**20)
     time.sleep(1.5)
 """
 
 
 def test_measure_sees_the_largest_process_exactly_and_the_tree_summed(tmp_path):
-    """A parent holding 300 MB starts a child holding 300 MB: the largest process peaks at ~300 MB (not 600: that is
-    what /usr/bin/time reports), the tree at ~600 MB (a grader worker counts)."""
+    """A parent holding 300 MB starts a child holding 600 MB: the largest process peaks at ~600 MB (not 900: the sum
+    is not a process's peak), the tree at ~900 MB (a grader worker counts).  Slack for the interpreters and for the
+    forked copy of the parent that the child's peak may include (seen: +178 MB on CI)."""
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(mb=300))
+    script.write_text(CHILD.format(parent_mb=300, child_mb=600))
     m = grpo_step.measure([sys.executable, str(script)], tmp_path, "child")
     assert m["rc"] == 0
-    assert 300 <= m["peak_mb"] < 450
-    assert m["tree_peak_mb"] >= 600
+    assert 600 <= m["peak_mb"] < 850
+    assert m["tree_peak_mb"] >= 900
 
 
 def test_tina_recipe_leaves_tinas_defaults_alone(tmp_path):
