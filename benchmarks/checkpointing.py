@@ -44,8 +44,14 @@ def worker(mode: str, layers: int, prompt: int, completion: int, group: int) -> 
     shape = {k: v for k, v in SHAPES["qwen2-1.5b"].items() if k not in ("architectures", "model_type", "dtype")}
     config = Qwen2Config(**{**shape, "num_hidden_layers": layers, "max_window_layers": layers})
     model = Qwen2ForCausalLM(config)
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=128, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=32,
+            lora_alpha=128,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     if mode == "checkpointing":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -68,13 +74,30 @@ def worker(mode: str, layers: int, prompt: int, completion: int, group: int) -> 
         logp = token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size=group)
     logp.sum().backward()
     seconds = time.perf_counter() - start
-    return {"mode": mode, "layers": layers, "shared_prompt": shared, "seconds": seconds,
-            "activation_mb": sum(storages.values()) / 2**20}
+    return {
+        "mode": mode,
+        "layers": layers,
+        "shared_prompt": shared,
+        "seconds": seconds,
+        "activation_mb": sum(storages.values()) / 2**20,
+    }
 
 
 def run(mode: str, layers: int, a) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--layers", str(layers), "--prompt", str(a.prompt),
-           "--completion", str(a.completion), "--group", str(a.group)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--layers",
+        str(layers),
+        "--prompt",
+        str(a.prompt),
+        "--completion",
+        str(a.completion),
+        "--group",
+        str(a.group),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if done.returncode:
         raise SystemExit(done.stderr[-2000:])
@@ -95,23 +118,35 @@ def main() -> int:
     rows = {}
     for mode in ("checkpointing", "shared"):
         one, two = run(mode, 1, a), run(mode, 2, a)
-        rows[mode] = {"shared": two["shared_prompt"], "layer_s": two["seconds"] - one["seconds"],
-                      "layer_mb": two["activation_mb"] - one["activation_mb"], "rest_s": 2 * one["seconds"] - two["seconds"]}
+        rows[mode] = {
+            "shared": two["shared_prompt"],
+            "layer_s": two["seconds"] - one["seconds"],
+            "layer_mb": two["activation_mb"] - one["activation_mb"],
+            "rest_s": 2 * one["seconds"] - two["seconds"],
+        }
     tokens = a.group * (a.prompt + a.completion)
     tina_tokens = 6 * (200 + 3584)  # one loss pass of Tina's on one GPU: its per-device batch, G=6 x (~200 + 3,584)
-    print(f"one loss pass of one prompt group: G={a.group}, prompt {a.prompt}, completion {a.completion} tokens "
-          f"({tokens} tokens), Qwen2-1.5B layer shape, float32, CPU\n")
-    print("| mode | shared-prompt pass | s per layer | activation MB per layer | per token (KB/layer) | 28 layers, "
-          "one pass of Tina's (6 x 3,784 tokens), bf16 (GB) |")
+    print(
+        f"one loss pass of one prompt group: G={a.group}, prompt {a.prompt}, completion {a.completion} tokens "
+        f"({tokens} tokens), Qwen2-1.5B layer shape, float32, CPU\n"
+    )
+    print(
+        "| mode | shared-prompt pass | s per layer | activation MB per layer | per token (KB/layer) | 28 layers, "
+        "one pass of Tina's (6 x 3,784 tokens), bf16 (GB) |"
+    )
     print("|---|---|---|---|---|---|")
     for mode, r in rows.items():
         per_token_kb = r["layer_mb"] * 1024 / tokens
         tina_gb = per_token_kb * 1024 * LAYERS_REAL * tina_tokens / 2 / 2**30  # bf16: half of the fp32 bytes
-        print(f"| {mode} | {'yes' if r['shared'] else 'no'} | {r['layer_s']:.2f} | {r['layer_mb']:.0f} | "
-              f"{per_token_kb:.1f} | {tina_gb:.1f} |")
+        print(
+            f"| {mode} | {'yes' if r['shared'] else 'no'} | {r['layer_s']:.2f} | {r['layer_mb']:.0f} | "
+            f"{per_token_kb:.1f} | {tina_gb:.1f} |"
+        )
     c, s = rows["checkpointing"], rows["shared"]
-    print(f"\nshared / checkpointing: time per layer {s['layer_s'] / c['layer_s']:.2f}x, activation memory per layer "
-          f"{s['layer_mb'] / max(c['layer_mb'], 1e-9):.1f}x")
+    print(
+        f"\nshared / checkpointing: time per layer {s['layer_s'] / c['layer_s']:.2f}x, activation memory per layer "
+        f"{s['layer_mb'] / max(c['layer_mb'], 1e-9):.1f}x"
+    )
     return 0
 
 

@@ -60,8 +60,9 @@ def make_run(base, folder: Path, n: int, rank: int, update: float) -> list[Path]
 
     paths = []
     for i in range(n):
-        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
-                                                               task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, task_type="CAUSAL_LM")
+        )
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for module in model.modules():
@@ -176,9 +177,20 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e == "hf" or importlib.util.find_spec(e) is not None]
     skipped = [e for e in args.engines.split(",") if e not in engines]
     bench = load_benchmark("arith", limit=args.problems)
-    opts = EvalOptions(model=args.model, benchmarks=["arith"], samples=args.samples, seeds=[0], temperature=0.6,
-                       top_p=0.95, max_new_tokens=args.max_new_tokens, limit=args.problems,
-                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, progress=False)
+    opts = EvalOptions(
+        model=args.model,
+        benchmarks=["arith"],
+        samples=args.samples,
+        seeds=[0],
+        temperature=0.6,
+        top_p=0.95,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.problems,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        progress=False,
+    )
     rows: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -190,8 +202,10 @@ def main() -> None:
         for engine in engines:  # hf first: vLLM's CPU backend binds the process's threads when it starts
             modes = {"swap": ({}, [BASE] + cands), "kept": ({}, [BASE] + kept)}
             if engine == "hf" and args.dtype == "float32":
-                modes |= {"swap-merged": ({"merge_adapters": True}, [BASE] + cands),
-                          "kept-merged": ({"merge_adapters": True}, [BASE] + kept)}
+                modes |= {
+                    "swap-merged": ({"merge_adapters": True}, [BASE] + cands),
+                    "kept-merged": ({"merge_adapters": True}, [BASE] + kept),
+                }
             probes = {}  # one Server (one base model) per way of serving, shared by its swap and kept modes
             for extra, _ in modes.values():
                 key = "merged" if extra else "plain"
@@ -208,8 +222,9 @@ def main() -> None:
                 for mode, (extra, candidates) in modes.items():
                     probe = probes["merged" if extra else "plain"]
                     n_switch, n_stats = len(probe.switches), len(probe.stats)
-                    wall, outcomes, done = one_pass(probe, replace(opts, backend=engine, **extra), candidates,
-                                                    bench, tmp)
+                    wall, outcomes, done = one_pass(
+                        probe, replace(opts, backend=engine, **extra), candidates, bench, tmp
+                    )
                     walls[mode].append(wall)
                     switches[mode] += probe.switches[n_switch:]
                     texts[mode] = done
@@ -219,24 +234,32 @@ def main() -> None:
                             rate = o.tokens_generated / o.seconds if o.seconds else 0.0
                             per_model[label] = max(per_model.get(label, 0.0), rate)
             same = texts["swap"][cands[0].label] == texts["kept"][kept[0].label]
-            same_merged = ("swap-merged" not in texts or
-                           texts["swap-merged"][cands[0].label] == texts["kept-merged"][kept[0].label])
+            same_merged = (
+                "swap-merged" not in texts
+                or texts["swap-merged"][cands[0].label] == texts["kept-merged"][kept[0].label]
+            )
             tokens = sum(s.tokens for s in stats_swap)
             rows[engine] = {
-                "version": probes["plain"].server.engine_name, "per_model": per_model,
+                "version": probes["plain"].server.engine_name,
+                "per_model": per_model,
                 "walls": {m: min(w) for m, w in walls.items()},
                 "switch_ms": {m: 1000 * statistics.median(s) if s else None for m, s in switches.items()},
                 "same": same and same_merged,
                 "static": (tokens, sum(s.static_slots for s in stats_swap), sum(s.decode_slots for s in stats_swap))
-                if stats_swap else None,
+                if stats_swap
+                else None,
             }
             del probes
 
-    work = (f"base + {args.checkpoints} checkpoints x {args.problems} arith problems x {args.samples} samples, "
-            f"<= {args.max_new_tokens} new tokens, T=0.6 top-p 0.95, batch size {args.batch_size}")
-    print(f"\neval_swap: {args.model} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads); LoRA "
-          f"r={args.rank} on all linear layers, update {args.update:g} of each weight's norm; {work}; best of "
-          f"{args.repeats} passes" + (f"; not importable, skipped: {', '.join(skipped)}" if skipped else "") + "\n")
+    work = (
+        f"base + {args.checkpoints} checkpoints x {args.problems} arith problems x {args.samples} samples, "
+        f"<= {args.max_new_tokens} new tokens, T=0.6 top-p 0.95, batch size {args.batch_size}"
+    )
+    print(
+        f"\neval_swap: {args.model} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads); LoRA "
+        f"r={args.rank} on all linear layers, update {args.update:g} of each weight's norm; {work}; best of "
+        f"{args.repeats} passes" + (f"; not importable, skipped: {', '.join(skipped)}" if skipped else "") + "\n"
+    )
     labels = ["base"] + [c.label for c in cands]
     print("tokens/s per model (generation + grading, as results.json reports it):\n")
     print("| model | " + " | ".join(rows[e]["version"] for e in rows) + " |")
@@ -250,17 +273,23 @@ def main() -> None:
         for mode, wall in r["walls"].items():
             ref = "kept-merged" if mode.endswith("merged") else "kept"
             ms = r["switch_ms"][mode]
-            print(f"| {e} | {mode} | {wall:.2f} | {wall / r['walls'][ref]:.2f}x | "
-                  f"{'-' if ms is None else f'{ms:.1f}'} | {'yes' if r['same'] else 'NO'} |")
+            print(
+                f"| {e} | {mode} | {wall:.2f} | {wall / r['walls'][ref]:.2f}x | "
+                f"{'-' if ms is None else f'{ms:.1f}'} | {'yes' if r['same'] else 'NO'} |"
+            )
     if "hf" in rows and rows["hf"]["static"]:
         tokens, static, decode = rows["hf"]["static"]
         print("\nhf decode slots over the swap pass (rows x steps):\n")
         print("| | decode slots | tokens | slots / token | waste (slots on finished rows) |")
         print("|---|---|---|---|---|")
-        print(f"| before: static batch (transformers generate) | {static} | {tokens} | {static / tokens:.2f} | "
-              f"{1 - tokens / static:.1%} |")
-        print(f"| after: tina's loop (finished rows leave) | {decode} | {tokens} | {decode / tokens:.2f} | "
-              f"{1 - tokens / decode:.1%} |")
+        print(
+            f"| before: static batch (transformers generate) | {static} | {tokens} | {static / tokens:.2f} | "
+            f"{1 - tokens / static:.1%} |"
+        )
+        print(
+            f"| after: tina's loop (finished rows leave) | {decode} | {tokens} | {decode / tokens:.2f} | "
+            f"{1 - tokens / decode:.1%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -81,17 +81,24 @@ def setting(a) -> dict:
 
     raw = yaml.safe_load(resolve_recipe_path(RECIPE).read_text())
     cuda = a.device == "cuda"
-    raw["model"].update(name_or_path=str(a.model_folder), dtype="bfloat16" if cuda else "float32",
-                        attn_implementation=attention(a))
+    raw["model"].update(
+        name_or_path=str(a.model_folder), dtype="bfloat16" if cuda else "float32", attn_implementation=attention(a)
+    )
     raw["data"] = dict(source=str(a.data), adapter="auto", system_prompt=None, template="tokenizer")
-    raw["rollout"].update(backend=a.engine, max_new_tokens=a.max_new_tokens, check_engine=True,
-                          max_model_len=a.prompt_tokens + a.max_new_tokens)
+    raw["rollout"].update(
+        backend=a.engine,
+        max_new_tokens=a.max_new_tokens,
+        check_engine=True,
+        max_model_len=a.prompt_tokens + a.max_new_tokens,
+    )
     if a.gpu_memory_utilization is not None:
         raw["rollout"]["gpu_memory_utilization"] = a.gpu_memory_utilization
-    raw["train"].update(max_steps=a.steps, stop_step=None, save_steps=a.steps, probe_prompt="", device=a.device,
-                        report_to=[])
-    raw["cost"] = dict(device_name=device_name(a.device), num_devices=1,
-                       usd_per_device_hour=a.usd_per_device_hour or 0.0)
+    raw["train"].update(
+        max_steps=a.steps, stop_step=None, save_steps=a.steps, probe_prompt="", device=a.device, report_to=[]
+    )
+    raw["cost"] = dict(
+        device_name=device_name(a.device), num_devices=1, usd_per_device_hour=a.usd_per_device_hour or 0.0
+    )
     return raw
 
 
@@ -160,6 +167,7 @@ def measure(a) -> dict:
                 return fn(*args, **kwargs)
             finally:
                 timed[name] = timed.get(name, 0.0) + time.perf_counter() - t
+
         return wrapper
 
     # open_engine imports these two at call time: wrapping them times the engine start and its canary, nothing else
@@ -169,8 +177,14 @@ def measure(a) -> dict:
 
     def snap(run, step):
         led = run.ledger
-        snapshots.append({"step": step, "phases": dict(led.seconds), "tokens_generated": led.tokens_generated,
-                          "tokens_trained": led.tokens_trained})
+        snapshots.append(
+            {
+                "step": step,
+                "phases": dict(led.seconds),
+                "tokens_generated": led.tokens_generated,
+                "tokens_trained": led.tokens_trained,
+            }
+        )
 
     enter, end_step = runmod.Run.__enter__, runmod.Run.end_step
 
@@ -202,29 +216,51 @@ def measure(a) -> dict:
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, "max RSS (ru_maxrss)"
     steps = []
-    for before, after, m in zip(snapshots, snapshots[1:], metrics):
+    for before, after, m in zip(snapshots, snapshots[1:], metrics, strict=False):
         phases = {p: after["phases"][p] - before["phases"][p] for p in PHASES}
-        steps.append({"step": m["step"], "seconds": m["step_seconds"], **{p: round(v, 4) for p, v in phases.items()},
-                      "other": round(m["step_seconds"] - sum(phases.values()), 4),
-                      "tokens_generated": after["tokens_generated"] - before["tokens_generated"],
-                      "tokens_trained": after["tokens_trained"] - before["tokens_trained"],
-                      "completion_length": m.get("completion_length"), "truncated_ratio": m.get("truncated_ratio"),
-                      "loss": m.get("loss"), "rollout/logp_diff_mean": m.get("rollout/logp_diff_mean")})
+        steps.append(
+            {
+                "step": m["step"],
+                "seconds": m["step_seconds"],
+                **{p: round(v, 4) for p, v in phases.items()},
+                "other": round(m["step_seconds"] - sum(phases.values()), 4),
+                "tokens_generated": after["tokens_generated"] - before["tokens_generated"],
+                "tokens_trained": after["tokens_trained"] - before["tokens_trained"],
+                "completion_length": m.get("completion_length"),
+                "truncated_ratio": m.get("truncated_ratio"),
+                "loss": m.get("loss"),
+                "rollout/logp_diff_mean": m.get("rollout/logp_diff_mean"),
+            }
+        )
     import transformers
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "cuda": torch.version.cuda, "python": platform.python_version()}
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
     if a.engine == "vllm":
         import vllm
 
         versions["vllm"] = vllm.__version__
-    return {"engine": a.engine, "status": "measured", "steps": steps, "peak_memory_gb": round(peak, 3),
-            "peak_memory_kind": kind, "device_used_peak_gb": round(poller.peak / 1e9, 3) if poller else None,
-            "engine_start_seconds": timed.get("engine_start"), "canary_seconds": timed.get("canary"),
-            "setup_seconds": snapshots[0]["phases"]["setup"] if snapshots else None,
-            "ledger": ledger, "trainable_params": result.trainable_params, "total_params": result.total_params,
-            "versions": versions, "device": device_name(a.device),
-            "config": {k: cfg_section(cfg, k) for k in ("model", "lora", "rollout", "algorithm", "train")}}
+    return {
+        "engine": a.engine,
+        "status": "measured",
+        "steps": steps,
+        "peak_memory_gb": round(peak, 3),
+        "peak_memory_kind": kind,
+        "device_used_peak_gb": round(poller.peak / 1e9, 3) if poller else None,
+        "engine_start_seconds": timed.get("engine_start"),
+        "canary_seconds": timed.get("canary"),
+        "setup_seconds": snapshots[0]["phases"]["setup"] if snapshots else None,
+        "ledger": ledger,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "versions": versions,
+        "device": device_name(a.device),
+        "config": {k: cfg_section(cfg, k) for k in ("model", "lora", "rollout", "algorithm", "train")},
+    }
 
 
 def cfg_section(cfg, name: str) -> dict:
@@ -249,8 +285,9 @@ def summarise(res: dict) -> dict:
         "generation_tokens_per_second": sum(s["tokens_generated"] for s in steady) / gen if gen else None,
         "train_tokens_per_second": sum(s["tokens_trained"] for s in steady) / trained if trained else None,
         "completion_tokens_mean": statistics.mean(lengths) if lengths else None,
-        "truncated_ratio": statistics.mean(s["truncated_ratio"] for s in steady
-                                           if s["truncated_ratio"] is not None) if lengths else None,
+        "truncated_ratio": statistics.mean(s["truncated_ratio"] for s in steady if s["truncated_ratio"] is not None)
+        if lengths
+        else None,
         "first_step_seconds": steps[0]["seconds"],
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
@@ -264,10 +301,30 @@ def unmeasured(engine: str, reason: str) -> dict:
 def run_engine(a, engine: str, work: Path) -> dict:
     """One engine in a subprocess; its result, or 'unmeasured: failed ...' with the error's last line."""
     out, run_dir, log = work / f"{engine}.json", work / engine / "run", work / f"{engine}.log"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--model-folder", str(a.model_folder),
-           "--data", str(a.data), "--run-dir", str(run_dir), "--result", str(out), "--device", a.device,
-           "--steps", str(a.steps), "--max-new-tokens", str(a.max_new_tokens),
-           "--prompt-tokens", str(a.prompt_tokens), "--attn", a.attn]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        engine,
+        "--model-folder",
+        str(a.model_folder),
+        "--data",
+        str(a.data),
+        "--run-dir",
+        str(run_dir),
+        "--result",
+        str(out),
+        "--device",
+        a.device,
+        "--steps",
+        str(a.steps),
+        "--max-new-tokens",
+        str(a.max_new_tokens),
+        "--prompt-tokens",
+        str(a.prompt_tokens),
+        "--attn",
+        a.attn,
+    ]
     if a.gpu_memory_utilization is not None:
         cmd += ["--gpu-memory-utilization", str(a.gpu_memory_utilization)]
     if a.usd_per_device_hour:
@@ -296,8 +353,16 @@ def run_engine(a, engine: str, work: Path) -> dict:
 def table(rows: list[dict], price: float | None) -> str:
     """The markdown table: one row per engine, '-' and the reason for an unmeasured one."""
     device_col = any(r.get("device_used_peak_gb") is not None for r in rows)  # measured on a GPU
-    head = ["engine", "s/step", "generation s", "log-prob s", "backward s", "gen tokens/s", "train tokens/s",
-            "peak memory (GB)"]
+    head = [
+        "engine",
+        "s/step",
+        "generation s",
+        "log-prob s",
+        "backward s",
+        "gen tokens/s",
+        "train tokens/s",
+        "peak memory (GB)",
+    ]
     head += ["device in use, peak (GB)"] if device_col else []
     head += ["completion tokens (mean)", "engine start s", "canary s"]
     head += [f"USD/step at ${price:g}/h"] if price else []
@@ -312,11 +377,21 @@ def table(rows: list[dict], price: float | None) -> str:
         if s is None:
             lines.append("| " + " | ".join([r["engine"], *["-"] * (len(head) - 2), r["status"]]) + " |")
             continue
-        status = "measured" + (" (1 step: includes warm-up)" if s["warmup_included"] else
-                               f" (steps {','.join(map(str, s['steady_steps']))}; step 1 = warm-up, excluded)")
-        cells = [r["engine"], f(s["seconds_per_step"]), f(s["generation_seconds"]), f(s["logprob_seconds"]),
-                 f(s["backward_seconds"]), f(s["generation_tokens_per_second"], 0), f(s["train_tokens_per_second"], 0),
-                 f(r["peak_memory_gb"])]
+        status = "measured" + (
+            " (1 step: includes warm-up)"
+            if s["warmup_included"]
+            else f" (steps {','.join(map(str, s['steady_steps']))}; step 1 = warm-up, excluded)"
+        )
+        cells = [
+            r["engine"],
+            f(s["seconds_per_step"]),
+            f(s["generation_seconds"]),
+            f(s["logprob_seconds"]),
+            f(s["backward_seconds"]),
+            f(s["generation_tokens_per_second"], 0),
+            f(s["train_tokens_per_second"], 0),
+            f(r["peak_memory_gb"]),
+        ]
         cells += [f(r.get("device_used_peak_gb"))] if device_col else []
         cells += [f(s["completion_tokens_mean"], 0), f(r["engine_start_seconds"]), f(r["canary_seconds"])]
         cells += [f(s["seconds_per_step"] * price / 3600, 4)] if price else []
@@ -327,23 +402,43 @@ def table(rows: list[dict], price: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["qwen2-1.5b", "tiny"], default=None,
-                        help="model shape (default qwen2-1.5b; tiny with --dry)")
+    parser.add_argument(
+        "--shape",
+        choices=["qwen2-1.5b", "tiny"],
+        default=None,
+        help="model shape (default qwen2-1.5b; tiny with --dry)",
+    )
     parser.add_argument("--engines", default="hf,vllm", help="comma-separated: hf, vllm (default both)")
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per engine (default 2: the first is "
-                        "warm-up, the table shows the rest)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="GRPO steps per engine (default 2: the first is warm-up, the table shows the rest)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="completion budget (default 3584, 16 --dry)")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default 200, 32 --dry)")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default=None,
-                        help="default: cuda where available (cpu with --dry)")
+    parser.add_argument(
+        "--device", choices=["auto", "cuda", "cpu"], default=None, help="default: cuda where available (cpu with --dry)"
+    )
     parser.add_argument("--dry", action="store_true", help="CPU plumbing check: tiny shape, short prompts, few tokens")
-    parser.add_argument("--attn", choices=["auto", "sdpa", "eager", "flash_attention_2"], default="auto",
-                        help="attention (default: the recipe's flash_attention_2 where flash-attn is installed on a "
-                        "GPU, else sdpa)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
-                        help="vllm's share of the GPU (default: tina's rollout.gpu_memory_utilization, 0.3)")
-    parser.add_argument("--usd-per-device-hour", type=float, default=None,
-                        help="a price, to add measured seconds x price per step to the table")
+    parser.add_argument(
+        "--attn",
+        choices=["auto", "sdpa", "eager", "flash_attention_2"],
+        default="auto",
+        help="attention (default: the recipe's flash_attention_2 where flash-attn is installed on a GPU, else sdpa)",
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vllm's share of the GPU (default: tina's rollout.gpu_memory_utilization, 0.3)",
+    )
+    parser.add_argument(
+        "--usd-per-device-hour",
+        type=float,
+        default=None,
+        help="a price, to add measured seconds x price per step to the table",
+    )
     parser.add_argument("--json", default=None, help="write every result (all steps, ledgers, settings) here")
     parser.add_argument("--keep", default=None, help="keep the runs and logs in this folder (default: a temp folder)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per engine before it is given up")
@@ -360,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
             res = measure(a)
         except BaseException as exc:  # written for the parent, then re-raised (full traceback in the log)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            Path(a.result).write_text(json.dumps({"engine": a.engine, "status": "failed",
-                                                  "error": f"{type(exc).__name__}: {first}"}))
+            Path(a.result).write_text(
+                json.dumps({"engine": a.engine, "status": "failed", "error": f"{type(exc).__name__}: {first}"})
+            )
             raise
         Path(a.result).write_text(json.dumps(res))
         return 0
@@ -389,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     header = ""
     try:
         if a.device == "none":
-            rows = [unmeasured(e, "no CUDA GPU (--dry runs the CPU plumbing check; --device cpu forces the CPU)")
-                    for e in engines]
+            rows = [
+                unmeasured(e, "no CUDA GPU (--dry runs the CPU plumbing check; --device cpu forces the CPU)")
+                for e in engines
+            ]
         else:
             from transformers import AutoTokenizer
 
@@ -406,12 +504,14 @@ def main(argv: list[str] | None = None) -> int:
             r = load_config_dict(setting(a))  # what every engine runs (but the backend)
             prompts = r.train.batch_size // r.rollout.num_generations * r.train.gradient_accumulation_steps
             where = "a CUDA GPU (named in --json)" if a.device == "cuda" else device_name(a.device)  # no CUDA here
-            header = (f"One GRPO step of `tina train` at the {RECIPE} setting on a random-weight {a.shape} model "
-                      f"({millions(info['parameters'])} parameters; folder ready in {built:.1f} s): {prompts} prompts "
-                      f"x {r.rollout.num_generations} completions, {a.prompt_tokens} prompt tokens, up to "
-                      f"{a.max_new_tokens} new tokens, LoRA r={r.lora.r}, beta {r.algorithm.beta:g}, gradient "
-                      f"checkpointing {'on' if r.train.gradient_checkpointing else 'off'}, {r.model.dtype}, "
-                      f"{r.model.attn_implementation} attention, on {where}; {a.steps} step(s) per engine")
+            header = (
+                f"One GRPO step of `tina train` at the {RECIPE} setting on a random-weight {a.shape} model "
+                f"({millions(info['parameters'])} parameters; folder ready in {built:.1f} s): {prompts} prompts "
+                f"x {r.rollout.num_generations} completions, {a.prompt_tokens} prompt tokens, up to "
+                f"{a.max_new_tokens} new tokens, LoRA r={r.lora.r}, beta {r.algorithm.beta:g}, gradient "
+                f"checkpointing {'on' if r.train.gradient_checkpointing else 'off'}, {r.model.dtype}, "
+                f"{r.model.attn_implementation} attention, on {where}; {a.steps} step(s) per engine"
+            )
             print(header, flush=True)
             for engine in engines:
                 if engine == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -427,18 +527,28 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, a.usd_per_device_hour))
     if any(r.get("summary") for r in rows):
-        print("\nWorst case: a random-weight model almost never samples EOS, so completions run to the token budget; "
-              "rewards are 0 (the loss is ~0) but every pass runs at full cost.  Step 1 (warm-up) is excluded when "
-              "more than one step ran; every step is in --json.")
+        print(
+            "\nWorst case: a random-weight model almost never samples EOS, so completions run to the token budget; "
+            "rewards are 0 (the loss is ~0) but every pass runs at full cost.  Step 1 (warm-up) is excluded when "
+            "more than one step ran; every step is in --json."
+        )
     for r in rows:
         if r.get("summary") and not a.dry:
-            print(f"{r['engine']}: {r['device']}; to price a run on this hardware, e.g. `tina check {RECIPE} --set "
-                  f"cost.seconds_per_step={r['summary']['seconds_per_step']:.0f} --set cost.num_devices=1` (one "
-                  "device, full-length completions: an upper bound for this model size and token budget)")
+            print(
+                f"{r['engine']}: {r['device']}; to price a run on this hardware, e.g. `tina check {RECIPE} --set "
+                f"cost.seconds_per_step={r['summary']['seconds_per_step']:.0f} --set cost.num_devices=1` (one "
+                "device, full-length completions: an upper bound for this model size and token budget)"
+            )
     if a.json:
         write_json(a, header, rows)
-    return 1 if any(r["status"].startswith("unmeasured: failed") or r["status"].startswith("unmeasured: timed out")
-                    for r in rows) else 0
+    return (
+        1
+        if any(
+            r["status"].startswith("unmeasured: failed") or r["status"].startswith("unmeasured: timed out")
+            for r in rows
+        )
+        else 0
+    )
 
 
 def load_config_dict(raw: dict):
@@ -452,10 +562,23 @@ def millions(n: int) -> str:
 
 
 def write_json(a, header: str, rows: list[dict]) -> None:
-    settings = {k: getattr(a, k) for k in ("shape", "device", "steps", "max_new_tokens", "prompt_tokens", "attn",
-                                           "gpu_memory_utilization", "usd_per_device_hour", "dry")}
-    Path(a.json).write_text(json.dumps({"recipe": RECIPE, "settings": settings, "header": header, "results": rows},
-                                       indent=2, default=str))
+    settings = {
+        k: getattr(a, k)
+        for k in (
+            "shape",
+            "device",
+            "steps",
+            "max_new_tokens",
+            "prompt_tokens",
+            "attn",
+            "gpu_memory_utilization",
+            "usd_per_device_hour",
+            "dry",
+        )
+    }
+    Path(a.json).write_text(
+        json.dumps({"recipe": RECIPE, "settings": settings, "header": header, "results": rows}, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,13 @@ def tina_recipe(a, data: Path) -> dict:
         "rollout": {"num_generations": gens, "max_new_tokens": tokens, "temperature": 1.0},
         "algorithm": {"objective": "grpo", "beta": 0.0, "scale_rewards": "group"},
         "rewards": {name: {"weight": 1.0} for name in rewards},
-        "train": {"max_steps": a.steps, "batch_size": prompts * gens, "learning_rate": LEARNING_RATE,
-                  "lr_scheduler": "constant", "device": "cpu" if a.device == "cpu" else "auto"},
+        "train": {
+            "max_steps": a.steps,
+            "batch_size": prompts * gens,
+            "learning_rate": LEARNING_RATE,
+            "lr_scheduler": "constant",
+            "device": "cpu" if a.device == "cpu" else "auto",
+        },
     }
 
 
@@ -98,9 +103,15 @@ def measure(cmd: list[str], folder: Path, name: str) -> dict:
         sampler.join()
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
-    return {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "wall_s": wall,
-            "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
-            "tree_peak_mb": peaks["tree"] / 2**20 or None, "gpu_peak_mb": peaks["gpu"]}
+    return {
+        "rc": proc.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+        "wall_s": wall,
+        "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "tree_peak_mb": peaks["tree"] / 2**20 or None,
+        "gpu_peak_mb": peaks["gpu"],
+    }
 
 
 def sample_tree(pid: int, peaks: dict, done: threading.Event, every: float = 0.05) -> None:
@@ -133,12 +144,20 @@ def sample_tree(pid: int, peaks: dict, done: threading.Event, every: float = 0.0
 
 def gpu_memory_mb(nvidia_smi: str, pids: set[int]) -> float | None:
     try:
-        text = subprocess.run([nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=10, check=False).stdout
+        text = subprocess.run(
+            [nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    used = [float(m) for p, m in (line.split(",") for line in text.splitlines() if "," in line)
-            if p.strip().isdigit() and int(p) in pids and m.strip().replace(".", "").isdigit()]
+    used = [
+        float(m)
+        for p, m in (line.split(",") for line in text.splitlines() if "," in line)
+        if p.strip().isdigit() and int(p) in pids and m.strip().replace(".", "").isdigit()
+    ]
     return sum(used) if used else None
 
 
@@ -158,18 +177,37 @@ def run_tina(a, folder: Path, data: Path) -> dict:
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ledger = json.loads((run / "ledger.json").read_text())
     label = f"tina train ({a.tina_dtype}{'; ' + ', '.join(a.tina_set) if a.tina_set else ''})"
-    return {"engine": label, "times": [r["step_seconds"] for r in metrics], "phases": ledger["phases"],
-            "steps": len(metrics), **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")}}
+    return {
+        "engine": label,
+        "times": [r["step_seconds"] for r in metrics],
+        "phases": ledger["phases"],
+        "steps": len(metrics),
+        **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")},
+    }
 
 
 def run_trl_subprocess(a, folder: Path, data: Path) -> dict:
-    cmd = [sys.executable, __file__, "--engine", "trl", "--model", a.model, "--steps", str(a.steps),
-           "--rank", str(a.rank), "--device", a.device, "--data", str(data)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--engine",
+        "trl",
+        "--model",
+        a.model,
+        "--steps",
+        str(a.steps),
+        "--rank",
+        str(a.rank),
+        "--device",
+        a.device,
+        "--data",
+        str(data),
+    ]
     m = measure(cmd, folder, "trl")
     line = next((x for x in m["stdout"].splitlines() if x.startswith("RESULT ")), None)
     if m["rc"] or line is None:
         raise RuntimeError(f"trl failed (exit {m['rc']}):\n{m['stderr'][-3000:]}")
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     return {**res, **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")}}
 
 
@@ -191,17 +229,21 @@ def run_trl(a) -> dict:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     rows = [json.loads(line) for line in Path(a.data).read_text().splitlines() if line.strip()]
-    texts = [tok.apply_chat_template([{"role": "user", "content": r["problem"]}], tokenize=False,
-                                     add_generation_prompt=True) for r in rows]
-    data = Dataset.from_list([{"prompt": t, "answer": r["answer"]} for t, r in zip(texts, rows)])
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": r["problem"]}], tokenize=False, add_generation_prompt=True)
+        for r in rows
+    ]
+    data = Dataset.from_list([{"prompt": t, "answer": r["answer"]} for t, r in zip(texts, rows, strict=True)])
 
     def make_reward(name):
         def reward(completions, answer, prompts=None, **_):
             texts_ = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-            batch = grade_batch(RewardBatch(texts_, list(answer), list(prompts or [""] * len(texts_)),
-                                            [0] * len(texts_), 1))
+            batch = grade_batch(
+                RewardBatch(texts_, list(answer), list(prompts or [""] * len(texts_)), [0] * len(texts_), 1)
+            )
             _, comps = score(batch, [RewardSpec(name, 1.0)])
             return comps[name]
+
         reward.__name__ = name
         return reward
 
@@ -218,16 +260,40 @@ def run_trl(a) -> dict:
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
-            output_dir=out, max_steps=a.steps, per_device_train_batch_size=prompts * gens,
-            gradient_accumulation_steps=1, num_generations=gens, max_completion_length=tokens,
-            temperature=1.0, learning_rate=LEARNING_RATE, beta=0.0, loss_type="grpo", scale_rewards="group",
-            use_vllm=False, use_cpu=a.device == "cpu", bf16=False, gradient_checkpointing=False, logging_steps=1,
-            save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0, lr_scheduler_type="constant",
+            output_dir=out,
+            max_steps=a.steps,
+            per_device_train_batch_size=prompts * gens,
+            gradient_accumulation_steps=1,
+            num_generations=gens,
+            max_completion_length=tokens,
+            temperature=1.0,
+            learning_rate=LEARNING_RATE,
+            beta=0.0,
+            loss_type="grpo",
+            scale_rewards="group",
+            use_vllm=False,
+            use_cpu=a.device == "cpu",
+            bf16=False,
+            gradient_checkpointing=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+            dataloader_num_workers=0,
+            lr_scheduler_type="constant",
         )
-        peft_config = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, target_modules=TARGETS,
-                                 task_type="CAUSAL_LM")
-        trainer = GRPOTrainer(model=model, reward_funcs=[make_reward(r) for r in rewards], args=args,
-                              train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[timer])
+        peft_config = LoraConfig(
+            r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[make_reward(r) for r in rewards],
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
         trainer.train()
     return {"engine": "trl (float32)", "times": timer.times, "steps": len(timer.times)}
 
@@ -248,8 +314,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per engine (default 15 tiny, 4 real model)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--tina-dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--tina-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="an extra `tina train --set` (repeatable); without any, the recipe runs on tina's defaults")
+    parser.add_argument(
+        "--tina-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="an extra `tina train --set` (repeatable); without any, the recipe runs on tina's defaults",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--engines", default="tina,trl", help="comma-separated: tina, trl")
     parser.add_argument("--keep", type=Path, default=None, help="keep the recipe, data, run folder and logs here")
@@ -283,28 +354,39 @@ def main() -> None:
         if a.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
     prompts, gens, tokens, _, rewards = SETTINGS[a.model]
-    print(f"\nOne GRPO step on {a.model}: {prompts} prompts x {gens} generations x {tokens} new tokens, LoRA r={a.rank}, "
-          f"rewards {' + '.join(rewards)}, {a.steps} steps each (first excluded from mean/median), "
-          f"{os.cpu_count()} CPU threads available, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n")
+    print(
+        f"\nOne GRPO step on {a.model}: {prompts} prompts x {gens} generations x {tokens} new tokens, LoRA r={a.rank}, "
+        f"rewards {' + '.join(rewards)}, {a.steps} steps each (first excluded from mean/median), "
+        f"{os.cpu_count()} CPU threads available, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n"
+    )
     gpu = any(r.get("gpu_peak_mb") is not None for r in rows)
-    print("| engine | s/step (median) | s/step (mean) | first step (s) | peak RSS, largest process (MB) "
-          f"| peak RSS, process tree (MB) |{' peak GPU (MB) |' if gpu else ''}")
+    print(
+        "| engine | s/step (median) | s/step (mean) | first step (s) | peak RSS, largest process (MB) "
+        f"| peak RSS, process tree (MB) |{' peak GPU (MB) |' if gpu else ''}"
+    )
     print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for r in rows:
-        print(f"| {r['engine']} | {r['median']:.2f} | {r['mean']:.2f} | {r['first']:.2f} | {mb(r['peak_mb'])} "
-              f"| {mb(r.get('tree_peak_mb'))} |" + (f" {mb(r.get('gpu_peak_mb'))} |" if gpu else ""))
+        print(
+            f"| {r['engine']} | {r['median']:.2f} | {r['mean']:.2f} | {r['first']:.2f} | {mb(r['peak_mb'])} "
+            f"| {mb(r.get('tree_peak_mb'))} |" + (f" {mb(r.get('gpu_peak_mb'))} |" if gpu else "")
+        )
     trl_rows = [r for r in rows if r["engine"].startswith("trl")]
     for r in rows:
         if r["engine"].startswith("tina") and trl_rows:
             t = trl_rows[0]
-            print(f"\n{r['engine']} / {t['engine']}: time per step {r['median'] / t['median']:.2f}x (median), "
-                  f"{r['mean'] / t['mean']:.2f}x (mean); peak memory {r['peak_mb'] / t['peak_mb']:.2f}x "
-                  "(largest process; below 1 = tina better)")
+            print(
+                f"\n{r['engine']} / {t['engine']}: time per step {r['median'] / t['median']:.2f}x (median), "
+                f"{r['mean'] / t['mean']:.2f}x (mean); peak memory {r['peak_mb'] / t['peak_mb']:.2f}x "
+                "(largest process; below 1 = tina better)"
+            )
         if r["engine"].startswith("tina") and r.get("phases"):
             ph = r["phases"]
             per = {k: ph[k] / r["steps"] for k in ("generation", "reward", "logprob", "backward", "checkpoint")}
-            print(f"{r['engine']} seconds per step by phase: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
-                  + f"; setup {ph['setup']:.2f} s once, whole command {r['wall_s']:.1f} s")
+            print(
+                f"{r['engine']} seconds per step by phase: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+                + f"; setup {ph['setup']:.2f} s once, whole command {r['wall_s']:.1f} s"
+            )
     if a.keep is not None:
         print(f"\nrecipe, data, run folder and logs kept in {folder}")
 

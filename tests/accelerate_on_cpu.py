@@ -48,7 +48,6 @@ def _inject_nan(spec: str) -> None:
     """TINA_TEST_NAN_AT="STEP:MICRO" (1-based): the loss of that micro-batch of that optimizer step is NaN (for the
     skipped-step tests; counts loss calls, so use it without train.max_tokens_per_pass)."""
     import tina.train
-    from tina.config import load_config
 
     step, micro = (int(x) for x in spec.split(":"))
     calls = {"n": 0}
@@ -62,6 +61,7 @@ def _inject_nan(spec: str) -> None:
             if n // ga + 1 == step and n % ga + 1 == micro:
                 out.loss = out.loss * float("nan")
             return out
+
         return loss
 
     for name, fn in list(tina.train.LOSSES.items()):

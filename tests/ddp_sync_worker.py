@@ -34,8 +34,10 @@ def main() -> None:
     grad = model.weight.grad.detach().clone()
     expected = xs.sum(1).mean(0)  # d/dw of sum over micro-batches, averaged over the two processes
     if dist.is_main:
-        print(json.dumps({"allreduce_calls": len(calls), "grad": grad.view(-1).tolist(),
-                          "expected": expected.tolist()}), flush=True)
+        print(
+            json.dumps({"allreduce_calls": len(calls), "grad": grad.view(-1).tolist(), "expected": expected.tolist()}),
+            flush=True,
+        )
     dist.barrier()
 
 

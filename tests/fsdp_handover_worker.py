@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import accelerate_on_cpu  # noqa: F401 - marks the CPU process group as FSDP (its module docstring says how)
-
 import tina.rollout.engines
 from tina.rollout.adapters import AdapterHandover
 

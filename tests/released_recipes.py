@@ -77,6 +77,8 @@ warmup_ratio: 0.1
 # The same ablation as a later commit of Tina's repository has it (recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/
 # train_model_open_rs3_drgrpo_ablation.yaml at c6274cd): only the comment, the dataset name and one trailing comment
 # differ; the `scale_reward` typo is still there.
-TINA_DRGRPO_C6274CD = (TINA_DRGRPO.replace("# check ./tina/utils/constant.py", "# check ./tina/config.py")
-                       .replace("curated_open_rs3_drgrpo_ablation", "open_rs3_drgrpo_ablation")
-                       .replace("push_to_hub: false\n", "push_to_hub: false # set as false on purpose\n"))
+TINA_DRGRPO_C6274CD = (
+    TINA_DRGRPO.replace("# check ./tina/utils/constant.py", "# check ./tina/config.py")
+    .replace("curated_open_rs3_drgrpo_ablation", "open_rs3_drgrpo_ablation")
+    .replace("push_to_hub: false\n", "push_to_hub: false # set as false on purpose\n")
+)

@@ -56,8 +56,16 @@ def test_wrong_types_and_impossible_values(override, expected):
 
 
 def test_overrides_parse_values_as_yaml():
-    cfg = load_config("demo", ["train.max_steps=20", "train.learning_rate=1e-4", "lora.target_modules=[q_proj, v_proj]",
-                               "train.gradient_checkpointing=true", "rewards.format.weight=0.5"])
+    cfg = load_config(
+        "demo",
+        [
+            "train.max_steps=20",
+            "train.learning_rate=1e-4",
+            "lora.target_modules=[q_proj, v_proj]",
+            "train.gradient_checkpointing=true",
+            "rewards.format.weight=0.5",
+        ],
+    )
     assert cfg.train.max_steps == 20 and cfg.train.learning_rate == 1e-4
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.train.gradient_checkpointing is True

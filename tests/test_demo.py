@@ -16,8 +16,16 @@ def test_demo_gain_and_summary(tmp_path, capsys):
     assert cli.main(["demo", "--output-dir", str(out), "--seed", "0", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "demo_summary.json").read_text())
-    for key in ("base_accuracy", "tuned_accuracy", "gain", "gain_ci95", "n_eval", "seconds", "trainable_params",
-                "total_params"):
+    for key in (
+        "base_accuracy",
+        "tuned_accuracy",
+        "gain",
+        "gain_ci95",
+        "n_eval",
+        "seconds",
+        "trainable_params",
+        "total_params",
+    ):
         assert key in summary, key
     assert summary["n_eval"] >= 200
     assert summary["gain"] >= 0.25, summary

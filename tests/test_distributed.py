@@ -21,8 +21,19 @@ from tina.errors import TinaError
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--set", "train.batch_size=32", "--set", "rollout.num_generations=8", "--set", "train.max_steps=3",
-          "--set", "train.save_steps=3", "--set", "rollout.max_new_tokens=24", "--no-progress"]
+COMMON = [
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "rollout.num_generations=8",
+    "--set",
+    "train.max_steps=3",
+    "--set",
+    "train.save_steps=3",
+    "--set",
+    "rollout.max_new_tokens=24",
+    "--no-progress",
+]
 
 
 def _env() -> dict:
@@ -32,8 +43,9 @@ def _env() -> dict:
 
 
 def _tina(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tina", *args], env=_env(), capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "tina", *args], env=_env(), capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +80,13 @@ def test_only_the_main_process_writes(runs):
     _, two = runs
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 3  # not 3 per process
     assert len((two / "probes.jsonl").read_text().splitlines()) == 1
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoint-3", "config.yaml", "ledger.json", "metrics.jsonl",
-                                                     "probes.jsonl"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "checkpoint-3",
+        "config.yaml",
+        "ledger.json",
+        "metrics.jsonl",
+        "probes.jsonl",
+    ]
     ledger = json.loads((two / "ledger.json").read_text())
     assert ledger["num_devices"] == 2  # device-hours count every process
     assert ledger["device_hours"] == pytest.approx(2 * ledger["wall_seconds"] / 3600, rel=1e-3)
@@ -77,19 +94,41 @@ def test_only_the_main_process_writes(runs):
 
 def test_a_dead_process_makes_the_run_exit_nonzero_without_hanging(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tina", "train", "demo", "-o", str(run), "--num-processes", "2",
-           *COMMON[:-1], "--set", "train.max_steps=500", "--set", "train.save_steps=500", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tina",
+        "train",
+        "demo",
+        "-o",
+        str(run),
+        "--num-processes",
+        "2",
+        *COMMON[:-1],
+        "--set",
+        "train.max_steps=500",
+        "--set",
+        "train.save_steps=500",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not (run / "metrics.jsonl").is_file() or \
-                not (run / "metrics.jsonl").read_text().strip():
+        while (
+            time.time() < deadline
+            and not (run / "metrics.jsonl").is_file()
+            or not (run / "metrics.jsonl").read_text().strip()
+        ):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.time() < deadline, "the 2-process run never logged a step"
             time.sleep(0.5)
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "tina" in " ".join(p.cmdline()) and "accelerate" not in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "tina" in " ".join(p.cmdline()) and "accelerate" not in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2, [p.cmdline() for p in workers]
         killed_at = time.time()
         workers[-1].send_signal(signal.SIGKILL)
@@ -114,11 +153,21 @@ def test_single_process_world_shares_everything():
     assert Dist(rank=1, world_size=2).share(8) == slice(4, 8)
 
 
-
-
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_launch(tmp_path, capsys):
-    code = cli.main(["train", "demo", "-o", str(tmp_path / "r"), "--num-processes", "3",
-                     "--set", "train.batch_size=32", "--set", "rollout.num_generations=8"])
+    code = cli.main(
+        [
+            "train",
+            "demo",
+            "-o",
+            str(tmp_path / "r"),
+            "--num-processes",
+            "3",
+            "--set",
+            "train.batch_size=32",
+            "--set",
+            "rollout.num_generations=8",
+        ]
+    )
     assert code == 2
     assert "4 prompts per micro-batch do not split over 3 processes" in capsys.readouterr().err
 
@@ -132,8 +181,18 @@ def test_a_two_process_run_resumes_bit_exact(runs, tmp_path):
     first = _tina(*args, "--set", "train.stop_step=2", "--set", "train.save_steps=1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert (part / "checkpoint-2").is_dir() and not (part / "checkpoint-3").exists()
-    second = _tina("train", str(part / "config.yaml"), "-o", str(part), "--resume", "--num-processes", "2",
-                   "--set", "train.stop_step=3", "--no-progress")
+    second = _tina(
+        "train",
+        str(part / "config.yaml"),
+        "-o",
+        str(part),
+        "--resume",
+        "--num-processes",
+        "2",
+        "--set",
+        "train.stop_step=3",
+        "--no-progress",
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     a = load_file(str(reference / "checkpoint-3" / "adapter_model.safetensors"))
     b = load_file(str(part / "checkpoint-3" / "adapter_model.safetensors"))
@@ -151,8 +210,19 @@ ON_CPU = Path(__file__).with_name("accelerate_on_cpu.py")
 
 
 def _launch_engine(engine: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(engine)),
-           "--num_processes", "2", "--mixed_precision", "no", str(ON_CPU), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path(engine)),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        str(ON_CPU),
+        *args,
+    ]
     return subprocess.run(cmd, env=dict(_env(), DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=600)
 
 
@@ -165,11 +235,21 @@ def engine_runs(request, runs, tmp_path_factory):
     full = _launch_engine(engine, "train", "demo", "-o", str(out / "full"), *COMMON)
     assert full.returncode == 0, full.stderr[-4000:]
     part = out / "part"
-    first = _launch_engine(engine, "train", "demo", "-o", str(part), *COMMON, "--set", "train.stop_step=2",
-                           "--set", "train.save_steps=1")
+    first = _launch_engine(
+        engine, "train", "demo", "-o", str(part), *COMMON, "--set", "train.stop_step=2", "--set", "train.save_steps=1"
+    )
     assert first.returncode == 0, first.stderr[-4000:]
-    second = _launch_engine(engine, "train", str(part / "config.yaml"), "-o", str(part), "--resume",
-                            "--set", "train.stop_step=3", "--no-progress")
+    second = _launch_engine(
+        engine,
+        "train",
+        str(part / "config.yaml"),
+        "-o",
+        str(part),
+        "--resume",
+        "--set",
+        "train.stop_step=3",
+        "--no-progress",
+    )
     assert second.returncode == 0, second.stderr[-4000:]
     return engine, runs[0], out / "full", part, full.stdout
 
@@ -212,13 +292,26 @@ def test_a_checkpoint_from_another_engine_is_refused_in_one_line(engine_runs, ca
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     written_by = {"fsdp": "an FSDP", "zero2": "a DeepSpeed"}[engine]
-    assert errors == [f"tina train: error: checkpoint-3 was written by {written_by} run and cannot be resumed by a "
-                      "single-process or DDP run; resume with the run's own --accelerate-config"]
+    assert errors == [
+        f"tina train: error: checkpoint-3 was written by {written_by} run and cannot be resumed by a "
+        "single-process or DDP run; resume with the run's own --accelerate-config"
+    ]
 
 
 # ------------------------------------------------------------------- FSDP: the engine's adapter folder, the canary
-HANDOVER = ["--set", "train.batch_size=16", "--set", "rollout.num_generations=4", "--set", "train.max_steps=2",
-            "--set", "train.save_steps=2", "--set", "rollout.max_new_tokens=32", "--no-progress"]
+HANDOVER = [
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "rollout.num_generations=4",
+    "--set",
+    "train.max_steps=2",
+    "--set",
+    "train.save_steps=2",
+    "--set",
+    "rollout.max_new_tokens=32",
+    "--no-progress",
+]
 WALL_TIME = ("seconds", "step_seconds", "device_hours", "usd")
 
 
@@ -233,9 +326,25 @@ def fsdp_handover(tmp_path_factory):
     worker = str(Path(__file__).with_name("fsdp_handover_worker.py"))
     done = {}
     for canary in ("on", "off"):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path("fsdp")),
-               "--num_processes", "2", "--mixed_precision", "no", worker, "train", "demo", "-o", str(out / canary),
-               *HANDOVER, "--set", f"rollout.check_engine={'true' if canary == 'on' else 'false'}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config_path("fsdp")),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            worker,
+            "train",
+            "demo",
+            "-o",
+            str(out / canary),
+            *HANDOVER,
+            "--set",
+            f"rollout.check_engine={'true' if canary == 'on' else 'false'}",
+        ]
         done[canary] = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
         assert done[canary].returncode == 0, done[canary].stderr[-4000:]
     return out, done
@@ -279,8 +388,7 @@ def test_the_adapter_fsdp_hands_the_engine_has_peft_names_and_loads_with_peft(fs
     assert all(torch.equal(folder[k], other_rank[k]) for k in folder)
     set_peft_model_state_dict(unsharded, trained)
     unsharded.eval()
-    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                       device="cpu")
+    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu")
     loaded = PeftModel.from_pretrained(base, str(served)).eval()
     ids = torch.tensor([[5, 17, 42, 8, 99, 3, 64]])
     with torch.no_grad():
@@ -294,8 +402,9 @@ def test_a_deepspeed_config_without_deepspeed_installed_fails_before_launch(tmp_
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
-    code = cli.main(["train", "demo", "-o", str(tmp_path / "r"), "--num-processes", "2",
-                     "--accelerate-config", "zero2"])
+    code = cli.main(
+        ["train", "demo", "-o", str(tmp_path / "r"), "--num-processes", "2", "--accelerate-config", "zero2"]
+    )
     assert code == 2
     assert "uses DeepSpeed, which is not installed: pip install deepspeed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -310,10 +419,14 @@ def _state(ckpt: Path) -> tuple[dict, list]:
 def _same_optimizer(a, b) -> bool:
     """ZeRO partitions (one per process): fp32 master weights and Adam moments, bit for bit."""
     for pa, pb in zip(a, b, strict=True):
-        if not all(torch.equal(x, y) for x, y in zip(pa["single_partition_of_fp32_groups"],
-                                                     pb["single_partition_of_fp32_groups"], strict=True)):
+        if not all(
+            torch.equal(x, y)
+            for x, y in zip(pa["single_partition_of_fp32_groups"], pb["single_partition_of_fp32_groups"], strict=True)
+        ):
             return False
-        for sa, sb in zip(pa["base_optimizer_state"]["state"].values(), pb["base_optimizer_state"]["state"].values()):
+        for sa, sb in zip(
+            pa["base_optimizer_state"]["state"].values(), pb["base_optimizer_state"]["state"].values(), strict=True
+        ):
             if not all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq")) or sa["step"] != sb["step"]:
                 return False
     return True
@@ -324,14 +437,37 @@ def test_a_skipped_step_under_zero2_changes_nothing(tmp_path):
     must still leave adapter and optimizer bit-identical, and micro-batch 1's gradients must not leak into the next
     step (the run equals one whose NaN came at micro-batch 1, before anything was accumulated)."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is installed by .ci/run (pip install deepspeed)")
-    args = ["train", "demo", *COMMON, "--set", "train.batch_size=16", "--set", "train.gradient_accumulation_steps=2",
-            "--set", "train.save_steps=1"]
+    args = [
+        "train",
+        "demo",
+        *COMMON,
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.gradient_accumulation_steps=2",
+        "--set",
+        "train.save_steps=1",
+    ]
     runs = {}
     for micro in (2, 1):
         out = tmp_path / f"nan-at-{micro}"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path("zero2")),
-               "--num_processes", "2", "--mixed_precision", "no", str(ON_CPU), args[0], args[1], "-o", str(out),
-               *args[2:]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config_path("zero2")),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            str(ON_CPU),
+            args[0],
+            args[1],
+            "-o",
+            str(out),
+            *args[2:],
+        ]
         env = dict(_env(), DS_ACCELERATOR="cpu", TINA_TEST_NAN_AT=f"2:{micro}", TINA_TEST_GA="2")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]

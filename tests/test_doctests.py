@@ -27,6 +27,13 @@ def test_docstring_examples(module_name):
 
 def test_the_documented_modules_are_found():
     found = [m for m in MODULES if _with_examples(m)]
-    for name in ("tina.rl.masks", "tina.rl.advantages", "tina.rl.schedule", "tina.eval.stats", "tina.grading.extract",
-                 "tina.rewards.text", "tina.ledger"):
+    for name in (
+        "tina.rl.masks",
+        "tina.rl.advantages",
+        "tina.rl.schedule",
+        "tina.eval.stats",
+        "tina.grading.extract",
+        "tina.rewards.text",
+        "tina.ledger",
+    ):
         assert name in found

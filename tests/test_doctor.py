@@ -11,8 +11,16 @@ from tina.cli import main
 from tina.config import load_config
 from tina.doctor import Check, step_time_check
 
-SMALL = ["--set", "train.batch_size=16", "--set", "rollout.num_generations=4", "--set", "rollout.max_new_tokens=8",
-         "--set", "train.probe_prompt=''"]
+SMALL = [
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "rollout.num_generations=4",
+    "--set",
+    "rollout.max_new_tokens=8",
+    "--set",
+    "train.probe_prompt=''",
+]
 
 
 def rows(out: str) -> dict[str, list[str]]:
@@ -30,8 +38,16 @@ def test_doctor_runs_the_recipe_and_measures_a_step(capsys, tmp_path):
     out = capsys.readouterr().out
     table = rows(out)
     assert code == 0, out
-    assert [k for k in table] == ["recipe", "versions", "devices", "engine", "run", "engine states", "step time",
-                                  "memory"]
+    assert [k for k in table] == [
+        "recipe",
+        "versions",
+        "devices",
+        "engine",
+        "run",
+        "engine states",
+        "step time",
+        "memory",
+    ]
     assert table["run"][0] == "ok" and "2 steps" in table["run"][1] and "canary on" in table["run"][1]
     assert "s/step (step 2)" in table["step time"][1]
     assert table["memory"][0] == "ok" and "headroom" in table["memory"][1]
@@ -104,8 +120,19 @@ def test_render_is_a_markdown_table():
 @pytest.mark.slow
 def test_doctor_with_the_vllm_engine(capsys, tmp_path):
     pytest.importorskip("vllm")
-    code = main(["doctor", "demo", *SMALL, "--set", "rollout.backend=vllm", "--set", "model.dtype=float32",
-                 "-o", str(tmp_path / "d")])
+    code = main(
+        [
+            "doctor",
+            "demo",
+            *SMALL,
+            "--set",
+            "rollout.backend=vllm",
+            "--set",
+            "model.dtype=float32",
+            "-o",
+            str(tmp_path / "d"),
+        ]
+    )
     out = capsys.readouterr().out
     table = rows(out)
     assert code == 0, out

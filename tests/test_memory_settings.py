@@ -26,8 +26,15 @@ BASE = {
     "data": {"source": "builtin:arith", "template": "tokenizer"},
     "rollout": {"num_generations": 2, "max_new_tokens": 8, "temperature": 1.0},
     "rewards": {"accuracy": {"weight": 1.0}, "format": {"weight": 1.0}},
-    "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "lr_scheduler": "constant", "save_steps": 100,
-              "device": "cpu", "probe_prompt": ""},
+    "train": {
+        "max_steps": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler": "constant",
+        "save_steps": 100,
+        "device": "cpu",
+        "probe_prompt": "",
+    },
 }
 
 
@@ -71,8 +78,10 @@ def test_float16_through_the_cli_exits_2(tmp_path, capsys):
     import yaml
 
     path.write_text(yaml.safe_dump(recipe()))
-    assert cli.main(["train", str(path), "-o", str(tmp_path / "run"), "--no-progress",
-                     "--set", "model.dtype=float16"]) == 2
+    assert (
+        cli.main(["train", str(path), "-o", str(tmp_path / "run"), "--no-progress", "--set", "model.dtype=float16"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "model.dtype: float16 is not supported on CPU" in err and "Traceback" not in err
 
@@ -91,8 +100,9 @@ def _batch(tokenizer, n=4, width=6, seed=0):
 def test_eager_and_sdpa_give_the_same_log_probs(dtype):
     models = {}
     for attn in ("eager", "sdpa"):
-        models[attn], tok = load_model_and_tokenizer("builtin:tiny-random", dtype=dtype, attn_implementation=attn,
-                                                     device="cpu")
+        models[attn], tok = load_model_and_tokenizer(
+            "builtin:tiny-random", dtype=dtype, attn_implementation=attn, device="cpu"
+        )
     p, pm, c, cm = _batch(tok)
     with torch.no_grad():
         eager = token_logprobs(models["eager"], p, pm, c, cm)
@@ -174,8 +184,12 @@ def _sgd_delta(model, micro_batches, cfg) -> dict[str, torch.Tensor]:
 def test_gradient_accumulation_2_equals_one_double_batch(objective):
     """update() over 2 micro-batches (uneven token counts: 9 and 6) == update() over the whole batch of 4."""
     model, tok = _build()
-    cfg = load_config(recipe(algorithm={"objective": objective, "beta": 0.04},
-                             train={"max_grad_norm": 0.0, "batch_size": 2, "gradient_accumulation_steps": 2}))
+    cfg = load_config(
+        recipe(
+            algorithm={"objective": objective, "beta": 0.04},
+            train={"max_grad_norm": 0.0, "batch_size": 2, "gradient_accumulation_steps": 2},
+        )
+    )
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     whole = _sgd_delta(model, _micro_batches(model, tok, [slice(0, 4)], adv, beta=0.04), cfg)
     split = _sgd_delta(model, _micro_batches(model, tok, [slice(0, 2), slice(2, 4)], adv, beta=0.04), cfg)
@@ -218,8 +232,11 @@ def test_lora_target_subset_and_all_linear():
 
 
 def test_unknown_lora_target_names_the_real_ones():
-    with pytest.raises(ConfigError, match=r"lora.target_modules: c_attn not found in the model; its linear layers "
-                                          r"are: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"):
+    with pytest.raises(
+        ConfigError,
+        match=r"lora.target_modules: c_attn not found in the model; its linear layers "
+        r"are: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
+    ):
         _build(lora={"target_modules": ["q_proj", "c_attn"]})
 
 
@@ -229,8 +246,9 @@ def test_flash_attention_2_without_the_package_exits_2(tmp_path, capsys):
     import yaml
 
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe(model={"attn_implementation": "flash_attention_2"},
-                                          train={"device": "auto"})))
+    path.write_text(
+        yaml.safe_dump(recipe(model={"attn_implementation": "flash_attention_2"}, train={"device": "auto"}))
+    )
     assert cli.main(["check", str(path)]) == 0  # validates anywhere: the package is checked when the model loads
     capsys.readouterr()
     assert cli.main(["train", str(path), "-o", str(tmp_path / "run"), "--no-progress"]) == 2
@@ -253,8 +271,9 @@ def test_loss_passes_in_pieces_give_the_same_update(objective):
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     deltas = []
     for budget in (None, 1):  # 1 token: one prompt group (here one row, num_generations=2 but distinct prompts) a pass
-        cfg = load_config(recipe(algorithm={"objective": objective}, train={"max_grad_norm": 0.0,
-                                                                           "max_tokens_per_pass": budget}))
+        cfg = load_config(
+            recipe(algorithm={"objective": objective}, train={"max_grad_norm": 0.0, "max_tokens_per_pass": budget})
+        )
         deltas.append(_sgd_delta(model, _micro_batches(model, tok, [slice(0, 4)], adv, beta=0.0), cfg))
     whole, pieces = deltas
     assert sum(d.abs().sum() for d in whole.values()) > 0

@@ -34,10 +34,9 @@ from tina.train import Scored, micro_batches, update
 T = 0.7
 LENGTHS = torch.tensor([5, 3, 4, 2])
 ADV = torch.tensor([1.0, -1.0, 0.5, -1.5])
-DELTA = torch.tensor([[0.0, 0.3, 2.0, -0.2, 0.1],
-                      [-0.1, -1.5, 0.2, 0.0, 0.0],
-                      [0.1, 0.1, -0.1, 0.2, 0.0],
-                      [0.5, -0.3, 0.0, 0.0, 0.0]])
+DELTA = torch.tensor(
+    [[0.0, 0.3, 2.0, -0.2, 0.1], [-0.1, -1.5, 0.2, 0.0, 0.0], [0.1, 0.1, -0.1, 0.2, 0.0], [0.5, -0.3, 0.0, 0.0, 0.0]]
+)
 MASK = mask_from_lengths(LENGTHS, 5)  # [4, 5]
 # worked out by hand in the module docstring
 TOKEN_MASKED = [(0, 2), (1, 1)]
@@ -74,13 +73,15 @@ def _trainer_logp(model):
 
 
 def _cfg(mode, **algorithm):
-    return load_config({
-        "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "rollout": {"num_generations": 2, "max_new_tokens": 5, "temperature": T, "max_logp_diff": None},
-        "algorithm": {"rollout_correction": mode, "rollout_correction_cap": 2.0, **algorithm},
-        "train": {"batch_size": 2, "device": "cpu", "probe_prompt": "", "max_grad_norm": 0.0, "max_steps": 1},
-    })
+    return load_config(
+        {
+            "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "rollout": {"num_generations": 2, "max_new_tokens": 5, "temperature": T, "max_logp_diff": None},
+            "algorithm": {"rollout_correction": mode, "rollout_correction_cap": 2.0, **algorithm},
+            "train": {"batch_size": 2, "device": "cpu", "probe_prompt": "", "max_grad_norm": 0.0, "max_steps": 1},
+        }
+    )
 
 
 class _Recorder(torch.optim.SGD):
@@ -132,11 +133,14 @@ def _by_hand(model, weights, mask, *, beta=0.0, weight_kl=False):
 
 
 def _close(a, b, tol=1e-5):
-    return all(torch.allclose(x, y, rtol=1e-4, atol=tol * float(y.abs().max().clamp(min=1e-3))) for x, y in zip(a, b))
+    return all(
+        torch.allclose(x, y, rtol=1e-4, atol=tol * float(y.abs().max().clamp(min=1e-3)))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def _gap(a, b):
-    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------------ on-policy

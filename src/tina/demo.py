@@ -41,8 +41,10 @@ def held_out(tokenizer, cfg) -> tuple[list[str], list[str]]:
     from tina.prompts import render_prompt
 
     _, rows = BUILTIN_TASKS[cfg.data.source]().split(n_eval=cfg.eval.num_problems, seed=0)
-    prompts = [render_prompt(tokenizer, r["problem"], system_prompt=cfg.data.system_prompt,
-                             template=cfg.data.template) for r in rows]
+    prompts = [
+        render_prompt(tokenizer, r["problem"], system_prompt=cfg.data.system_prompt, template=cfg.data.template)
+        for r in rows
+    ]
     return prompts, [r["answer"] for r in rows]
 
 
@@ -75,9 +77,10 @@ def evaluate(model, tokenizer, cfg, *, seed: int) -> dict:
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     e = cfg.eval
     out = {}
-    for name, sampling in (("sampled", Sampling(n=e.samples, max_new_tokens=e.max_new_tokens,
-                                                temperature=e.temperature, seed=seed)),
-                           ("greedy", Sampling(n=1, max_new_tokens=e.max_new_tokens, greedy=True))):
+    for name, sampling in (
+        ("sampled", Sampling(n=e.samples, max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=seed)),
+        ("greedy", Sampling(n=1, max_new_tokens=e.max_new_tokens, greedy=True)),
+    ):
         rollout = engine.generate(ids, sampling)  # seeded: each problem's samples do not depend on the batching
         n = sampling.n
         rep = dict(finished=(~rollout.truncated).tolist(), prompts=[p for p in prompts for _ in range(n)])
@@ -104,9 +107,15 @@ def plot_rewards(metrics: list[dict], path: Path, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot(steps, [m["reward"] for m in metrics], label="total reward", color="tab:blue", linewidth=1.5)
     components = sorted(k for k in (metrics[0] if metrics else {}) if k.startswith("reward/"))
-    for key, color in zip(components, ("tab:green", "tab:orange", "tab:purple", "tab:red")):
-        ax.plot(steps, [m.get(key) for m in metrics], label=f"{key.split('/', 1)[1]} reward", color=color,
-                linewidth=1, alpha=0.8)
+    for key, color in zip(components, ("tab:green", "tab:orange", "tab:purple", "tab:red"), strict=False):
+        ax.plot(
+            steps,
+            [m.get(key) for m in metrics],
+            label=f"{key.split('/', 1)[1]} reward",
+            color=color,
+            linewidth=1,
+            alpha=0.8,
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward per completion")
     ax.set_title(title)
@@ -128,8 +137,15 @@ def demo_recipe(model: str | None) -> tuple[str, str]:
     return DEMOS[key]
 
 
-def run_demo(output_dir: str | Path, *, seed: int = 0, overrides: list[str] | None = None,
-             progress: bool = True, echo=print, model: str | None = None) -> dict:
+def run_demo(
+    output_dir: str | Path,
+    *,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    echo=print,
+    model: str | None = None,
+) -> dict:
     from tina.eval.stats import bootstrap_ci, mean_at_n, paired_bootstrap_ci
     from tina.models import cpu_has_native_bf16, load_model_and_tokenizer, resolve_model_path
     from tina.report import detect_phase_transition
@@ -164,15 +180,18 @@ def run_demo(output_dir: str | Path, *, seed: int = 0, overrides: list[str] | No
     build_seconds = time.perf_counter() - t0
 
     echo("  evaluating the base model ...")
-    base, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, dtype=cfg.model.dtype,
-                                               attn_implementation=cfg.model.attn_implementation, device="cpu")
+    base, tokenizer = load_model_and_tokenizer(
+        cfg.model.name_or_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation, device="cpu"
+    )
     t0 = time.perf_counter()
     before = evaluate(base, tokenizer, cfg, seed=seed + 1)
     eval_seconds = time.perf_counter() - t0
     del base
 
-    echo(f"  training a LoRA adapter with GRPO for {cfg.last_step} steps ({cfg.prompts_per_step} prompts x "
-         f"{cfg.rollout.num_generations} completions per step) ...")
+    echo(
+        f"  training a LoRA adapter with GRPO for {cfg.last_step} steps ({cfg.prompts_per_step} prompts x "
+        f"{cfg.rollout.num_generations} completions per step) ..."
+    )
     result = train(cfg, run_dir, progress=progress, keep_model=True)
     if result.stopped_early:
         raise TinaError(f"demo interrupted; the partial run is in {run_dir}")
@@ -188,49 +207,59 @@ def run_demo(output_dir: str | Path, *, seed: int = 0, overrides: list[str] | No
 
     summary = {"model": cfg.model.name_or_path, "recipe": recipe, "dtype": cfg.model.dtype}
     for key in ("sampled", "greedy", "sampled_lenient", "greedy_lenient"):
-        label = {"sampled": "", "greedy": "greedy_", "sampled_lenient": "lenient_", "greedy_lenient":
-                 "greedy_lenient_"}[key]
+        label = {
+            "sampled": "",
+            "greedy": "greedy_",
+            "sampled_lenient": "lenient_",
+            "greedy_lenient": "greedy_lenient_",
+        }[key]
         d, ci = gain(key)
         summary[f"base_{label}accuracy"] = mean_at_n(before[key])
         summary[f"tuned_{label}accuracy"] = mean_at_n(after[key])
         summary[f"{label}gain"] = d
         summary[f"{label}gain_ci95"] = ci
-    summary.update({
-        "base_accuracy_ci95": list(bootstrap_ci(before["sampled"], seed=seed)),
-        "tuned_accuracy_ci95": list(bootstrap_ci(after["sampled"], seed=seed)),
-        "base_finished": before["sampled_finished"], "tuned_finished": after["sampled_finished"],
-        "base_outcomes": before["outcomes"], "tuned_outcomes": after["outcomes"],
-        "n_eval": int(before["sampled"].shape[0]),
-        "samples_per_problem": int(before["sampled"].shape[1]),
-        "eval_temperature": cfg.eval.temperature,
-        "train_steps": result.steps,
-        "seed": seed,
-    })
+    summary.update(
+        {
+            "base_accuracy_ci95": list(bootstrap_ci(before["sampled"], seed=seed)),
+            "tuned_accuracy_ci95": list(bootstrap_ci(after["sampled"], seed=seed)),
+            "base_finished": before["sampled_finished"],
+            "tuned_finished": after["sampled_finished"],
+            "base_outcomes": before["outcomes"],
+            "tuned_outcomes": after["outcomes"],
+            "n_eval": int(before["sampled"].shape[0]),
+            "samples_per_problem": int(before["sampled"].shape[1]),
+            "eval_temperature": cfg.eval.temperature,
+            "train_steps": result.steps,
+            "seed": seed,
+        }
+    )
     plot_path = out / "reward_curve.png"
     plot_rewards(result.metrics, plot_path, title=f"tina demo: GRPO reward per step (seed {seed})")
     steps = [m["step"] for m in result.metrics]
     phases = {}
     for key in [k for k in result.metrics[0] if k.startswith("reward/")] + ["completion_length"]:
         t = detect_phase_transition(steps, [m.get(key) or 0.0 for m in result.metrics])
-        phases[key] = {"label": t.label, "step": t.step, "strength": round(t.strength, 3),
-                       "effect": round(t.effect, 2)}
+        phases[key] = {"label": t.label, "step": t.step, "strength": round(t.strength, 3), "effect": round(t.effect, 2)}
     summary["phase_transitions"] = phases
     summary["reward_components_first_last"] = {
-        k: [result.metrics[0].get(k), result.metrics[-1].get(k)] for k in result.metrics[0] if k.startswith("reward")}
-    summary.update({
-        "seconds": round(time.perf_counter() - start, 1),
-        "seconds_base_model_build": round(build_seconds, 1),
-        "seconds_training": result.metrics[-1]["seconds"] if result.metrics else 0.0,
-        "seconds_evaluation": round(eval_seconds, 1),
-        "trainable_params": result.trainable_params,
-        "total_params": result.total_params,
-        "base_weights_unchanged": result.base_digest_before == result.base_digest_after,
-        "base_weights_sha256": result.base_digest_after,
-        "run_dir": str(run_dir),
-        "reward_plot": str(plot_path),
-        "example_before": before["example"],
-        "example_after": after["example"],
-    })
+        k: [result.metrics[0].get(k), result.metrics[-1].get(k)] for k in result.metrics[0] if k.startswith("reward")
+    }
+    summary.update(
+        {
+            "seconds": round(time.perf_counter() - start, 1),
+            "seconds_base_model_build": round(build_seconds, 1),
+            "seconds_training": result.metrics[-1]["seconds"] if result.metrics else 0.0,
+            "seconds_evaluation": round(eval_seconds, 1),
+            "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "base_weights_unchanged": result.base_digest_before == result.base_digest_after,
+            "base_weights_sha256": result.base_digest_after,
+            "run_dir": str(run_dir),
+            "reward_plot": str(plot_path),
+            "example_before": before["example"],
+            "example_after": after["example"],
+        }
+    )
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     echo(format_summary(summary, out))
     return summary
@@ -261,11 +290,15 @@ def format_summary(s: dict, out: Path) -> str:
         f"  gain (greedy):  {100 * s['greedy_gain']:+.1f} points, 95% CI [{ci('greedy_gain_ci95')}]",
         f"  gain (lenient sampled): {100 * s['lenient_gain']:+.1f} points, 95% CI [{ci('lenient_gain_ci95')}]",
     ]
-    lines += [f"  how sampled completions ended, {who}: " + ", ".join(f"{n} {k}" for k, n in s[f"{key}_outcomes"].items())
-              for who, key in (("before", "base"), ("after", "tuned"))]
-    moved = [f"{k.split('/', 1)[-1]}: {v['label']}" + (f" at step {v['step']:.0f}" if v["step"] is not None and
-                                                        v["label"] != "none" else "")
-             for k, v in s["phase_transitions"].items()]
+    lines += [
+        f"  how sampled completions ended, {who}: " + ", ".join(f"{n} {k}" for k, n in s[f"{key}_outcomes"].items())
+        for who, key in (("before", "base"), ("after", "tuned"))
+    ]
+    moved = [
+        f"{k.split('/', 1)[-1]}: {v['label']}"
+        + (f" at step {v['step']:.0f}" if v["step"] is not None and v["label"] != "none" else "")
+        for k, v in s["phase_transitions"].items()
+    ]
     lines += [
         f"  phase transitions (tina report's check): {'; '.join(moved)}",
         f"  trained {s['trainable_params']:,} LoRA parameters of {s['total_params']:,}; base weights unchanged: "

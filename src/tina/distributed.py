@@ -178,17 +178,21 @@ class Dist:
             ds = plugin.deepspeed_config
             stage = ds.get("zero_optimization", {}).get("stage")
             if stage not in (None, 0, 1, 2):
-                raise TinaError(f"DeepSpeed ZeRO stage {stage} is not supported (generation would need every "
-                                "partitioned weight gathered per token); use zero2.yaml, or fsdp.yaml to shard the "
-                                "model")
+                raise TinaError(
+                    f"DeepSpeed ZeRO stage {stage} is not supported (generation would need every "
+                    "partitioned weight gathered per token); use zero2.yaml, or fsdp.yaml to shard the "
+                    "model"
+                )
             if ds.get("train_micro_batch_size_per_gpu") in (None, "auto"):  # no dataloader to infer it from
                 ds["train_micro_batch_size_per_gpu"] = 1
             ds["gradient_clipping"] = float(max_grad_norm or 0.0)
         if self.is_fsdp:
             fsdp = self.accelerator.state.fsdp_plugin
             if getattr(fsdp, "fsdp_version", 1) != 2:
-                raise TinaError("FSDP1 is not supported: set fsdp_config.fsdp_version: 2 in the accelerate config "
-                                "(the shipped fsdp.yaml does)")
+                raise TinaError(
+                    "FSDP1 is not supported: set fsdp_config.fsdp_version: 2 in the accelerate config "
+                    "(the shipped fsdp.yaml does)"
+                )
             inner, optimizer = self.accelerator.prepare(model.get_base_model(), optimizer)
             if inner is not model.get_base_model():
                 raise TinaError("accelerate returned a new module for FSDP2; tina expects in-place sharding")
@@ -214,7 +218,7 @@ class Dist:
                 m.unshard()
             yield
         finally:
-            for m, setting in zip(units, saved):
+            for m, setting in zip(units, saved, strict=True):
                 m.reshard()
                 _restore_reshard_setting(m, setting)
 
@@ -229,8 +233,11 @@ class Dist:
             return None
         # a copy even on the CPU: inside Dist.gathered the tensor *is* FSDP's gathered storage, which must stay its own
         # (a digest's numpy view or a safetensors write would pin it, and FSDP could not free it on reshard)
-        return {name: full_tensor(p).detach().to("cpu", copy=True) for name, p in model.named_parameters()
-                if p.requires_grad}
+        return {
+            name: full_tensor(p).detach().to("cpu", copy=True)
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
 
     @property
     def optimizer_format(self) -> str:
@@ -246,8 +253,9 @@ class Dist:
         if self.is_fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_optimizer_state_dict(
+                model, _torch_optimizer(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         if self.is_deepspeed:
             return self.all_gather_object(_to_cpu(optimizer.state_dict()))
         return optimizer.state_dict()
@@ -258,12 +266,18 @@ class Dist:
         if self.is_fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(model, _torch_optimizer(optimizer), optim_state_dict=state,
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                model,
+                _torch_optimizer(optimizer),
+                optim_state_dict=state,
+                options=StateDictOptions(full_state_dict=True),
+            )
         elif self.is_deepspeed:
             if len(state) != self.world_size:
-                raise TinaError(f"this checkpoint holds DeepSpeed optimizer partitions for {len(state)} processes; "
-                                f"resume it with --num-processes {len(state)}")
+                raise TinaError(
+                    f"this checkpoint holds DeepSpeed optimizer partitions for {len(state)} processes; "
+                    f"resume it with --num-processes {len(state)}"
+                )
             # the fp32 master weights come from the checkpoint, not from the (bf16) model: the resume is exact
             _torch_optimizer(optimizer).load_state_dict(state, load_optimizer_states=True, load_from_fp32_weights=True)
         else:
@@ -330,7 +344,7 @@ def _reshard_setting(module) -> tuple:
 def _restore_reshard_setting(module, setting: tuple) -> None:
     state = module._get_fsdp_state()
     state._auto_reshard_after_forward = setting[0]
-    for group, info in zip(state._fsdp_param_groups, setting[1]):
+    for group, info in zip(state._fsdp_param_groups, setting[1], strict=True):
         group.post_forward_mesh_info = info
 
 
@@ -347,8 +361,10 @@ def config_path(name_or_path: str) -> Path:
     shipped = CONFIGS_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
         names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
-        raise TinaError(f"no shipped accelerate config '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-                        f"choose one of {', '.join(names)} or pass a YAML path")
+        raise TinaError(
+            f"no shipped accelerate config '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+            f"choose one of {', '.join(names)} or pass a YAML path"
+        )
     return shipped
 
 
@@ -358,8 +374,19 @@ def launch(num_processes: int, config: str, train_args: list[str]) -> int:
     import sys
 
     check_engine_installed(config_path(config))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config)),
-           "--num_processes", str(num_processes), "-m", "tina", "train", *train_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path(config)),
+        "--num_processes",
+        str(num_processes),
+        "-m",
+        "tina",
+        "train",
+        *train_args,
+    ]
     print("launching: " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
     return subprocess.call(cmd)
 
@@ -372,8 +399,10 @@ def check_engine_installed(config: Path) -> None:
 
     kind = str((parse_yaml(Path(config).read_text(), str(config)) or {}).get("distributed_type", ""))
     if kind.upper() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
-        raise TinaError(f"{Path(config).name} uses DeepSpeed, which is not installed: pip install deepspeed "
-                        "(on a CUDA machine), or use --accelerate-config ddp")
+        raise TinaError(
+            f"{Path(config).name} uses DeepSpeed, which is not installed: pip install deepspeed "
+            "(on a CUDA machine), or use --accelerate-config ddp"
+        )
 
 
 def launched_distributed() -> bool:

@@ -53,18 +53,31 @@ class Check:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="preflight: check a recipe on this machine before the real run",
-                       description="Check a recipe on the machine of the real run: versions, devices and memory, the "
-                                   "engine started with the recipe's settings (sleep/wake/load-adapter cycle, the "
-                                   "canary), a few real training steps at the recipe's shapes, the measured seconds "
-                                   "per step and memory headroom against the recipe's estimate.  Exit 2 with the fix "
-                                   "when anything fails.")
+    p = sub.add_parser(
+        "doctor",
+        help="preflight: check a recipe on this machine before the real run",
+        description="Check a recipe on the machine of the real run: versions, devices and memory, the "
+        "engine started with the recipe's settings (sleep/wake/load-adapter cycle, the "
+        "canary), a few real training steps at the recipe's shapes, the measured seconds "
+        "per step and memory headroom against the recipe's estimate.  Exit 2 with the fix "
+        "when anything fails.",
+    )
     p.add_argument("recipe", help="a recipe YAML file, or the name of a bundled recipe (see `tina recipes`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe key, as for tina train")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe key, as for tina train",
+    )
     p.add_argument("--steps", type=int, default=2, help="training steps to run (default 2: one warm-up, one measured)")
-    p.add_argument("--fraction", type=float, default=1.0,
-                   help="share of the recipe's prompts per micro-batch to run (default 1: the recipe's own shapes)")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="share of the recipe's prompts per micro-batch to run (default 1: the recipe's own shapes)",
+    )
     p.add_argument("--output-dir", "-o", type=Path, default=None, help="keep the short run here (default: a temp dir)")
     p.set_defaults(command_module=__name__)
 
@@ -85,8 +98,9 @@ def run(args) -> int:
     return 0
 
 
-def doctor(recipe, overrides: list[str] | None = None, *, steps: int = 2, fraction: float = 1.0,
-           output_dir: Path | None = None) -> list[Check]:
+def doctor(
+    recipe, overrides: list[str] | None = None, *, steps: int = 2, fraction: float = 1.0, output_dir: Path | None = None
+) -> list[Check]:
     """Every check, in order; a failed check stops the ones that depend on it (they show as ``skip``)."""
     from tina.config import load_config
 
@@ -95,8 +109,14 @@ def doctor(recipe, overrides: list[str] | None = None, *, steps: int = 2, fracti
         cfg = load_config(recipe, overrides or [])
     except TinaError as exc:
         return [Check("recipe", "FAIL", str(exc), "correct the recipe (tina check RECIPE shows the resolved config)")]
-    checks.append(Check("recipe", "ok", f"{cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
-                                        f"per step, engine {cfg.rollout.backend}, {cfg.model.name_or_path}"))
+    checks.append(
+        Check(
+            "recipe",
+            "ok",
+            f"{cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
+            f"per step, engine {cfg.rollout.backend}, {cfg.model.name_or_path}",
+        )
+    )
     checks += version_checks(cfg.rollout.backend)
     checks.append(device_check(cfg))
     engine = engine_check(cfg)
@@ -131,8 +151,14 @@ def version_checks(backend: str) -> list[Check]:
         if not version.split("+")[0].startswith(TESTED[name]) and not (version + ".").startswith(TESTED[name]):
             untested.append(f"{name} {version}")
     if untested:
-        return [Check("versions", "warn", ", ".join(found) + f" (not in the tested matrix: {', '.join(untested)})",
-                      "README lists the tested versions; the run may work, this preflight is how to know")]
+        return [
+            Check(
+                "versions",
+                "warn",
+                ", ".join(found) + f" (not in the tested matrix: {', '.join(untested)})",
+                "README lists the tested versions; the run may work, this preflight is how to know",
+            )
+        ]
     return [Check("versions", "ok", ", ".join(found) + " (tested together)")]
 
 
@@ -151,9 +177,13 @@ def device_check(cfg) -> Check:
             return Check("devices", "FAIL", detail, "this GPU has no bfloat16: --set model.dtype=float16 or float32")
         return Check("devices", "ok", detail)
     if cfg.train.device.startswith("cuda"):
-        return Check("devices", "FAIL", "train.device asks for CUDA, but torch sees no GPU "
-                                        f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)",
-                     "install the CUDA build of torch for this machine, or --set train.device=cpu")
+        return Check(
+            "devices",
+            "FAIL",
+            "train.device asks for CUDA, but torch sees no GPU "
+            f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)",
+            "install the CUDA build of torch for this machine, or --set train.device=cpu",
+        )
     total = _ram_bytes()
     return Check("devices", "ok", f"no GPU: CPU, {os.cpu_count()} cores, {total / 2**30:.1f} GiB RAM")
 
@@ -169,8 +199,9 @@ def engine_check(cfg) -> Check:
     return Check("engine", "ok", f"rollout.backend {cfg.rollout.backend} is available")
 
 
-def run_checks(cfg, recipe, overrides: list[str], *, steps: int, fraction: float,
-               output_dir: Path | None) -> list[Check]:
+def run_checks(
+    cfg, recipe, overrides: list[str], *, steps: int, fraction: float, output_dir: Path | None
+) -> list[Check]:
     """A short real run of the recipe; then its engine states, step time and memory against the estimate."""
     from tina.config import load_config
     from tina.train import train
@@ -178,15 +209,21 @@ def run_checks(cfg, recipe, overrides: list[str], *, steps: int, fraction: float
     g = cfg.rollout.num_generations
     prompts = cfg.train.batch_size // g
     scaled = max(1, round(prompts * fraction))
-    short = overrides + [f"train.stop_step={steps}", f"train.save_steps={steps}", "train.report_to=[]",
-                         f"train.batch_size={scaled * g}"]
+    short = overrides + [
+        f"train.stop_step={steps}",
+        f"train.save_steps={steps}",
+        "train.report_to=[]",
+        f"train.batch_size={scaled * g}",
+    ]
     try:
         small = load_config(recipe, short)
     except TinaError as exc:
         return [Check("run", "FAIL", str(exc), "check the recipe with tina check")]
     where = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="tina-doctor-"))
-    shape = (f"{scaled}/{prompts} prompts x {g} per micro-batch, {cfg.train.gradient_accumulation_steps} micro-batch(es),"
-             f" <= {cfg.rollout.max_new_tokens} new tokens")
+    shape = (
+        f"{scaled}/{prompts} prompts x {g} per micro-batch, {cfg.train.gradient_accumulation_steps} micro-batch(es),"
+        f" <= {cfg.rollout.max_new_tokens} new tokens"
+    )
     started = time.perf_counter()
     _reset_peak_memory()
     try:
@@ -198,13 +235,27 @@ def run_checks(cfg, recipe, overrides: list[str], *, steps: int, fraction: float
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; CUDA errors too
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         oom = "out of memory" in str(exc).lower()
-        return [Check("run", "FAIL", f"{shape}: {first}", _memory_fix(cfg) if oom else
-                      "run `tina train` on this recipe to see the full error, and report it with this table")]
+        return [
+            Check(
+                "run",
+                "FAIL",
+                f"{shape}: {first}",
+                _memory_fix(cfg)
+                if oom
+                else "run `tina train` on this recipe to see the full error, and report it with this table",
+            )
+        ]
     wall = time.perf_counter() - started
     records = result.metrics
-    checks = [Check("run", "ok", f"{len(records)} steps in {wall:.1f} s ({shape}); engine started with the recipe's "
-                                 f"settings, canary {'on' if cfg.rollout.check_engine else 'OFF'}, adapter served "
-                                 f"and checked every step; run in {where}")]
+    checks = [
+        Check(
+            "run",
+            "ok",
+            f"{len(records)} steps in {wall:.1f} s ({shape}); engine started with the recipe's "
+            f"settings, canary {'on' if cfg.rollout.check_engine else 'OFF'}, adapter served "
+            f"and checked every step; run in {where}",
+        )
+    ]
     checks.append(engine_state_check(result))
     checks.append(step_time_check(cfg, records, fraction=scaled / prompts))
     checks.append(memory_check())
@@ -226,20 +277,33 @@ def step_time_check(cfg, records: list[dict], *, fraction: float) -> Check:
         return Check("step time", "skip", "no step finished")
     measured = times[-1]
     label = "step 1 (includes warm-up)" if len(times) == 1 else f"step {len(times)}"
-    scale = "" if fraction >= 1 else f"; at {fraction:.0%} of the recipe's prompts, ~{measured / fraction:.1f} s at full size (linear estimate)"
+    scale = (
+        ""
+        if fraction >= 1
+        else f"; at {fraction:.0%} of the recipe's prompts, ~{measured / fraction:.1f} s at full size (linear estimate)"
+    )
     full = measured / fraction
     est = cfg.cost.seconds_per_step
     if est is None:
-        return Check("step time", "ok", f"{measured:.2f} s/step ({label}){scale}; the recipe has no estimate",
-                     f"set cost.seconds_per_step={full:.3g} and cost.seconds_per_step_source=measured")
+        return Check(
+            "step time",
+            "ok",
+            f"{measured:.2f} s/step ({label}){scale}; the recipe has no estimate",
+            f"set cost.seconds_per_step={full:.3g} and cost.seconds_per_step_source=measured",
+        )
     ratio = full / est
-    detail = (f"{measured:.2f} s/step ({label}){scale}; the recipe estimates {est:g} s "
-              f"({cfg.cost.seconds_per_step_source}): {ratio:.2f}x")
+    detail = (
+        f"{measured:.2f} s/step ({label}){scale}; the recipe estimates {est:g} s "
+        f"({cfg.cost.seconds_per_step_source}): {ratio:.2f}x"
+    )
     if ratio > 1.5:
         steps = cfg.last_step
-        return Check("step time", "warn", detail + f", ~{steps * full / 3600:.1f} h for {steps} steps",
-                     f"budget by the measurement: --set cost.seconds_per_step={full:.3g} "
-                     "cost.seconds_per_step_source=measured")
+        return Check(
+            "step time",
+            "warn",
+            detail + f", ~{steps * full / 3600:.1f} h for {steps} steps",
+            f"budget by the measurement: --set cost.seconds_per_step={full:.3g} cost.seconds_per_step_source=measured",
+        )
     return Check("step time", "ok", detail)
 
 
@@ -265,12 +329,22 @@ def memory_check() -> Check:
         worst = 1 - peak / total
         detail = f"peak RSS {peak / 2**30:.2f} of {total / 2**30:.1f} GiB RAM ({worst:.0%} headroom)"
     if worst < 0.05:
-        return Check("memory", "FAIL", detail, "less than 5% headroom: lower train.batch_size (raise "
-                     "gradient_accumulation_steps), set train.max_tokens_per_pass, train.gradient_checkpointing=true or "
-                     "a lower rollout.gpu_memory_utilization")
+        return Check(
+            "memory",
+            "FAIL",
+            detail,
+            "less than 5% headroom: lower train.batch_size (raise "
+            "gradient_accumulation_steps), set train.max_tokens_per_pass, train.gradient_checkpointing=true or "
+            "a lower rollout.gpu_memory_utilization",
+        )
     if worst < 0.15:
-        return Check("memory", "warn", detail, "little headroom: longer completions later in the run may not fit "
-                     "(train.max_tokens_per_pass bounds the loss pass)")
+        return Check(
+            "memory",
+            "warn",
+            detail,
+            "little headroom: longer completions later in the run may not fit "
+            "(train.max_tokens_per_pass bounds the loss pass)",
+        )
     return Check("memory", "ok", detail)
 
 
@@ -297,9 +371,11 @@ def _fix_from(message: str) -> str:
 
 
 def _memory_fix(cfg) -> str:
-    return ("lower train.batch_size (raise train.gradient_accumulation_steps), set train.max_tokens_per_pass or "
-            "train.gradient_checkpointing=true" + (", or a lower rollout.gpu_memory_utilization"
-                                                    if cfg.rollout.backend == "vllm" else ""))
+    return (
+        "lower train.batch_size (raise train.gradient_accumulation_steps), set train.max_tokens_per_pass or "
+        "train.gradient_checkpointing=true"
+        + (", or a lower rollout.gpu_memory_utilization" if cfg.rollout.backend == "vllm" else "")
+    )
 
 
 def _reset_peak_memory() -> None:
@@ -315,4 +391,3 @@ def _ram_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         return 0
-

@@ -1,7 +1,7 @@
 """User-facing errors.
 
-Anything a user can fix (bad recipe, missing file, unknown name) raises a `TinaError`.  The CLI prints its message on one
-line and exits with code 2; it never shows a traceback for these.  Bugs stay ordinary exceptions.
+Anything a user can fix (bad recipe, missing file, unknown name) raises a `TinaError`.  The CLI prints its message on
+one line and exits with code 2; it never shows a traceback for these.  Bugs stay ordinary exceptions.
 """
 
 from __future__ import annotations

@@ -54,8 +54,18 @@ def estimate_cost(cfg) -> CostEstimate:
     if c.seconds_per_step is not None:
         hours = steps * c.seconds_per_step / 3600
         usd = hours * c.num_devices * c.usd_per_device_hour
-    return CostEstimate(steps, c.num_devices, c.device_name, c.usd_per_device_hour, c.seconds_per_step, hours, usd,
-                        c.reference_usd, c.estimate_note, c.seconds_per_step_source)
+    return CostEstimate(
+        steps,
+        c.num_devices,
+        c.device_name,
+        c.usd_per_device_hour,
+        c.seconds_per_step,
+        hours,
+        usd,
+        c.reference_usd,
+        c.estimate_note,
+        c.seconds_per_step_source,
+    )
 
 
 def _usd(x: float) -> str:
@@ -82,16 +92,22 @@ def paper_cell(est: CostEstimate) -> str:
 def describe(est: CostEstimate) -> str:
     """One line for `tina check`: the estimate, its arithmetic, and the published figure if any."""
     if est.usd is None:
-        text = (f"cost: no estimate (set cost.seconds_per_step); {est.steps} steps on {est.num_devices}x "
-                f"{est.device_name} at ${est.usd_per_device_hour:g}/device-hour")
+        text = (
+            f"cost: no estimate (set cost.seconds_per_step); {est.steps} steps on {est.num_devices}x "
+            f"{est.device_name} at ${est.usd_per_device_hour:g}/device-hour"
+        )
     else:
-        origin = {"paper": "the paper's figure for its own setup, NOT measured with tina: measure it with "
-                           "`python benchmarks/gpu_step.py` and set cost.seconds_per_step_source=measured",
-                  "guess": "a guess, not a measurement",
-                  "measured": "s/step measured with tina on this hardware"}[est.source]
-        text = (f"cost estimate: ~{_usd(est.usd)} = {est.steps} steps x {est.seconds_per_step:g} s/step "
-                f"({est.hours:.1f} h) x {est.num_devices} {est.device_name} x ${est.usd_per_device_hour:g}/h"
-                f" ({origin})")
+        origin = {
+            "paper": "the paper's figure for its own setup, NOT measured with tina: measure it with "
+            "`python benchmarks/gpu_step.py` and set cost.seconds_per_step_source=measured",
+            "guess": "a guess, not a measurement",
+            "measured": "s/step measured with tina on this hardware",
+        }[est.source]
+        text = (
+            f"cost estimate: ~{_usd(est.usd)} = {est.steps} steps x {est.seconds_per_step:g} s/step "
+            f"({est.hours:.1f} h) x {est.num_devices} {est.device_name} x ${est.usd_per_device_hour:g}/h"
+            f" ({origin})"
+        )
     if est.reference_usd is not None:
         text += f"; published: {_usd(est.reference_usd)}"
     if est.note:
@@ -111,9 +127,22 @@ PROMPT_TOKENS = 512  # assumed prompt length when rollout.max_model_len does not
 ADAM_BYTES = 4 + 4 + 8  # per trainable (LoRA) parameter: float32 weight, gradient, two Adam moments
 # memory of GPUs the recipes name in cost.device_name, as nvidia-smi reports it (MiB / 1024), for `tina check` on
 # another machine; a run reads the real total from its device.  Specific names first (A100-40 before A100).
-NOMINAL_GPU_GIB = {"H200": 140.4, "H100": 79.6, "A100-40": 40.0, "A100 40": 40.0, "A100": 80.0, "L40S": 45.0,
-                   "L40": 45.0, "A6000": 48.0, "A10G": 22.5, "A10": 22.5, "L4": 22.5, "4090": 24.0, "3090": 24.0,
-                   "T4": 15.0}
+NOMINAL_GPU_GIB = {
+    "H200": 140.4,
+    "H100": 79.6,
+    "A100-40": 40.0,
+    "A100 40": 40.0,
+    "A100": 80.0,
+    "L40S": 45.0,
+    "L40": 45.0,
+    "A6000": 48.0,
+    "A10G": 22.5,
+    "A10": 22.5,
+    "L4": 22.5,
+    "4090": 24.0,
+    "3090": 24.0,
+    "T4": 15.0,
+}
 
 
 @dataclass(frozen=True)
@@ -142,9 +171,16 @@ class ModelShape:
         config = config.get("text_config", config)
         try:
             h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            return cls(int(config["num_hidden_layers"]), h, int(config["intermediate_size"]),
-                       int(config["vocab_size"]), heads, int(config.get("num_key_value_heads") or heads),
-                       int(config.get("head_dim") or h // heads), bool(config.get("tie_word_embeddings", False)))
+            return cls(
+                int(config["num_hidden_layers"]),
+                h,
+                int(config["intermediate_size"]),
+                int(config["vocab_size"]),
+                heads,
+                int(config.get("num_key_value_heads") or heads),
+                int(config.get("head_dim") or h // heads),
+                bool(config.get("tie_word_embeddings", False)),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -159,8 +195,15 @@ class ModelShape:
     def linear_dims(self) -> dict[str, tuple[int, int]]:
         """(in, out) of every linear layer of one decoder layer, by its usual module name."""
         h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
-                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, self.q_dim),
+            "k_proj": (h, self.kv_dim),
+            "v_proj": (h, self.kv_dim),
+            "o_proj": (self.q_dim, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def params(self) -> int:
@@ -191,10 +234,21 @@ class MemoryEstimate:
         return self.weights + self.adapter + self.activations + self.logits + self.overhead
 
 
-def trainer_memory(shape: ModelShape, *, weight_bytes: int, lora_params: int, tokens: int, seq: int,
-                   checkpointing: bool, lora_dropout: bool = False, lora_targets: tuple[str, ...] = (),
-                   eager_attention: bool = False, shards: int = 1, chunk_bytes: int = 256 * 2**20,
-                   on_gpu: bool = True) -> MemoryEstimate:
+def trainer_memory(
+    shape: ModelShape,
+    *,
+    weight_bytes: int,
+    lora_params: int,
+    tokens: int,
+    seq: int,
+    checkpointing: bool,
+    lora_dropout: bool = False,
+    lora_targets: tuple[str, ...] = (),
+    eager_attention: bool = False,
+    shards: int = 1,
+    chunk_bytes: int = 256 * 2**20,
+    on_gpu: bool = True,
+) -> MemoryEstimate:
     """The trainer's memory for one pass of ``tokens`` prompt + completion tokens (``seq`` per row).
 
     Saved per token and layer (elements of ``weight_bytes``): the layer input and the two norms' in/outputs (4h); q
@@ -225,8 +279,14 @@ def trainer_memory(shape: ModelShape, *, weight_bytes: int, lora_params: int, to
     weights = shape.params * weight_bytes
     adapter = lora_params * ADAM_BYTES
     overhead = CUDA_OVERHEAD if on_gpu else 0
-    return MemoryEstimate(weights / shards, float(adapter), float(activations), 3.0 * chunk_bytes, float(overhead),
-                          float(weights + adapter + overhead))
+    return MemoryEstimate(
+        weights / shards,
+        float(adapter),
+        float(activations),
+        3.0 * chunk_bytes,
+        float(overhead),
+        float(weights + adapter + overhead),
+    )
 
 
 def pass_tokens(cfg, *, world_size: int = 1) -> tuple[int, int]:
@@ -243,16 +303,26 @@ def pass_tokens(cfg, *, world_size: int = 1) -> tuple[int, int]:
     return tokens, seq
 
 
-def estimate_trainer_memory(cfg, shape: ModelShape, *, weight_bytes: int, world_size: int = 1, fsdp: bool = False,
-                            on_gpu: bool = True) -> MemoryEstimate:
+def estimate_trainer_memory(
+    cfg, shape: ModelShape, *, weight_bytes: int, world_size: int = 1, fsdp: bool = False, on_gpu: bool = True
+) -> MemoryEstimate:
     """:func:`trainer_memory` for a recipe (one process of ``world_size``)."""
     tokens, seq = pass_tokens(cfg, world_size=world_size)
     targets = tuple(cfg.lora.target_modules)
-    return trainer_memory(shape, weight_bytes=weight_bytes, lora_params=shape.lora_params(cfg.lora.r, list(targets)),
-                          tokens=tokens, seq=seq, checkpointing=cfg.train.gradient_checkpointing,
-                          lora_dropout=cfg.lora.dropout > 0, lora_targets=targets,
-                          eager_attention=cfg.model.attn_implementation == "eager", shards=world_size if fsdp else 1,
-                          chunk_bytes=cfg.train.logprob_memory_mb * 2**20, on_gpu=on_gpu)
+    return trainer_memory(
+        shape,
+        weight_bytes=weight_bytes,
+        lora_params=shape.lora_params(cfg.lora.r, list(targets)),
+        tokens=tokens,
+        seq=seq,
+        checkpointing=cfg.train.gradient_checkpointing,
+        lora_dropout=cfg.lora.dropout > 0,
+        lora_targets=targets,
+        eager_attention=cfg.model.attn_implementation == "eager",
+        shards=world_size if fsdp else 1,
+        chunk_bytes=cfg.train.logprob_memory_mb * 2**20,
+        on_gpu=on_gpu,
+    )
 
 
 def dtype_bytes(dtype: str) -> int:

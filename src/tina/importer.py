@@ -163,23 +163,82 @@ DROPPED: dict[str, str] = {
 
 # Known keys that map onto tina keys (checked below; listed here for suggestions).
 MAPPED = {
-    "model_name_or_path", "model_revision", "torch_dtype", "attn_implementation", "trust_remote_code",
-    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "use_rslora", "use_dora",
-    "load_in_4bit", "load_in_8bit",
-    "dataset_name", "dataset_config", "dataset_train_split", "dataset_prompt_column", "dataset_mixture",
-    "model_post_train_dataset_name", "model_post_train_dataset_config", "model_post_train_dataset_path",
-    "system_prompt", "num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
-    "use_vllm", "vllm_gpu_memory_utilization", "vllm_max_model_len",
-    "repetition_penalty", "generation_batch_size", "steps_per_generation",
-    "beta", "epsilon", "epsilon_high", "num_iterations", "scale_rewards", "loss_type", "mask_truncated_completions",
-    "importance_sampling_level", "sync_ref_model", "top_entropy_quantile", "delta",
-    "reward_funcs", "reward_weights", "rl_post_train_reward_funcs", "rl_post_train_reward_weights",
-    "cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct", "cosine_max_value_correct",
-    "cosine_max_len", "repetition_n_grams", "repetition_max_penalty",
-    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "max_grad_norm",
-    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "save_steps", "save_total_limit",
-    "logging_steps", "report_to",
+    "model_name_or_path",
+    "model_revision",
+    "torch_dtype",
+    "attn_implementation",
+    "trust_remote_code",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_modules_to_save",
+    "use_rslora",
+    "use_dora",
+    "load_in_4bit",
+    "load_in_8bit",
+    "dataset_name",
+    "dataset_config",
+    "dataset_train_split",
+    "dataset_prompt_column",
+    "dataset_mixture",
+    "model_post_train_dataset_name",
+    "model_post_train_dataset_config",
+    "model_post_train_dataset_path",
+    "system_prompt",
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "use_vllm",
+    "vllm_gpu_memory_utilization",
+    "vllm_max_model_len",
+    "repetition_penalty",
+    "generation_batch_size",
+    "steps_per_generation",
+    "beta",
+    "epsilon",
+    "epsilon_high",
+    "num_iterations",
+    "scale_rewards",
+    "loss_type",
+    "mask_truncated_completions",
+    "importance_sampling_level",
+    "sync_ref_model",
+    "top_entropy_quantile",
+    "delta",
+    "reward_funcs",
+    "reward_weights",
+    "rl_post_train_reward_funcs",
+    "rl_post_train_reward_weights",
+    "cosine_min_value_wrong",
+    "cosine_max_value_wrong",
+    "cosine_min_value_correct",
+    "cosine_max_value_correct",
+    "cosine_max_len",
+    "repetition_n_grams",
+    "repetition_max_penalty",
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_ratio",
+    "warmup_steps",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "max_grad_norm",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "seed",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "report_to",
 }
 
 _REWARD_PARAMS = {  # original key -> (reward, parameter)
@@ -192,10 +251,24 @@ _REWARD_PARAMS = {  # original key -> (reward, parameter)
     "repetition_max_penalty": ("repetition_penalty", "max_penalty"),
 }
 _OBJECTIVES = {"grpo": "grpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "bnpo": "bnpo"}
-_SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine",
-               "cosine_with_min_lr": "cosine_with_min_lr"}
-_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
-           "float32": "float32", "fp32": "float32", "float": "float32", "auto": "auto"}
+_SCHEDULERS = {
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+    "linear": "linear",
+    "cosine": "cosine",
+    "cosine_with_min_lr": "cosine_with_min_lr",
+}
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "auto": "auto",
+}
 
 
 @dataclass
@@ -212,9 +285,10 @@ class Imported:
         """The recipe as YAML, with the run command on the first line and the notes and dropped keys as comments."""
         stem = Path(recipe_path or self.source).stem
         target = recipe_path or "THIS_FILE.yaml"  # printed: the user chooses where to save it
-        lines = [f"# tina train {target} --output-dir runs/{stem}",
-                 f"# Imported by `tina recipes import` from {self.source}; keys it leaves out take TRL 0.15's "
-                 "defaults."]
+        lines = [
+            f"# tina train {target} --output-dir runs/{stem}",
+            f"# Imported by `tina recipes import` from {self.source}; keys it leaves out take TRL 0.15's defaults.",
+        ]
         for note in self.notes:
             wrapped = textwrap.wrap(note, width=114, break_on_hyphens=False, break_long_words=False) or [""]
             lines.append(f"# - {wrapped[0]}")
@@ -222,8 +296,9 @@ class Imported:
         if self.dropped:
             lines.append("# Dropped (no effect in tina):")
             lines += _wrap_list(self.dropped)
-        body = yaml.dump(self.recipe, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120,
-                         allow_unicode=True)
+        body = yaml.dump(
+            self.recipe, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120, allow_unicode=True
+        )
         return "\n".join(lines) + "\n" + body
 
 
@@ -328,8 +403,9 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     unknown = [k for k in raw if k not in MAPPED and _dropped_reason(k) is None]
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key)}; tina refuses to guess (TRL would have "
-                          "ignored it silently)")
+        raise ConfigError(
+            f"{source}: unknown key '{key}'{_suggest(key)}; tina refuses to guess (TRL would have ignored it silently)"
+        )
     get = raw.get
     notes: list[str] = []
     dropped = [k for k in raw if k not in MAPPED and not _dropped_reason(k).startswith(("read as", "checked"))]
@@ -371,8 +447,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         unsupported("use_peft", "it trains LoRA adapters only, not all weights")
     if get("use_peft") is None:
         notes.append("the original sets no use_peft (full fine-tuning in TRL); tina trains a LoRA adapter instead")
-    for key, why in (("use_dora", "no DoRA"), ("use_rslora", "no rsLoRA"), ("load_in_4bit", "no quantised base"),
-                     ("load_in_8bit", "no quantised base")):
+    for key, why in (
+        ("use_dora", "no DoRA"),
+        ("use_rslora", "no rsLoRA"),
+        ("load_in_4bit", "no quantised base"),
+        ("load_in_8bit", "no quantised base"),
+    ):
         if get(key):
             unsupported(key, why)
     if get("lora_modules_to_save"):
@@ -382,8 +462,9 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     _copy_present(raw, lora, _float, {"lora_dropout": "dropout"})
     if get("lora_target_modules") is not None:
         targets = get("lora_target_modules")
-        lora["target_modules"] = ["all-linear"] if targets == "all-linear" else [str(t) for t in _list(
-            "lora_target_modules", targets)]
+        lora["target_modules"] = (
+            ["all-linear"] if targets == "all-linear" else [str(t) for t in _list("lora_target_modules", targets)]
+        )
 
     # -------------------------------------------------------------------------------------------------------- data
     data: dict[str, Any] = {}
@@ -397,8 +478,10 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     elif get("model_post_train_dataset_name") is not None:
         tina_name = str(get("model_post_train_dataset_name")).removeprefix("curated_")
         if tina_name not in TINA_DATASETS:
-            raise ConfigError(f"{source}: model_post_train_dataset_name '{get('model_post_train_dataset_name')}' is "
-                              f"not in Tina's dataset table{did_you_mean(tina_name, TINA_DATASETS)}")
+            raise ConfigError(
+                f"{source}: model_post_train_dataset_name '{get('model_post_train_dataset_name')}' is "
+                f"not in Tina's dataset table{did_you_mean(tina_name, TINA_DATASETS)}"
+            )
         data["source"] = TINA_DATASETS[tina_name]
         notes.append(f"dataset '{get('model_post_train_dataset_name')}' is {data['source']} in Tina's dataset table")
         if get("model_post_train_dataset_config") is not None:
@@ -429,8 +512,10 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         notes.append("L1 targets drawn uniformly from 100..4000 per problem, as Tina's grpo.py did")
 
     # ----------------------------------------------------------------------------------------------------- rollout
-    for key, why in (("generation_batch_size", "TRL >= 0.18 generation batching"),
-                     ("steps_per_generation", "TRL >= 0.18 generation batching")):
+    for key, why in (
+        ("generation_batch_size", "TRL >= 0.18 generation batching"),
+        ("steps_per_generation", "TRL >= 0.18 generation batching"),
+    ):
         if get(key) is not None:
             unsupported(key, why)
     if get("min_p") not in (None, 0, 0.0):
@@ -439,8 +524,9 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         unsupported("repetition_penalty", "no sampling repetition penalty; the repetition_penalty *reward* exists")
     rollout: dict[str, Any] = {
         "num_generations": _int("num_generations", get("num_generations", TRL_DEFAULTS["num_generations"])),
-        "max_new_tokens": _int("max_completion_length",
-                               get("max_completion_length", TRL_DEFAULTS["max_completion_length"])),
+        "max_new_tokens": _int(
+            "max_completion_length", get("max_completion_length", TRL_DEFAULTS["max_completion_length"])
+        ),
         "temperature": _float("temperature", get("temperature", TRL_DEFAULTS["temperature"])),
     }
     _copy_present(raw, rollout, _float, {"top_p": "top_p"})
@@ -461,9 +547,11 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     loss_type = get("loss_type")
     if loss_type is not None:
         if str(loss_type) not in _OBJECTIVES:
-            raise ConfigError(f"{source}: loss_type '{loss_type}' is not supported; tina has "
-                              f"{', '.join(_OBJECTIVES)} (and gspo via importance_sampling_level: sequence)"
-                              f"{did_you_mean(str(loss_type), _OBJECTIVES)}")
+            raise ConfigError(
+                f"{source}: loss_type '{loss_type}' is not supported; tina has "
+                f"{', '.join(_OBJECTIVES)} (and gspo via importance_sampling_level: sequence)"
+                f"{did_you_mean(str(loss_type), _OBJECTIVES)}"
+            )
         algorithm["objective"] = _OBJECTIVES[str(loss_type)]
     level = get("importance_sampling_level")
     if level not in (None, "token", "sequence"):
@@ -480,9 +568,11 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
             raise ConfigError(f"{source}: scale_rewards '{scale}' is not true, false, group, batch or none")
         if tina_style and scale is False and loss_type is None:
             algorithm["objective"] = "bnpo"
-            notes.append("scale_rewards: false in a Tina recipe: Tina's trainer then divided each process's "
-                         "micro-batch loss by its own token count (objective bnpo, one micro-batch per process); "
-                         "--set algorithm.objective=dr_grpo for the Dr.GRPO paper's constant normaliser")
+            notes.append(
+                "scale_rewards: false in a Tina recipe: Tina's trainer then divided each process's "
+                "micro-batch loss by its own token count (objective bnpo, one micro-batch per process); "
+                "--set algorithm.objective=dr_grpo for the Dr.GRPO paper's constant normaliser"
+            )
     _copy_present(raw, algorithm, _float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
     _copy_present(raw, algorithm, _int, {"num_iterations": "num_iterations"})
     _copy_present(raw, algorithm, _bool, {"mask_truncated_completions": "mask_truncated_completions"})
@@ -494,28 +584,38 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     train: dict[str, Any] = {}
     nproc = num_processes if num_processes is not None else (2 if tina_style else 1)
     if num_processes is None:
-        notes.append(f"{nproc} process(es) assumed ({'Tina ran 2 GPUs' if tina_style else 'pass --num-processes N'}"
-                     "): train.batch_size = per_device_train_batch_size x processes")
-    per_device = _int("per_device_train_batch_size",
-                      get("per_device_train_batch_size", TRL_DEFAULTS["per_device_train_batch_size"]))
+        notes.append(
+            f"{nproc} process(es) assumed ({'Tina ran 2 GPUs' if tina_style else 'pass --num-processes N'}"
+            "): train.batch_size = per_device_train_batch_size x processes"
+        )
+    per_device = _int(
+        "per_device_train_batch_size", get("per_device_train_batch_size", TRL_DEFAULTS["per_device_train_batch_size"])
+    )
     train["batch_size"] = per_device * nproc
     if train["batch_size"] % rollout["num_generations"]:
-        raise ConfigError(f"{source}: per_device_train_batch_size {per_device} x {nproc} process(es) = "
-                          f"{train['batch_size']} completions is not divisible by num_generations "
-                          f"{rollout['num_generations']}; pass the original's GPU count with --num-processes")
+        raise ConfigError(
+            f"{source}: per_device_train_batch_size {per_device} x {nproc} process(es) = "
+            f"{train['batch_size']} completions is not divisible by num_generations "
+            f"{rollout['num_generations']}; pass the original's GPU count with --num-processes"
+        )
     train["gradient_accumulation_steps"] = _int(
-        "gradient_accumulation_steps", get("gradient_accumulation_steps", TRL_DEFAULTS["gradient_accumulation_steps"]))
+        "gradient_accumulation_steps", get("gradient_accumulation_steps", TRL_DEFAULTS["gradient_accumulation_steps"])
+    )
     if algorithm["objective"] == "bnpo" and nproc > 1:
         if per_device % rollout["num_generations"] == 0:  # keep each process's micro-batch (and its token count)
             train["batch_size"] = per_device
             train["gradient_accumulation_steps"] *= nproc
-            notes.append(f"bnpo normalises per micro-batch: each process's {per_device} completions stay one "
-                         f"micro-batch (batch_size {per_device}, gradient_accumulation_steps "
-                         f"{train['gradient_accumulation_steps']} = {train['gradient_accumulation_steps'] // nproc} x "
-                         f"{nproc} processes): the same optimizer step")
+            notes.append(
+                f"bnpo normalises per micro-batch: each process's {per_device} completions stay one "
+                f"micro-batch (batch_size {per_device}, gradient_accumulation_steps "
+                f"{train['gradient_accumulation_steps']} = {train['gradient_accumulation_steps'] // nproc} x "
+                f"{nproc} processes): the same optimizer step"
+            )
         else:
-            notes.append(f"bnpo: per_device_train_batch_size {per_device} splits prompt groups across processes, "
-                         "which tina's micro-batches cannot; the per-micro-batch token normaliser differs slightly")
+            notes.append(
+                f"bnpo: per_device_train_batch_size {per_device} splits prompt groups across processes, "
+                "which tina's micro-batches cannot; the per-micro-batch token normaliser differs slightly"
+            )
     prompts_per_step = train["batch_size"] // rollout["num_generations"] * train["gradient_accumulation_steps"]
     missing_max_steps = None
     max_steps = get("max_steps")
@@ -529,18 +629,24 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         epochs = _float("num_train_epochs", get("num_train_epochs", 3.0))
         rows = DATASET_ROWS.get(data["source"])
         if rows is None:
-            missing_max_steps = (f"{source} sets no max_steps and tina does not know the size of {data['source']}; "
-                                 f"add --set train.max_steps=N (N = epochs x rows / {prompts_per_step} prompts per "
-                                 "step)")
+            missing_max_steps = (
+                f"{source} sets no max_steps and tina does not know the size of {data['source']}; "
+                f"add --set train.max_steps=N (N = epochs x rows / {prompts_per_step} prompts per "
+                "step)"
+            )
         else:
             train["max_steps"] = math.ceil(epochs * rows / prompts_per_step)
-            notes.append(f"max_steps {train['max_steps']} = {epochs:g} epoch(s) x ~{rows:,} rows / "
-                         f"{prompts_per_step} prompts per step (dataset size approximate)")
+            notes.append(
+                f"max_steps {train['max_steps']} = {epochs:g} epoch(s) x ~{rows:,} rows / "
+                f"{prompts_per_step} prompts per step (dataset size approximate)"
+            )
     train["learning_rate"] = _float("learning_rate", get("learning_rate", TRL_DEFAULTS["learning_rate"]))
     sched = str(get("lr_scheduler_type", TRL_DEFAULTS["lr_scheduler_type"]))
     if sched not in _SCHEDULERS:
-        raise ConfigError(f"{source}: lr_scheduler_type '{sched}' is not supported; tina has "
-                          f"{', '.join(_SCHEDULERS)}{did_you_mean(sched, _SCHEDULERS)}")
+        raise ConfigError(
+            f"{source}: lr_scheduler_type '{sched}' is not supported; tina has "
+            f"{', '.join(_SCHEDULERS)}{did_you_mean(sched, _SCHEDULERS)}"
+        )
     train["lr_scheduler"] = _SCHEDULERS[sched]
     kwargs = get("lr_scheduler_kwargs") or {}
     if not isinstance(kwargs, dict):
@@ -551,8 +657,10 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         elif key == "min_lr":
             train["min_lr_ratio"] = _float("lr_scheduler_kwargs.min_lr", value) / train["learning_rate"]
         else:
-            raise ConfigError(f"{source}: lr_scheduler_kwargs.{key} is not supported (only min_lr_rate, min_lr)"
-                              f"{did_you_mean(key, ['min_lr_rate', 'min_lr'])}")
+            raise ConfigError(
+                f"{source}: lr_scheduler_kwargs.{key} is not supported (only min_lr_rate, min_lr)"
+                f"{did_you_mean(key, ['min_lr_rate', 'min_lr'])}"
+            )
     _copy_present(raw, train, _float, {"warmup_ratio": "warmup_ratio"})
     if get("warmup_steps") not in (None, 0):
         warmup = _int("warmup_steps", get("warmup_steps"))
@@ -565,8 +673,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     optim = get("optim")
     if optim is not None and str(optim) not in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
         unsupported("optim", "the optimiser is torch AdamW")
-    _copy_present(raw, train, _float, {k: k for k in ("weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-                                                      "max_grad_norm")})
+    _copy_present(
+        raw,
+        train,
+        _float,
+        {k: k for k in ("weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm")},
+    )
     if get("save_strategy") not in (None, "steps"):
         notes.append(f"save_strategy '{get('save_strategy')}': tina saves every train.save_steps steps instead")
     train["seed"] = _int("seed", get("seed", TRL_DEFAULTS["seed"]))
@@ -580,10 +692,22 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
 
     cost: dict[str, Any] = {"num_devices": nproc}
     if tina_style:
-        cost.update(device_name="NVIDIA L40S", usd_per_device_hour=1.0, seconds_per_step=30.0,
-                    estimate_note="Tina's hardware and price; 30 s/step from the paper's Table 1 (an estimate)")
-    recipe = {"model": model, "lora": lora, "data": data, "rollout": rollout, "algorithm": algorithm,
-              "rewards": rewards, "train": train, "cost": cost}
+        cost.update(
+            device_name="NVIDIA L40S",
+            usd_per_device_hour=1.0,
+            seconds_per_step=30.0,
+            estimate_note="Tina's hardware and price; 30 s/step from the paper's Table 1 (an estimate)",
+        )
+    recipe = {
+        "model": model,
+        "lora": lora,
+        "data": data,
+        "rollout": rollout,
+        "algorithm": algorithm,
+        "rewards": rewards,
+        "train": train,
+        "cost": cost,
+    }
     recipe = {k: v for k, v in recipe.items() if v}
     return Imported(recipe, notes, dropped, source, missing_max_steps)
 
@@ -601,8 +725,9 @@ def _stop_from_comment(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _rewards(raw: dict, source: str, tina_style: bool, tina_name: str | None, notes: list[str],
-             dropped: list[str]) -> dict:
+def _rewards(
+    raw: dict, source: str, tina_style: bool, tina_name: str | None, notes: list[str], dropped: list[str]
+) -> dict:
     if raw.get("rl_post_train_reward_funcs") is not None or raw.get("rl_post_train_reward_weights") is not None:
         names_key, weights_key = "rl_post_train_reward_funcs", "rl_post_train_reward_weights"
     else:
@@ -622,7 +747,7 @@ def _rewards(raw: dict, source: str, tina_style: bool, tina_name: str | None, no
         raise ConfigError(f"{source}: {len(names)} rewards ({names_key}) but {len(weights)} weights ({weights_key})")
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: {names_key} lists a reward twice: {names}")
-    rewards: dict[str, dict] = {n: {"weight": w} for n, w in zip(names, weights)}
+    rewards: dict[str, dict] = {n: {"weight": w} for n, w in zip(names, weights, strict=True)}
     for key, (reward, param) in _REWARD_PARAMS.items():
         if raw.get(key) is None:
             continue

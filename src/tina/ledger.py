@@ -50,8 +50,15 @@ class Ledger:
     started working (before imports and model loading); the time until the ledger exists is booked as ``setup``.
     """
 
-    def __init__(self, *, num_devices: int = 1, usd_per_device_hour: float = 0.0, device_name: str = "cpu",
-                 prior: dict | None = None, started_at: float | None = None):
+    def __init__(
+        self,
+        *,
+        num_devices: int = 1,
+        usd_per_device_hour: float = 0.0,
+        device_name: str = "cpu",
+        prior: dict | None = None,
+        started_at: float | None = None,
+    ):
         self.num_devices = num_devices
         self.usd_per_device_hour = usd_per_device_hour
         self.device_name = device_name
@@ -149,10 +156,17 @@ def _with_totals(ledger: dict, eval_entries: list[dict]) -> dict:
         "wall_seconds": round(float(training["wall_seconds"]) + ev_seconds, 4),
         "phases": phases,
         "training": training,
-        "evaluation": {"seconds": round(ev_seconds, 4), "device_hours": round(ev_hours, 9), "usd": round(ev_usd, 9),
-                       "runs": len(eval_entries)},
-        **{k: v for k, v in ledger.items() if k not in ("wall_seconds", "phases", "training", "evaluation",
-                                                        "device_hours", "usd")},
+        "evaluation": {
+            "seconds": round(ev_seconds, 4),
+            "device_hours": round(ev_hours, 9),
+            "usd": round(ev_usd, 9),
+            "runs": len(eval_entries),
+        },
+        **{
+            k: v
+            for k, v in ledger.items()
+            if k not in ("wall_seconds", "phases", "training", "evaluation", "device_hours", "usd")
+        },
         "device_hours": round(float(training["device_hours"]) + ev_hours, 9),
         "usd": round(float(training["usd"]) + ev_usd, 9),
     }
@@ -171,15 +185,22 @@ def _training_part(ledger: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None, *,
-                  usd_per_device_hour: float | None = None, label: str | None = None,
-                  extra: dict | None = None) -> dict | None:
+def add_eval_cost(
+    run_dir: str | Path,
+    seconds: float,
+    num_devices: int | None = None,
+    *,
+    usd_per_device_hour: float | None = None,
+    label: str | None = None,
+    extra: dict | None = None,
+) -> dict | None:
     """Book ``seconds`` of evaluation into a run's ledger; return the updated ledger (None if RUN has no ledger).
 
     ``num_devices`` defaults to the ledger's own, the price to the ledger's ``usd_per_device_hour``.  The entry is
     appended to ``RUN/eval_costs.jsonl`` and ``RUN/ledger.json`` is rewritten with every entry folded in:
-    ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by ``num_devices * seconds / 3600``,
-    ``usd`` by that times the price, and ``evaluation`` = ``{"seconds", "device_hours", "usd", "runs"}``.  A training
+    ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
+    ``num_devices * seconds / 3600``, ``usd`` by that times the price, and ``evaluation`` =
+    ``{"seconds", "device_hours", "usd", "runs"}``.  A training
     process that is still running folds the entry in too on its next write, so neither overwrites the other.
     ``label`` says what was evaluated (e.g. ``"checkpoint-450: aime24, math_500"``); ``extra`` is recorded in the
     entry as it is (``tina eval`` books one entry per model and benchmark with its tokens, tokens/s and engine).
@@ -234,9 +255,15 @@ def adopt_untracked_eval(run_dir: str | Path, ledger: dict | None) -> None:
         return
     hours = float(ev.get("device_hours", 0.0)) - sum(float(e["device_hours"]) for e in entries)
     usd = float(ev.get("usd", 0.0)) - sum(float(e["usd"]) for e in entries)
-    entry = {"seconds": round(missing, 4), "num_devices": None, "usd_per_device_hour": None,
-             "device_hours": round(max(0.0, hours), 9), "usd": round(max(0.0, usd), 9),
-             "label": "booked in ledger.json without an eval_costs.jsonl entry", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry = {
+        "seconds": round(missing, 4),
+        "num_devices": None,
+        "usd_per_device_hour": None,
+        "device_hours": round(max(0.0, hours), 9),
+        "usd": round(max(0.0, usd), 9),
+        "label": "booked in ledger.json without an eval_costs.jsonl entry",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with open(Path(run_dir) / EVAL_COSTS_FILE, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
 

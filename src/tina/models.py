@@ -105,8 +105,10 @@ def load_model_and_tokenizer(
             raise ConfigError("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager")
     path = resolve_model_path(name_or_path)
     if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise TinaError(f"model folder not found: {path} — give an existing folder or a hub id such as "
-                        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+        raise TinaError(
+            f"model folder not found: {path} — give an existing folder or a hub id such as "
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+        )
     _check_weights(path)
     tokenizer = load_tokenizer(path, revision=revision, trust_remote_code=trust_remote_code)
     try:
@@ -126,12 +128,19 @@ def load_model_and_tokenizer(
 def _check_weights(path: str) -> None:
     """A local folder without weights fails here, in one line, before the tokenizer gives a confusing error."""
     folder = Path(path).expanduser()
-    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) \
-            or any(folder.glob("*.index.json")):
+    if (
+        not folder.is_dir()
+        or any(folder.glob("*.safetensors"))
+        or any(folder.glob("*.bin"))
+        or any(folder.glob("*.index.json"))
+    ):
         return
     ggufs = sorted(folder.glob("*.gguf"))
-    fix = (f"it holds a GGUF file: pass the file itself, e.g. {ggufs[0]}" if ggufs else
-           "give a folder with a full Hugging Face checkpoint (config.json, model.safetensors, tokenizer files)")
+    fix = (
+        f"it holds a GGUF file: pass the file itself, e.g. {ggufs[0]}"
+        if ggufs
+        else "give a folder with a full Hugging Face checkpoint (config.json, model.safetensors, tokenizer files)"
+    )
     raise TinaError(f"model folder {path} has no weights (no model.safetensors or pytorch_model.bin) — {fix}")
 
 
@@ -144,8 +153,16 @@ def _load_error(what: str, path: str, exc: Exception) -> str:
     return f"cannot load {what} '{path}': {first[:200]} — {hint}"
 
 
-def attach_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str], bias: str = "none",
-                init_adapter: str | None = None):
+def attach_lora(
+    model,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str],
+    bias: str = "none",
+    init_adapter: str | None = None,
+):
     """Wrap ``model`` with a trainable LoRA adapter; every base weight is frozen."""
     from peft import LoraConfig, PeftModel, get_peft_model
 

@@ -62,7 +62,9 @@ def load_problems(cfg: Config) -> tuple[list[dict], list[dict]]:
     if d.limit is not None:
         rows = rows[: d.limit]
     if not rows:
-        raise TinaError(f"data.source '{d.source}' has no training problems left (holdout={d.holdout}, limit={d.limit})")
+        raise TinaError(
+            f"data.source '{d.source}' has no training problems left (holdout={d.holdout}, limit={d.limit})"
+        )
     return rows, holdout
 
 
@@ -77,13 +79,21 @@ def render_prompts(rows: list[dict], tokenizer, cfg: Config) -> list[Problem]:
         mode = meta.get("l1_mode", d.l1_mode)  # L1 data carries its own mode and target per row
         target = meta.get("l1_target", d.l1_target) if mode else None
         if mode and target is None:
-            raise ConfigError(f"data.l1_mode is '{mode}' but row {row['id']} has no target length; set "
-                              "data.l1_target or data.l1_target_range")
-        text = render_prompt(tokenizer, row["problem"], system_prompt=d.system_prompt, template=d.template,
-                             l1_mode=mode, l1_target=target)
+            raise ConfigError(
+                f"data.l1_mode is '{mode}' but row {row['id']} has no target length; set "
+                "data.l1_target or data.l1_target_range"
+            )
+        text = render_prompt(
+            tokenizer,
+            row["problem"],
+            system_prompt=d.system_prompt,
+            template=d.template,
+            l1_mode=mode,
+            l1_target=target,
+        )
         out.append(Problem(row["id"], row["problem"], row["answer"], text))
     ids = tokenizer([p.prompt for p in out], add_special_tokens=False)["input_ids"] if out and tokenizer else []
-    for problem, prompt_ids in zip(out, ids):
+    for problem, prompt_ids in zip(out, ids, strict=True):
         problem.prompt_ids = list(prompt_ids)
     return out
 

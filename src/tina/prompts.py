@@ -173,7 +173,8 @@ def resolve_system_prompt(system_prompt: str | None) -> str | None:
     ):
         raise ConfigError(
             f"unknown system prompt '{system_prompt}'{did_you_mean(system_prompt, SYSTEM_PROMPTS)}; give one of: "
-            f"{', '.join(SYSTEM_PROMPTS)}, or the full prompt text, or null for none")
+            f"{', '.join(SYSTEM_PROMPTS)}, or the full prompt text, or null for none"
+        )
     return system_prompt
 
 
@@ -185,14 +186,16 @@ def l1_instruction(l1_mode: str | None, l1_target: int | None) -> str | None:
         raise ConfigError(f"an L1 target ({l1_target}) needs an L1 mode; set l1_mode to one of: {', '.join(L1_MODES)}")
     if l1_mode not in L1_MODES:
         raise ConfigError(
-            f"unknown L1 mode '{l1_mode}'{did_you_mean(l1_mode, L1_MODES)}; choose one of: {', '.join(L1_MODES)}")
+            f"unknown L1 mode '{l1_mode}'{did_you_mean(l1_mode, L1_MODES)}; choose one of: {', '.join(L1_MODES)}"
+        )
     if isinstance(l1_target, bool) or not isinstance(l1_target, int) or l1_target < 1:
         raise ConfigError(f"L1 mode '{l1_mode}' needs a positive integer target length; got {l1_target!r}")
     return L1_PROMPTS.get(l1_mode, L1_PROMPTS["exact"]).format(n=l1_target)
 
 
-def build_messages(problem: str, *, system_prompt: str | None = None, l1_mode: str | None = None,
-                   l1_target: int | None = None) -> list[dict[str, str]]:
+def build_messages(
+    problem: str, *, system_prompt: str | None = None, l1_mode: str | None = None, l1_target: int | None = None
+) -> list[dict[str, str]]:
     r"""The chat messages for one problem: [system,] user (with the L1 sentence appended after one space; for
     l1_mode "tina", appended to the system prompt after a newline, as Tina's code did).
 
@@ -220,8 +223,9 @@ def _compile(template: str):
     return env.from_string(template)
 
 
-def render_chat(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-                **special_tokens: Any) -> str:
+def render_chat(
+    template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True, **special_tokens: Any
+) -> str:
     """Render a jinja chat template the way `tokenizer.apply_chat_template(tokenize=False)` does."""
     return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens)
 
@@ -256,7 +260,8 @@ def render_prompt(
     if template not in TEMPLATE_NAMES:
         raise ConfigError(
             f"unknown prompt template '{template}'{did_you_mean(template, TEMPLATE_NAMES)}; choose one of: "
-            f"{', '.join(TEMPLATE_NAMES)}")
+            f"{', '.join(TEMPLATE_NAMES)}"
+        )
     messages = build_messages(problem, system_prompt=system_prompt, l1_mode=l1_mode, l1_target=l1_target)
 
     if template == "plain":
@@ -266,13 +271,16 @@ def render_prompt(
 
     if template == "tokenizer":
         if tokenizer is None:
-            raise ConfigError("prompt template 'tokenizer' needs a tokenizer; set the prompt template to one of: "
-                              f"{', '.join(t for t in TEMPLATE_NAMES if t != 'tokenizer')}")
+            raise ConfigError(
+                "prompt template 'tokenizer' needs a tokenizer; set the prompt template to one of: "
+                f"{', '.join(t for t in TEMPLATE_NAMES if t != 'tokenizer')}"
+            )
         if not getattr(tokenizer, "chat_template", None):
             name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise ConfigError(
                 f"tokenizer '{name}' has no chat template, so prompt template 'tokenizer' cannot be used; set the "
-                f"prompt template to 'chatml' or 'plain' (or 'r1-distill' for DeepSeek-R1-Distill models)")
+                f"prompt template to 'chatml' or 'plain' (or 'r1-distill' for DeepSeek-R1-Distill models)"
+            )
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not isinstance(text, str):  # some versions return a list when given a batch
             text = text[0]

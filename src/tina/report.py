@@ -60,11 +60,15 @@ class Transition:
         if self.note:
             return f"{what}: no transition to look for ({self.note})"
         if not self.found:
-            return (f"{what}: no clear transition (strength {self.strength:.2f}, effect {self.effect:.1f}; "
-                    f"a straight line fits about as well)")
+            return (
+                f"{what}: no clear transition (strength {self.strength:.2f}, effect {self.effect:.1f}; "
+                f"a straight line fits about as well)"
+            )
         per = f" {unit}/step" if unit else "/step"
-        return (f"{what}: {self.label} transition at step {self.step:g} (strength {self.strength:.2f}, effect "
-                f"{self.effect:.1f}); slope {self.slope_before:+.3g}{per} before, {self.slope_after:+.3g}{per} after")
+        return (
+            f"{what}: {self.label} transition at step {self.step:g} (strength {self.strength:.2f}, effect "
+            f"{self.effect:.1f}); slope {self.slope_before:+.3g}{per} before, {self.slope_after:+.3g}{per} after"
+        )
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:
@@ -90,8 +94,7 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return float(coef[0]), float(coef[1]), float(r @ r)
 
 
-def detect_phase_transition(steps, values, *, window: int | None = None, min_segment: int | None = None
-                            ) -> Transition:
+def detect_phase_transition(steps, values, *, window: int | None = None, min_segment: int | None = None) -> Transition:
     """Two-segment piecewise-linear change point of a series (see the module docstring for the method).
 
     >>> x = np.arange(1, 101); y = np.where(x < 40, 0.1 + 0.02 * x, 0.88)
@@ -100,7 +103,9 @@ def detect_phase_transition(steps, values, *, window: int | None = None, min_seg
     >>> detect_phase_transition(x, 0.5 + 0.001 * x).label
     'none'
     """
-    pts = [(float(s), float(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(float(v))]
+    pts = [
+        (float(s), float(v)) for s, v in zip(steps, values, strict=True) if v is not None and math.isfinite(float(v))
+    ]
     x = np.array([p[0] for p in pts])
     y = np.array([p[1] for p in pts])
     n = len(y)
@@ -131,8 +136,9 @@ def detect_phase_transition(steps, values, *, window: int | None = None, min_seg
         label = "weak"
     else:
         label = "none"
-    return Transition(float(x[b]) if label != "none" else None, strength, effect, label, left[0], right[0], w,
-                      (x, fit2))
+    return Transition(
+        float(x[b]) if label != "none" else None, strength, effect, label, left[0], right[0], w, (x, fit2)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -177,8 +183,16 @@ def load_run(run_dir: str | Path, eval_path: str | Path | None = None) -> Run:
     except (OSError, yaml.YAMLError):
         config = {}
     ev, note = read_eval(Path(eval_path) if eval_path else run_dir / "eval" / "results.json")
-    return Run(run_dir, config, metrics, read_ledger(run_dir), _read_jsonl(run_dir / "probes.jsonl"),
-               [s for s, _ in list_checkpoints(run_dir)], ev, note)
+    return Run(
+        run_dir,
+        config,
+        metrics,
+        read_ledger(run_dir),
+        _read_jsonl(run_dir / "probes.jsonl"),
+        [s for s, _ in list_checkpoints(run_dir)],
+        ev,
+        note,
+    )
 
 
 def _step_of(label: str, step) -> int | None:
@@ -223,8 +237,11 @@ def read_eval(path: Path) -> tuple[dict | None, str | None]:
     best = None
     try:
         if isinstance(data, dict) and isinstance(data.get("results"), dict):
-            steps = {m.get("label"): _step_of(m.get("label"), m.get("step"))
-                     for m in data.get("models", []) if isinstance(m, dict)}
+            steps = {
+                m.get("label"): _step_of(m.get("label"), m.get("step"))
+                for m in data.get("models", [])
+                if isinstance(m, dict)
+            }
             for label, benches in data["results"].items():
                 step = steps.get(label, _step_of(label, None))
                 if step is None or not isinstance(benches, dict):
@@ -248,8 +265,11 @@ def read_eval(path: Path) -> tuple[dict | None, str | None]:
                     if step is not None and p is not None:
                         curves.setdefault(name, []).append((step, *p, row.get("model", "")))
                 if sel.get("chosen"):
-                    best = (_step_of(sel["chosen"], sel.get("chosen_step")), sel["chosen"],
-                            f"chosen on {sel.get('name', 'a validation set')} (held out)")
+                    best = (
+                        _step_of(sel["chosen"], sel.get("chosen_step")),
+                        sel["chosen"],
+                        f"chosen on {sel.get('name', 'a validation set')} (held out)",
+                    )
             if best is None:
                 ranking = curves.get("average (test)") or next(iter(curves.values()), [])
                 adapters = [r for r in ranking if r[4] != "base" and r[0] > 0]
@@ -276,8 +296,11 @@ def read_eval(path: Path) -> tuple[dict | None, str | None]:
 
 # -------------------------------------------------------------------------------------------------------- plots
 def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float)) and not isinstance(
-        m.get(key), bool) and math.isfinite(m[key])]
+    pts = [
+        (m["step"], m[key])
+        for m in metrics
+        if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool) and math.isfinite(m[key])
+    ]
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
@@ -299,8 +322,15 @@ def _legend(ax) -> None:
     """Legend below the axes, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=2 if len(handles) > 2 else len(handles), frameon=False)
+        ax.legend(
+            handles,
+            labels,
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=2 if len(handles) > 2 else len(handles),
+            frameon=False,
+        )
 
 
 def _save(fig, path: Path) -> Path:
@@ -314,17 +344,33 @@ def _save(fig, path: Path) -> Path:
 
 def _mark(ax, transition: Transition | None, best_step: int | None, *, what: str = "") -> None:
     if transition is not None and transition.found:
-        ax.axvline(transition.step, color="tab:red", linestyle="--", linewidth=1.2,
-                   label=f"phase transition{f' ({what})' if what else ''}: step {transition.step:g} "
-                         f"({transition.label}, strength {transition.strength:.2f})")
+        ax.axvline(
+            transition.step,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"phase transition{f' ({what})' if what else ''}: step {transition.step:g} "
+            f"({transition.label}, strength {transition.strength:.2f})",
+        )
     if best_step is not None:
-        ax.axvline(best_step, color="tab:green", linestyle=":", linewidth=1.5,
-                   label=f"best checkpoint: step {best_step}")
+        ax.axvline(
+            best_step, color="tab:green", linestyle=":", linewidth=1.5, label=f"best checkpoint: step {best_step}"
+        )
 
 
-def plot_metric(path: Path, metrics: list[dict], keys: dict[str, str], *, title: str, ylabel: str,
-                transition: Transition | None = None, best_step: int | None = None, what: str = "",
-                show_fit: Transition | None = None, smooth: bool = True) -> Path | None:
+def plot_metric(
+    path: Path,
+    metrics: list[dict],
+    keys: dict[str, str],
+    *,
+    title: str,
+    ylabel: str,
+    transition: Transition | None = None,
+    best_step: int | None = None,
+    what: str = "",
+    show_fit: Transition | None = None,
+    smooth: bool = True,
+) -> Path | None:
     """One figure: each key raw (thin) and smoothed (thick) per step, transition and best checkpoint marked."""
     series = {label: _series(metrics, key) for key, label in keys.items()}
     series = {k: v for k, v in series.items() if v[0]}
@@ -365,8 +411,10 @@ def plot_cost(path: Path, metrics: list[dict], ledger: dict | None) -> Path | No
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(x, y, color="tab:purple", linewidth=1.8)
     led = ledger or {}
-    ax.set_title(f"Training cost over the run ({led.get('num_devices', 1)} x {led.get('device_name', 'device')}"
-                 + (f" at ${led.get('usd_per_device_hour', 0):g}/device-hour)" if priced else ")"))
+    ax.set_title(
+        f"Training cost over the run ({led.get('num_devices', 1)} x {led.get('device_name', 'device')}"
+        + (f" at ${led.get('usd_per_device_hour', 0):g}/device-hour)" if priced else ")")
+    )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -401,8 +449,15 @@ def plot_accuracy(path: Path, run: Run, transition: Transition | None, usd_at: d
     steps = sorted({r[0] for rows in run.eval["curves"].values() for r in rows})
     for step in steps:
         if usd_at.get(step):
-            ax.text(step, 0.02, f"${usd_at[step]:.2f}", transform=ax.get_xaxis_transform(), ha="center",
-                    fontsize=7, color="tab:purple")
+            ax.text(
+                step,
+                0.02,
+                f"${usd_at[step]:.2f}",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                fontsize=7,
+                color="tab:purple",
+            )
     best = run.eval.get("best")
     _mark(ax, transition, best[0] if best else None)
     _legend(ax)
@@ -442,45 +497,79 @@ def primary_transition(found: dict[str, Transition]) -> tuple[str | None, Transi
     return key, found[key]
 
 
-def write_report(run_dir: str | Path, *, eval_path: str | Path | None = None, max_probe_chars: int = 2000
-                 ) -> tuple[Path, list[Path]]:
+def write_report(
+    run_dir: str | Path, *, eval_path: str | Path | None = None, max_probe_chars: int = 2000
+) -> tuple[Path, list[Path]]:
     """Write RUN/report.md and RUN/plots/*.png; return (report path, plot paths)."""
     run = load_run(run_dir, eval_path)
     plots_dir = run.path / "plots"
     plots_dir.mkdir(exist_ok=True)
     found = transitions(run.metrics)
     tkey, tr = primary_transition(found)
-    twhat = {"completion_length": "completion length"}.get(tkey or "", (tkey or "").split("/", 1)[-1].replace(
-        "_", " ") + " reward" if tkey else "")
+    twhat = {"completion_length": "completion length"}.get(
+        tkey or "", (tkey or "").split("/", 1)[-1].replace("_", " ") + " reward" if tkey else ""
+    )
     best = run.eval.get("best") if run.eval else None
     best_step = best[0] if best else None
     usd_at = {m["step"]: m.get("usd") or 0.0 for m in run.metrics}
     name = run.path.name
-    rewards = {k: ("total reward" if k == "reward" else k.split("/", 1)[1] + " reward")
-               for k in ["reward", *sorted(k for k in run.metrics[-1] if k.startswith("reward/"))]}
+    rewards = {
+        k: ("total reward" if k == "reward" else k.split("/", 1)[1] + " reward")
+        for k in ["reward", *sorted(k for k in run.metrics[-1] if k.startswith("reward/"))]
+    }
     specs = [
         ("reward.png", rewards, "Reward per step: total and per component", "mean reward per completion", None),
-        ("format_reward.png", {"reward/format": "format reward"}, "Format reward per step",
-         "mean format reward (0-1)", "reward/format"),
-        ("completion_length.png", {"completion_length": "completion length"}, "Completion length per step",
-         "mean completion length (tokens)", "completion_length"),
-        ("kl.png", {"kl": "KL to the base model"}, "KL divergence to the base model (k3 estimate)",
-         "mean KL per token (nats)", None),
-        ("clip_ratio.png", {"clip_ratio": "clipped tokens"}, "Clip ratio per step", "fraction of tokens clipped",
-         None),
-        ("entropy.png", {"entropy": "policy entropy"}, "Policy entropy per step (estimated from sampled tokens)",
-         "entropy (nats per token)", None),
+        (
+            "format_reward.png",
+            {"reward/format": "format reward"},
+            "Format reward per step",
+            "mean format reward (0-1)",
+            "reward/format",
+        ),
+        (
+            "completion_length.png",
+            {"completion_length": "completion length"},
+            "Completion length per step",
+            "mean completion length (tokens)",
+            "completion_length",
+        ),
+        (
+            "kl.png",
+            {"kl": "KL to the base model"},
+            "KL divergence to the base model (k3 estimate)",
+            "mean KL per token (nats)",
+            None,
+        ),
+        ("clip_ratio.png", {"clip_ratio": "clipped tokens"}, "Clip ratio per step", "fraction of tokens clipped", None),
+        (
+            "entropy.png",
+            {"entropy": "policy entropy"},
+            "Policy entropy per step (estimated from sampled tokens)",
+            "entropy (nats per token)",
+            None,
+        ),
         ("learning_rate.png", {"learning_rate": "learning rate"}, "Learning rate schedule", "learning rate", None),
     ]
     plots: list[Path] = []
     for fname, keys, title, ylabel, fit_key in specs:
-        p = plot_metric(plots_dir / fname, run.metrics, keys, title=f"{title} — {name}", ylabel=ylabel,
-                        transition=tr, best_step=best_step, what=twhat,
-                        show_fit=found.get(fit_key) if fit_key else None, smooth=fname != "learning_rate.png")
+        p = plot_metric(
+            plots_dir / fname,
+            run.metrics,
+            keys,
+            title=f"{title} — {name}",
+            ylabel=ylabel,
+            transition=tr,
+            best_step=best_step,
+            what=twhat,
+            show_fit=found.get(fit_key) if fit_key else None,
+            smooth=fname != "learning_rate.png",
+        )
         if p:
             plots.append(p)
-    for p in (plot_cost(plots_dir / "cost.png", run.metrics, run.ledger),
-              plot_accuracy(plots_dir / "accuracy.png", run, tr, usd_at)):
+    for p in (
+        plot_cost(plots_dir / "cost.png", run.metrics, run.ledger),
+        plot_accuracy(plots_dir / "accuracy.png", run, tr, usd_at),
+    ):
         if p:
             plots.append(p)
     text = markdown(run, found, (tkey, tr), plots, usd_at, max_probe_chars)
@@ -491,18 +580,21 @@ def write_report(run_dir: str | Path, *, eval_path: str | Path | None = None, ma
     return report, plots
 
 
-def markdown(run: Run, found: dict[str, Transition], primary, plots: list[Path], usd_at: dict[int, float],
-             max_probe_chars: int) -> str:
+def markdown(
+    run: Run, found: dict[str, Transition], primary, plots: list[Path], usd_at: dict[int, float], max_probe_chars: int
+) -> str:
     cfg, last = run.config, run.metrics[-1]
     tr_cfg = cfg.get("train", {})
     planned = tr_cfg.get("stop_step") or tr_cfg.get("max_steps")
-    rewards = ", ".join(f"{k} x{v.get('weight', 1) if isinstance(v, dict) else v}"
-                        for k, v in (cfg.get("rewards") or {}).items())
+    rewards = ", ".join(
+        f"{k} x{v.get('weight', 1) if isinstance(v, dict) else v}" for k, v in (cfg.get("rewards") or {}).items()
+    )
     lines = [f"# Run report: `{run.path.name}`", ""]
     lines += [
         f"- model: `{cfg.get('model', {}).get('name_or_path', '?')}` + LoRA r={cfg.get('lora', {}).get('r', '?')}, "
         f"alpha={cfg.get('lora', {}).get('alpha', '?')}",
-        f"- data: `{cfg.get('data', {}).get('source', '?')}`; objective `{cfg.get('algorithm', {}).get('objective', '?')}`"
+        f"- data: `{cfg.get('data', {}).get('source', '?')}`; "
+        f"objective `{cfg.get('algorithm', {}).get('objective', '?')}`"
         f"; rewards: {rewards or '?'}",
         f"- steps: {last['step']} of {planned or '?'} (learning-rate schedule over {tr_cfg.get('max_steps', '?')}); "
         f"checkpoints: {', '.join(map(str, run.checkpoints)) or 'none'}",
@@ -519,9 +611,12 @@ def markdown(run: Run, found: dict[str, Transition], primary, plots: list[Path],
     names = {p.name for p in plots}
     if "kl.png" not in names:
         lines += ["No KL curve: the run logged no KL (algorithm.beta = 0 trains without a reference model).", ""]
-    lines += ["Entropy is estimated from the sampled tokens: the mean of -log pi(token) over completion tokens (at the "
-              "rollout temperature), an unbiased estimate of the policy's per-token entropy that needs no full "
-              "softmax.", ""]
+    lines += [
+        "Entropy is estimated from the sampled tokens: the mean of -log pi(token) over completion tokens (at the "
+        "rollout temperature), an unbiased estimate of the policy's per-token entropy that needs no full "
+        "softmax.",
+        "",
+    ]
     lines += _probe_section(run, max_probe_chars)
     return "\n".join(lines)
 
@@ -535,15 +630,24 @@ def _cost_section(run: Run) -> list[str]:
     if not led:
         return ["## Cost", "", "No ledger.json in this run.", ""]
     wall = led.get("wall_seconds", 0.0) or 0.0
-    out = ["## Cost", "",
-           f"{_fmt_seconds(wall)} of wall time on {led.get('num_devices', 1)} x {led.get('device_name', '?')} = "
-           f"**{led.get('device_hours', 0):.4f} device-hours**, **${led.get('usd', 0):.4f}** at "
-           f"${led.get('usd_per_device_hour', 0):g}/device-hour"
-           + (f" (training ${led['training']['usd']:.4f}, evaluation ${led['evaluation']['usd']:.4f})"
-              if led.get("training") and led.get("evaluation") else "") + ".",
-           f"Tokens: {led.get('tokens_generated', 0):,} generated ({led.get('generation_tokens_per_second') or 0:,.0f}"
-           f"/s), {led.get('tokens_trained', 0):,} trained ({led.get('train_tokens_per_second') or 0:,.0f}/s).", "",
-           "| phase | wall time | share |", "|---|---|---|"]
+    out = [
+        "## Cost",
+        "",
+        f"{_fmt_seconds(wall)} of wall time on {led.get('num_devices', 1)} x {led.get('device_name', '?')} = "
+        f"**{led.get('device_hours', 0):.4f} device-hours**, **${led.get('usd', 0):.4f}** at "
+        f"${led.get('usd_per_device_hour', 0):g}/device-hour"
+        + (
+            f" (training ${led['training']['usd']:.4f}, evaluation ${led['evaluation']['usd']:.4f})"
+            if led.get("training") and led.get("evaluation")
+            else ""
+        )
+        + ".",
+        f"Tokens: {led.get('tokens_generated', 0):,} generated ({led.get('generation_tokens_per_second') or 0:,.0f}"
+        f"/s), {led.get('tokens_trained', 0):,} trained ({led.get('train_tokens_per_second') or 0:,.0f}/s).",
+        "",
+        "| phase | wall time | share |",
+        "|---|---|---|",
+    ]
     for k, v in (led.get("phases") or {}).items():
         out.append(f"| {k} | {_fmt_seconds(v)} | {100 * v / wall if wall else 0:.1f}% |")
     return out + [""]
@@ -566,28 +670,46 @@ def _transition_section(run: Run, found: dict[str, Transition], primary) -> list
         out.append("**No clear transition** in the format reward or the completion length.")
     else:
         out.append(f"**Phase transition at step {tr.step:g}** (from the {units[key][0]}, {tr.label}).")
-    out += ["", "Method: centred moving average, then the two-segment least-squares line fit whose break minimises the "
-                "squared error (at least max(3, n/10) points per side); strength = 1 - SSE(two lines)/SSE(one line); "
-                "effect = largest gap between the fits in noise units; clear if strength >= 0.6 and effect >= 3 "
-                "(weak: 0.4 and 2). See `tina.report.detect_phase_transition`.", ""]
+    out += [
+        "",
+        "Method: centred moving average, then the two-segment least-squares line fit whose break minimises the "
+        "squared error (at least max(3, n/10) points per side); strength = 1 - SSE(two lines)/SSE(one line); "
+        "effect = largest gap between the fits in noise units; clear if strength >= 0.6 and effect >= 3 "
+        "(weak: 0.4 and 2). See `tina.report.detect_phase_transition`.",
+        "",
+    ]
     return out
 
 
 def _eval_section(run: Run, tr: Transition | None, usd_at: dict[int, float]) -> list[str]:
     out = ["## Accuracy per checkpoint", ""]
     if run.eval is None:
-        out.append(run.eval_note or f"No evaluation results yet: run `tina eval --run {run.path} --output-dir "
-                                    f"{run.path / 'eval'}` and then `tina report {run.path}` again.")
+        out.append(
+            run.eval_note
+            or f"No evaluation results yet: run `tina eval --run {run.path} --output-dir "
+            f"{run.path / 'eval'}` and then `tina report {run.path}` again."
+        )
         return out + [""]
     led = run.ledger or {}
     ev = led.get("evaluation") or {}
     models = {r[4] for rows in run.eval["curves"].values() for r in rows}
     per_eval = (ev.get("usd", 0.0) / len(models)) if ev.get("runs") and models else None
-    out += [f"From `{run.eval['path']}`." + (f" Evaluation cost so far ${ev.get('usd', 0):.4f} "
-                                             f"(about ${per_eval:.4f} per model evaluated)." if per_eval else ""), ""]
+    out += [
+        f"From `{run.eval['path']}`."
+        + (
+            f" Evaluation cost so far ${ev.get('usd', 0):.4f} (about ${per_eval:.4f} per model evaluated)."
+            if per_eval
+            else ""
+        ),
+        "",
+    ]
     for name, rows in run.eval["curves"].items():
-        out += [f"**{name}**", "", "| model | step | accuracy % [95% CI] | training $ to reach | vs transition |",
-                "|---|---|---|---|---|"]
+        out += [
+            f"**{name}**",
+            "",
+            "| model | step | accuracy % [95% CI] | training $ to reach | vs transition |",
+            "|---|---|---|---|---|",
+        ]
         for step, mean, low, high, label in rows:
             ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
             rel = "" if tr is None or step == 0 else _relative(step, tr.step)
@@ -595,10 +717,15 @@ def _eval_section(run: Run, tr: Transition | None, usd_at: dict[int, float]) -> 
         out.append("")
     best = run.eval.get("best")
     if best and best[0] is not None:
-        where = f"{_relative(best[0], tr.step)} the phase transition (step {tr.step:g})" if tr else \
-            "(no clear phase transition to compare with)"
-        out.append(f"**Best checkpoint: {best[1]}** (step {best[0]}, {best[2]}): {where}; training to it cost "
-                   f"${usd_at.get(best[0], 0.0):.4f}.")
+        where = (
+            f"{_relative(best[0], tr.step)} the phase transition (step {tr.step:g})"
+            if tr
+            else "(no clear phase transition to compare with)"
+        )
+        out.append(
+            f"**Best checkpoint: {best[1]}** (step {best[0]}, {best[2]}): {where}; training to it cost "
+            f"${usd_at.get(best[0], 0.0):.4f}."
+        )
         out.append("")
     return out
 
@@ -626,13 +753,20 @@ def _probe_section(run: Run, max_chars: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------- CLI
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", help="write RUN/report.md and RUN/plots/*.png for a training run",
+        "report",
+        help="write RUN/report.md and RUN/plots/*.png for a training run",
         description="Summarise a training run: cost ledger, reward/format/length/KL/clip/entropy/LR curves, the phase "
-                    "transition (format reward and completion length), accuracy per checkpoint from RUN/eval/ "
-                    "(tina eval --run RUN --output-dir RUN/eval) and the probe completions.")
+        "transition (format reward and completion length), accuracy per checkpoint from RUN/eval/ "
+        "(tina eval --run RUN --output-dir RUN/eval) and the probe completions.",
+    )
     p.add_argument("run", type=Path, help="the run directory (tina train --output-dir)")
-    p.add_argument("--eval", dest="eval_path", type=Path, default=None,
-                   help="a tina eval results.json (default: RUN/eval/results.json)")
+    p.add_argument(
+        "--eval",
+        dest="eval_path",
+        type=Path,
+        default=None,
+        help="a tina eval results.json (default: RUN/eval/results.json)",
+    )
     p.set_defaults(command_module=__name__)
 
 

@@ -63,10 +63,25 @@ from tina.rollout import Sampling
 
 WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd")  # the rest of a record is reproducible
 # Keys that may differ when a run is resumed: none of them changes which prompts, samples or updates a step sees.
-RESUMABLE_CHANGES = ("train.stop_step", "train.save_steps", "train.save_total_limit", "train.logging_steps",
-                     "train.report_to", "train.max_bad_steps", "train.probe_prompt", "train.probe_max_new_tokens",
-                     "train.logprob_memory_mb", "train.max_tokens_per_pass", "rollout.check_engine", "rollout.canary_tolerance",
-                     "rollout.max_logp_diff", "rollout.gpu_memory_utilization", "rollout.vllm_sleep", "cost.", "eval.")
+RESUMABLE_CHANGES = (
+    "train.stop_step",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.logging_steps",
+    "train.report_to",
+    "train.max_bad_steps",
+    "train.probe_prompt",
+    "train.probe_max_new_tokens",
+    "train.logprob_memory_mb",
+    "train.max_tokens_per_pass",
+    "rollout.check_engine",
+    "rollout.canary_tolerance",
+    "rollout.max_logp_diff",
+    "rollout.gpu_memory_utilization",
+    "rollout.vllm_sleep",
+    "cost.",
+    "eval.",
+)
 BASE_FILE = "tina_base.json"  # in every checkpoint: the base model's name, dtype and weights digest
 SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
 # dynamic/rounds: summed over processes (a count); dynamic/groups_with_signal: a share (mean)
@@ -127,22 +142,32 @@ class Run:
 
     # ---------------------------------------------------------------------------------------------------- open
     @classmethod
-    def open(cls, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-             started_at: float | None = None) -> Run:
+    def open(
+        cls,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        started_at: float | None = None,
+    ) -> Run:
         """Create or resume RUN/, start the process group and the ledger, build the model (base + LoRA), the
         optimizer, scheduler and prompt sampler, and restore a checkpoint when resuming."""
         self = cls(cfg, Path(run_dir), progress=progress)
         t = cfg.train
-        self.dist = dist = distributed.init(cpu=t.device == "cpu" or not torch.cuda.is_available(),
-                                            timeout_s=t.collective_timeout)
+        self.dist = dist = distributed.init(
+            cpu=t.device == "cpu" or not torch.cuda.is_available(), timeout_s=t.collective_timeout
+        )
         self.main = dist.is_main  # only the main process writes files
         self.per_micro = t.batch_size // cfg.rollout.num_generations  # prompts per micro-batch, over all processes
         if self.per_micro % dist.world_size:
             from tina.errors import ConfigError
 
-            raise ConfigError(f"train.batch_size: {self.per_micro} prompts per micro-batch do not split over "
-                              f"{dist.world_size} processes; use a multiple of "
-                              f"{dist.world_size * cfg.rollout.num_generations} completions")
+            raise ConfigError(
+                f"train.batch_size: {self.per_micro} prompts per micro-batch do not split over "
+                f"{dist.world_size} processes; use a multiple of "
+                f"{dist.world_size * cfg.rollout.num_generations} completions"
+            )
         self.resume_cmd = resume_command(self.run_dir)
         point = None
         if self.main:
@@ -156,14 +181,20 @@ class Run:
             with self.writing("eval_costs.jsonl"):
                 adopt_untracked_eval(self.run_dir, prior)
         # the devices this run uses (cost.num_devices only feeds the estimate printed before a run)
-        self.ledger = Ledger(num_devices=dist.world_size, usd_per_device_hour=cfg.cost.usd_per_device_hour,
-                             device_name=cfg.cost.device_name, prior=prior, started_at=started_at)
+        self.ledger = Ledger(
+            num_devices=dist.world_size,
+            usd_per_device_hour=cfg.cost.usd_per_device_hour,
+            device_name=cfg.cost.device_name,
+            prior=prior,
+            started_at=started_at,
+        )
         seed_everything(t.seed + dist.rank)  # sampling is keyed; these only seed e.g. LoRA dropout
 
         with self.ledger.phase("setup"):
             rows, holdout = load_problems(cfg)  # an unreadable dataset fails before the model is loaded
             self.model, self.tokenizer, self.digest_before = build_model(
-                cfg, device=str(dist.device) if dist.enabled else None)
+                cfg, device=str(dist.device) if dist.enabled else None
+            )
             self.device = next(self.model.parameters()).device
             self.base_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.trainable, self.total = count_parameters(self.model)
@@ -173,13 +204,18 @@ class Run:
             self.scheduler = make_scheduler(self.optimizer, t)
             self.sampler = PromptSampler(len(self.problems), t.seed)
             saved = load_trainer_state(point[1]) if point else None
-            self.state = (self._restore(point[1], saved) if point else RunState())
+            self.state = self._restore(point[1], saved) if point else RunState()
             self.train_model, self.optimizer = dist.prepare(self.model, self.optimizer, max_grad_norm=t.max_grad_norm)
             if point and dist.optimizer_format != "torch":  # sharded/partitioned state: loaded into the wrapped one
                 dist.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
             self.probe_ids = render_probe(cfg, self.tokenizer)
-            self.trackers = Trackers(t.report_to if self.main else [], self.run_dir, cfgmod.to_dict(cfg),
-                                     start_step=self.start_step, every=t.logging_steps)
+            self.trackers = Trackers(
+                t.report_to if self.main else [],
+                self.run_dir,
+                cfgmod.to_dict(cfg),
+                start_step=self.start_step,
+                every=t.logging_steps,
+            )
             if self.main:
                 with self.writing("metrics.jsonl"):
                     start_logs(self.run_dir, self.state.history, holdout, self.start_step)
@@ -251,13 +287,23 @@ class Run:
             served = self.engine.score(prompts, completions).float()  # [1, T]
         previous = self.probe_previous if self.probe_previous is not None and self.probe_previous[0] != step else None
         noise = self.cfg.rollout.canary_tolerance or probe_noise(next(self.model.parameters()).dtype)
-        metrics, problem = probe_verdict(served, current, torch.ones_like(current), noise=noise, version=step,
-                                         previous=None if previous is None else previous[1],
-                                         previous_version=None if previous is None else previous[0],
-                                         base=self.probe_base, engine=self.engine.name)
+        metrics, problem = probe_verdict(
+            served,
+            current,
+            torch.ones_like(current),
+            noise=noise,
+            version=step,
+            previous=None if previous is None else previous[1],
+            previous_version=None if previous is None else previous[0],
+            base=self.probe_base,
+            engine=self.engine.name,
+        )
         if self.dist.broadcast_flag(problem is not None):  # every process stops at once
-            raise TinaError(problem or f"step {step + 1}: another process's {self.engine.name} engine does not "
-                                       "serve the trainer's adapter (see its error); the run stops here")
+            raise TinaError(
+                problem
+                or f"step {step + 1}: another process's {self.engine.name} engine does not "
+                "serve the trainer's adapter (see its error); the run stops here"
+            )
         self.probe_previous, self.probe_metrics = (step, current), metrics
 
     def steps(self):
@@ -290,8 +336,9 @@ class Run:
         out = []
         for micro in range(t.gradient_accumulation_steps):
             chosen = self.sampler.take(self.per_micro)[share]
-            out += [(i, row_seed(-1, step, round_, micro * self.per_micro + share.start + j))
-                    for j, i in enumerate(chosen)]
+            out += [
+                (i, row_seed(-1, step, round_, micro * self.per_micro + share.start + j)) for j, i in enumerate(chosen)
+            ]
         return out
 
     def end_step(self, step: int, out: dict, rollout_metrics: list[dict], step_start: float) -> None:
@@ -309,8 +356,10 @@ class Run:
         self.state.bad_in_row = self.state.bad_in_row + 1 if out["skipped"] else 0
         snap = self.snapshot(n)
         if out["skipped"] and self.main:
-            say(f"warning: step {n}: non-finite loss or gradient; update skipped "
-                f"({self.state.bad_in_row}/{t.max_bad_steps} in a row)")
+            say(
+                f"warning: step {n}: non-finite loss or gradient; update skipped "
+                f"({self.state.bad_in_row}/{t.max_bad_steps} in a row)"
+            )
         if self.state.bad_in_row >= t.max_bad_steps:
             self.abort_bad_steps(n)
         if not out["skipped"]:
@@ -327,8 +376,10 @@ class Run:
         if stopping:
             self.stopped_at = n
             if self.main:
-                say(f"stopped by {self.stop.reason} after step {n}; saved checkpoint-{n}. Resume with:\n  "
-                    f"{self.resume_cmd}")
+                say(
+                    f"stopped by {self.stop.reason} after step {n}; saved checkpoint-{n}. Resume with:\n  "
+                    f"{self.resume_cmd}"
+                )
 
     def pop_probe_metrics(self) -> dict:
         """This step's content-check metrics (none at steps that reuse a rollout), averaged over the processes."""
@@ -340,16 +391,33 @@ class Run:
     def result(self, *, keep_model: bool = False) -> TrainResult:
         digest_after = base_weights_digest(self.model)
         stopped = self.stopped_at is not None
-        return TrainResult(self.run_dir, len(self.state.history), self.state.history, self.trainable, self.total,
-                           self.digest_before, digest_after, self.model if keep_model else None,
-                           self.tokenizer if keep_model else None, stopped, self.stop.reason if stopped else None,
-                           self.resume_cmd)
+        return TrainResult(
+            self.run_dir,
+            len(self.state.history),
+            self.state.history,
+            self.trainable,
+            self.total,
+            self.digest_before,
+            digest_after,
+            self.model if keep_model else None,
+            self.tokenizer if keep_model else None,
+            stopped,
+            self.stop.reason if stopped else None,
+            self.resume_cmd,
+        )
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def snapshot(self, step: int) -> Snapshot:
         s = self.state
-        return Snapshot(step, len(s.history), rng_state(), self.sampler.state(),
-                        copy.deepcopy(self.scheduler.state_dict()), list(s.buffer), s.bad_in_row)
+        return Snapshot(
+            step,
+            len(s.history),
+            rng_state(),
+            self.sampler.state(),
+            copy.deepcopy(self.scheduler.state_dict()),
+            list(s.buffer),
+            s.bad_in_row,
+        )
 
     def write_checkpoint(self, snap: Snapshot) -> Path | None:
         """Probe completion, then checkpoint-<step>/ (adapter, trainer state, metrics and ledger copies), then prune.
@@ -364,8 +432,9 @@ class Run:
             dist.barrier()
             return None
         if completion is not None:
-            append_jsonl(self.run_dir / "probes.jsonl", {"step": snap.step, "prompt": cfg.train.probe_prompt,
-                                                         **completion})
+            append_jsonl(
+                self.run_dir / "probes.jsonl", {"step": snap.step, "prompt": cfg.train.probe_prompt, **completion}
+            )
         trainer_state = {
             "step": snap.step,
             "optimizer": optimizer_state,
@@ -376,16 +445,22 @@ class Run:
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
             "buffer": [micro_batch_state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
-            "content_probe": None if self.probe is None else {  # check_content goes on after a resume as before
-                "prompt": self.probe[0], "completion": self.probe[1],
-                "previous": None if self.probe_previous is None else list(self.probe_previous)},
+            "content_probe": None
+            if self.probe is None
+            else {  # check_content goes on after a resume as before
+                "prompt": self.probe[0],
+                "completion": self.probe[1],
+                "previous": None if self.probe_previous is None else list(self.probe_previous),
+            },
         }
         extra = {
             "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in self.state.history[: snap.n_history]),
             "ledger.json": json.dumps(self.ledger.to_dict(read_eval_costs(self.run_dir)), indent=2),
             # the base this adapter belongs to: tina eval refuses another base (same shapes, other weights)
-            BASE_FILE: json.dumps({"model": cfg.model.name_or_path, "dtype": self.base_dtype,
-                                   "base_weights_sha256": self.digest_before}, indent=2),
+            BASE_FILE: json.dumps(
+                {"model": cfg.model.name_or_path, "dtype": self.base_dtype, "base_weights_sha256": self.digest_before},
+                indent=2,
+            ),
         }
         try:
             path = save_checkpoint(self.run_dir, snap.step, model, trainer_state, extra, state_dict=adapter)
@@ -408,8 +483,11 @@ class Run:
                 self.engine.load_adapter(self.publish(step))  # every process: each has its own engine
                 if self.dist.is_main:
                     r = self.engine.generate([self.probe_ids], Sampling(n=1, max_new_tokens=budget, greedy=True))
-                    completion = {"completion": r.texts[0], "tokens": int(r.lengths[0]),
-                                  "truncated": bool(r.truncated[0])}
+                    completion = {
+                        "completion": r.texts[0],
+                        "tokens": int(r.lengths[0]),
+                        "truncated": bool(r.truncated[0]),
+                    }
         finally:
             set_rng_state(saved)
         return completion
@@ -425,13 +503,17 @@ class Run:
         dist = self.dist
         result = set_peft_model_state_dict(self.model, load_adapter_weights(ckpt))
         if getattr(result, "unexpected_keys", None):
-            raise TinaError(f"{ckpt.name}: the adapter does not fit this model/LoRA config (unexpected "
-                            f"{', '.join(result.unexpected_keys[:3])})")
+            raise TinaError(
+                f"{ckpt.name}: the adapter does not fit this model/LoRA config (unexpected "
+                f"{', '.join(result.unexpected_keys[:3])})"
+            )
         written = ts.get("optimizer_format", "torch")
         if written != dist.optimizer_format:
             engines = {"torch": "a single-process or DDP", "by-name": "an FSDP", "deepspeed-by-rank": "a DeepSpeed"}
-            raise TinaError(f"{ckpt.name} was written by {engines.get(written, written)} run and cannot be resumed by "
-                            f"{engines[dist.optimizer_format]} run; resume with the run's own --accelerate-config")
+            raise TinaError(
+                f"{ckpt.name} was written by {engines.get(written, written)} run and cannot be resumed by "
+                f"{engines[dist.optimizer_format]} run; resume with the run's own --accelerate-config"
+            )
         if written == "torch":
             self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
@@ -441,31 +523,41 @@ class Run:
         probe = ts.get("content_probe")
         if probe:
             self.probe = (list(probe["prompt"]), list(probe["completion"]))
-            self.probe_previous = None if probe["previous"] is None else (int(probe["previous"][0]),
-                                                                          probe["previous"][1])
+            self.probe_previous = (
+                None if probe["previous"] is None else (int(probe["previous"][0]), probe["previous"][1])
+            )
         copy_path = ckpt / "metrics.jsonl"
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]
         fields = {f.name for f in dataclasses.fields(MicroBatch)}
-        buffer = [MicroBatch(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                                for k, v in mb.items() if k in fields}) for mb in ts.get("buffer", [])]
+        buffer = [
+            MicroBatch(
+                **{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in mb.items() if k in fields}
+            )
+            for mb in ts.get("buffer", [])
+        ]
         return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
 
     def abort_bad_steps(self, step: int):
         """Too many non-finite steps in a row: checkpoint the last good state (skipped steps changed neither the
         adapter nor the optimizer) and stop with a clear message."""
         good, cfg = self.good, self.cfg
-        message = (f"stopped: {cfg.train.max_bad_steps} steps in a row (up to step {step}) had a non-finite loss or "
-                   "gradient; ")
+        message = (
+            f"stopped: {cfg.train.max_bad_steps} steps in a row (up to step {step}) had a non-finite loss or gradient; "
+        )
         if good.step == 0:
-            raise TinaError(message + "no step had a finite loss, so there is nothing to checkpoint. Lower "
-                                      "train.learning_rate or check the rewards and the model")
+            raise TinaError(
+                message + "no step had a finite loss, so there is nothing to checkpoint. Lower "
+                "train.learning_rate or check the rewards and the model"
+            )
         if good.step not in {s for s, _ in list_checkpoints(self.run_dir)}:
             with self.ledger.phase("checkpoint"), self.writing(f"checkpoint-{good.step}"):
                 self.write_checkpoint(good)
-        raise TinaError(message + f"the last good state is checkpoint-{good.step}. Lower train.learning_rate or "
-                        "check the rewards; to go on from the good state, start a new run with "
-                        f"lora.init_adapter={self.run_dir / f'checkpoint-{good.step}'}")
+        raise TinaError(
+            message + f"the last good state is checkpoint-{good.step}. Lower train.learning_rate or "
+            "check the rewards; to go on from the good state, start a new run with "
+            f"lora.init_adapter={self.run_dir / f'checkpoint-{good.step}'}"
+        )
 
     @contextmanager
     def writing(self, what: str):
@@ -478,8 +570,10 @@ class Run:
             done = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
             kept = f"{done[-1][1].name} is intact" if done else "no checkpoint had been written yet"
             fix = "free some space" if full else "fix the problem"
-            raise TinaError(f"cannot write {what} in {self.run_dir}: {reason} ({exc.strerror or exc}); {kept}; {fix}, "
-                            f"then resume with: {self.resume_cmd}") from None
+            raise TinaError(
+                f"cannot write {what} in {self.run_dir}: {reason} ({exc.strerror or exc}); {kept}; {fix}, "
+                f"then resume with: {self.resume_cmd}"
+            ) from None
 
 
 def micro_batch_state(mb) -> dict:
@@ -498,12 +592,24 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: Config, device: str | None = None):
     """(PEFT model with a fresh or initial LoRA adapter, tokenizer, digest of the base weights)."""
     m, lc, t = cfg.model, cfg.lora, cfg.train
-    model, tokenizer = load_model_and_tokenizer(m.name_or_path, revision=m.revision, dtype=m.dtype,
-                                                attn_implementation=m.attn_implementation,
-                                                trust_remote_code=m.trust_remote_code, device=device or t.device)
+    model, tokenizer = load_model_and_tokenizer(
+        m.name_or_path,
+        revision=m.revision,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        trust_remote_code=m.trust_remote_code,
+        device=device or t.device,
+    )
     digest = base_weights_digest(model)
-    model = attach_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
-                        bias=lc.bias, init_adapter=lc.init_adapter)
+    model = attach_lora(
+        model,
+        r=lc.r,
+        alpha=lc.alpha,
+        dropout=lc.dropout,
+        target_modules=lc.target_modules,
+        bias=lc.bias,
+        init_adapter=lc.init_adapter,
+    )
     if t.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -516,16 +622,23 @@ def build_model(cfg: Config, device: str | None = None):
 
 def make_optimizer(model, t: cfgmod.TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-                             weight_decay=t.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay
+    )
 
 
 def make_scheduler(optimizer, t: cfgmod.TrainConfig):
     warmup = warmup_steps_for(t.max_steps, t.warmup_ratio)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: lr_multiplier(step, total_steps=t.max_steps, kind=t.lr_scheduler, warmup_steps=warmup,
-                                   min_ratio=t.min_lr_ratio, warmup_from_zero=t.warmup_from_zero),
+        lambda step: lr_multiplier(
+            step,
+            total_steps=t.max_steps,
+            kind=t.lr_scheduler,
+            warmup_steps=warmup,
+            min_ratio=t.min_lr_ratio,
+            warmup_from_zero=t.warmup_from_zero,
+        ),
     )
 
 
@@ -538,8 +651,10 @@ def advance_schedule(scheduler) -> None:
 
 def resume_command(run_dir: Path) -> str:
     """The exact command that continues this run (its own resolved config.yaml always matches)."""
-    return (f"tina train {shlex.quote(str(Path(run_dir) / 'config.yaml'))} --output-dir "
-            f"{shlex.quote(str(run_dir))} --resume")
+    return (
+        f"tina train {shlex.quote(str(Path(run_dir) / 'config.yaml'))} --output-dir "
+        f"{shlex.quote(str(run_dir))} --resume"
+    )
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, *, resume: bool) -> tuple[int, Path] | None:
@@ -557,14 +672,19 @@ def prepare_run_dir(run_dir: Path, cfg: Config, *, resume: bool) -> tuple[int, P
         changed = config_changes(cfgmod.load_config(run_dir / "config.yaml"), cfg)
         blocking = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
         if blocking:
-            raise TinaError(f"--resume with a different config than {run_dir}/config.yaml (changed: "
-                            f"{', '.join(blocking)}); resume with the run's own config.yaml")
+            raise TinaError(
+                f"--resume with a different config than {run_dir}/config.yaml (changed: "
+                f"{', '.join(blocking)}); resume with the run's own config.yaml"
+            )
         if changed:
             say(f"resuming with changed {', '.join(changed)} (these do not alter the training trajectory)")
     point = latest_valid_checkpoint(run_dir, warn=say) if resume else None
     if resume:
-        say(f"resuming {run_dir} from {point[1].name}" if point else
-            f"no complete checkpoint in {run_dir}; starting fresh")
+        say(
+            f"resuming {run_dir} from {point[1].name}"
+            if point
+            else f"no complete checkpoint in {run_dir}; starting fresh"
+        )
     atomic_write_text(run_dir / "config.yaml", cfgmod.to_yaml(cfg))
     return point
 
@@ -590,8 +710,10 @@ def start_logs(run_dir: Path, history: list[dict], holdout: list[dict], start_st
         kept = [p for p in read_jsonl(probes) if p.get("step", 0) <= start_step]
         atomic_write_text(probes, "".join(json.dumps(p) + "\n" for p in kept))
     if holdout:
-        atomic_write_text(run_dir / "holdout.jsonl", "".join(
-            json.dumps({k: r[k] for k in ("id", "problem", "answer")}) + "\n" for r in holdout))
+        atomic_write_text(
+            run_dir / "holdout.jsonl",
+            "".join(json.dumps({k: r[k] for k in ("id", "problem", "answer")}) + "\n" for r in holdout),
+        )
 
 
 def render_probe(cfg: Config, tokenizer) -> list[int] | None:
@@ -602,8 +724,14 @@ def render_probe(cfg: Config, tokenizer) -> list[int] | None:
     if not text:
         return None
     d = cfg.data
-    prompt = render_prompt(tokenizer, text, system_prompt=d.system_prompt, template=d.template,
-                           l1_mode=d.l1_mode if d.l1_target else None, l1_target=d.l1_target)
+    prompt = render_prompt(
+        tokenizer,
+        text,
+        system_prompt=d.system_prompt,
+        template=d.template,
+        l1_mode=d.l1_mode if d.l1_target else None,
+        l1_target=d.l1_target,
+    )
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -638,8 +766,9 @@ class GracefulStop:
         if self.reason is not None:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
-        os.write(2, f"\n{self.reason}: finishing this step and saving a checkpoint "
-                    "(Ctrl-C again aborts at once)\n".encode())
+        os.write(
+            2, f"\n{self.reason}: finishing this step and saving a checkpoint (Ctrl-C again aborts at once)\n".encode()
+        )
 
 
 def check_trackers(names: list[str]) -> None:
@@ -693,7 +822,9 @@ def window_mean(records: list[dict]) -> dict:
         if key in LAST_IN_WINDOW:
             out[key] = records[-1][key]
             continue
-        values = [r.get(key) for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        values = [
+            r.get(key) for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+        ]
         if values:
             out[key] = sum(values) / len(values)
         elif key in records[-1]:
@@ -702,8 +833,15 @@ def window_mean(records: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- records
-def step_record(step: int, rollout_metrics: list[dict], out: dict, lr: float, step_seconds: float,
-                ledger: Ledger, dist: distributed.Dist | None = None) -> dict:
+def step_record(
+    step: int,
+    rollout_metrics: list[dict],
+    out: dict,
+    lr: float,
+    step_seconds: float,
+    ledger: Ledger,
+    dist: distributed.Dist | None = None,
+) -> dict:
     """One metrics.jsonl line: each rollout metric's (sum, count) pooled over micro-batches and processes; ledger
     token counts grow by the step's totals over every process."""
     dist = dist or distributed.Dist()

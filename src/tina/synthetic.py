@@ -28,16 +28,47 @@ import torch
 
 BUILD_VERSION = 1  # bump when the files written here change
 
-_QWEN2 = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6,
-              attention_dropout=0.0, initializer_range=0.02, use_cache=True, use_sliding_window=False)
+_QWEN2 = dict(
+    architectures=["Qwen2ForCausalLM"],
+    model_type="qwen2",
+    hidden_act="silu",
+    rms_norm_eps=1e-6,
+    attention_dropout=0.0,
+    initializer_range=0.02,
+    use_cache=True,
+    use_sliding_window=False,
+)
 SHAPES: dict[str, dict] = {
-    "qwen2-1.5b": dict(_QWEN2, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                       intermediate_size=8960, vocab_size=151936, max_position_embeddings=131072, rope_theta=10000.0,
-                       tie_word_embeddings=False, sliding_window=4096, max_window_layers=21,
-                       dtype="bfloat16"),
-    "tiny": dict(_QWEN2, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=384, vocab_size=1024, max_position_embeddings=2048, rope_theta=10000.0,
-                 tie_word_embeddings=False, sliding_window=2048, max_window_layers=2, dtype="float32"),
+    "qwen2-1.5b": dict(
+        _QWEN2,
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        max_position_embeddings=131072,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        sliding_window=4096,
+        max_window_layers=21,
+        dtype="bfloat16",
+    ),
+    "tiny": dict(
+        _QWEN2,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=384,
+        vocab_size=1024,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        sliding_window=2048,
+        max_window_layers=2,
+        dtype="float32",
+    ),
 }
 
 
@@ -50,9 +81,7 @@ def model_folder(shape: str, *, seed: int = 0, root: str | Path | None = None) -
     """The folder of a synthetic model of ``shape`` (built once, then reused): ``$TINA_CACHE_DIR/synthetic/...``."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}")
-    from tina.tiny import cache_dir
-
-    from tina.tiny import _build_atomic
+    from tina.tiny import _build_atomic, cache_dir
 
     folder = Path(root) if root is not None else cache_dir() / "synthetic"
     return _build_atomic(folder / shape_key(shape, seed), lambda tmp: build_model_folder(tmp, shape, seed=seed))
@@ -91,8 +120,10 @@ def build_model_folder(folder: str | Path, shape: str, *, seed: int = 0) -> Path
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": pad}, indent=2))
     # model_type qwen2 makes transformers rebuild the tokenizer with Qwen2's pipeline: the ids must not change.
     sample = "<|im_start|>user\n3+4-2 0123456789<|im_end|>\n<|im_start|>assistant\n"
-    if AutoTokenizer.from_pretrained(folder)(sample)["input_ids"] != \
-            Tokenizer.from_file(str(folder / "tokenizer.json")).encode(sample).ids:
+    if (
+        AutoTokenizer.from_pretrained(folder)(sample)["input_ids"]
+        != Tokenizer.from_file(str(folder / "tokenizer.json")).encode(sample).ids
+    ):
         raise RuntimeError("synthetic tokenizer ids changed on reload; the pre-tokenizer does not match Qwen2's")
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
@@ -109,9 +140,18 @@ def build_model_folder(folder: str | Path, shape: str, *, seed: int = 0) -> Path
             t = torch.randn(p.shape, generator=g) * std
         state[name] = t.to(getattr(torch, dtype)).contiguous()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "tina_synthetic.json").write_text(json.dumps(
-        {"shape": shape, "seed": seed, "parameters": sum(t.numel() for t in state.values()), "version": BUILD_VERSION,
-         "note": "random weights with a real architecture's shape: for timing and memory only"}, indent=2))
+    (folder / "tina_synthetic.json").write_text(
+        json.dumps(
+            {
+                "shape": shape,
+                "seed": seed,
+                "parameters": sum(t.numel() for t in state.values()),
+                "version": BUILD_VERSION,
+                "note": "random weights with a real architecture's shape: for timing and memory only",
+            },
+            indent=2,
+        )
+    )
     return folder
 
 
@@ -123,8 +163,16 @@ def prompt_length(tokenizer, problem: str, *, template: str = "tokenizer", syste
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def write_problems(path: str | Path, tokenizer, *, n: int, prompt_tokens: int, template: str = "tokenizer",
-                   system_prompt: str | None = None, seed: int = 0) -> Path:
+def write_problems(
+    path: str | Path,
+    tokenizer,
+    *,
+    n: int,
+    prompt_tokens: int,
+    template: str = "tokenizer",
+    system_prompt: str | None = None,
+    seed: int = 0,
+) -> Path:
     """A JSONL file of ``n`` problems (random digits; answer "0") whose rendered prompts are exactly
     ``prompt_tokens`` tokens long with ``tokenizer`` (the synthetic one: one token per digit)."""
     rng = random.Random(seed)
@@ -139,7 +187,7 @@ def write_problems(path: str | Path, tokenizer, *, n: int, prompt_tokens: int, t
             if got == prompt_tokens:
                 break
             if got > prompt_tokens:
-                del digits[prompt_tokens - got:]
+                del digits[prompt_tokens - got :]
             else:
                 digits += [str(rng.randrange(10)) for _ in range(prompt_tokens - got)]
         else:

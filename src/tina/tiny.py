@@ -130,8 +130,8 @@ def build_random(folder: Path, seed: int = 0) -> Path:
     # Register the architecture so AutoTokenizer sees model_type qwen2 (and rebuilds with Qwen2's pipeline) —
     # then check the reloaded ids are still the trained ones.
     config.save_pretrained(folder)
-    from transformers import AutoTokenizer
     from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
     reloaded = AutoTokenizer.from_pretrained(folder)
     raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -203,11 +203,11 @@ def warmstart_batches(tokenizer, rows: list[dict], *, batch_size: int, noise: fl
         targets = [arith.solution(*arith.operands(row["problem"]), noise=noise, rng=rng) + eos for row in batch]
         p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         t_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
-        width = max(len(p) + len(t) for p, t in zip(p_ids, t_ids))
+        width = max(len(p) + len(t) for p, t in zip(p_ids, t_ids, strict=True))
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
         mask = torch.zeros((batch_size, width), dtype=torch.long)
         labels = torch.full((batch_size, width), -100)
-        for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+        for i, (p, t) in enumerate(zip(p_ids, t_ids, strict=True)):
             seq = p + t
             ids[i, : len(seq)] = torch.tensor(seq)
             mask[i, : len(seq)] = 1

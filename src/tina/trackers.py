@@ -4,8 +4,8 @@ metrics.jsonl is always written and is the source of truth; trackers get a copy 
 whose package is missing is a one-line error naming the install command, raised before any model is loaded.
 
 * ``tensorboard`` writes event files to ``RUN/tensorboard/`` (a resumed run purges events after its checkpoint).
-* ``wandb`` logs to the project in ``$WANDB_PROJECT`` (default ``tina``); the run id is kept in ``RUN/wandb_id.txt`` so a
-  resumed run continues the same W&B run.  Set ``WANDB_MODE=offline`` on machines without network.
+* ``wandb`` logs to the project in ``$WANDB_PROJECT`` (default ``tina``); the run id is kept in ``RUN/wandb_id.txt``
+  so a resumed run continues the same W&B run.  Set ``WANDB_MODE=offline`` on machines without network.
 """
 
 from __future__ import annotations
@@ -54,19 +54,30 @@ class Trackers:
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             try:
-                run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tina"), name=run_dir.name, id=run_id,
-                                 resume="allow", dir=str(run_dir), config=config)
+                run = wandb.init(
+                    project=os.environ.get("WANDB_PROJECT", "tina"),
+                    name=run_dir.name,
+                    id=run_id,
+                    resume="allow",
+                    dir=str(run_dir),
+                    config=config,
+                )
             except Exception as exc:  # noqa: BLE001 - wandb raises many types (network, auth); all mean "cannot start"
                 self.close()
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise TinaError(f"train.report_to: wandb could not start ({first}); run `wandb login`, set "
-                                "WANDB_MODE=offline, or remove wandb from train.report_to") from None
+                raise TinaError(
+                    f"train.report_to: wandb could not start ({first}); run `wandb login`, set "
+                    "WANDB_MODE=offline, or remove wandb from train.report_to"
+                ) from None
             self._writers.append(("wandb", run))
 
     def log(self, record: dict) -> None:
         step = record["step"]
-        numbers = {k: float(v) for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        numbers = {
+            k: float(v)
+            for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         for kind, writer in self._writers:
             if kind == "tensorboard":
                 for k, v in numbers.items():

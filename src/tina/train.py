@@ -41,8 +41,15 @@ from tina.rollout.agreement import check_served, logp_diff, rollout_correction
 from tina.run import Run, TrainResult
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          keep_model: bool = False, started_at: float | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    keep_model: bool = False,
+    started_at: float | None = None,
+) -> TrainResult:
     """Run LoRA-GRPO as the config says.
 
     Writes RUN/config.yaml, metrics.jsonl (every step), ledger.json (every step), probes.jsonl and checkpoint-<step>/
@@ -134,14 +141,25 @@ class MicroBatch:
         step = rows if max_tokens is None else max(group, max_tokens // per_row // group * group)
         if step >= rows:
             return [self]
-        rowwise = ("prompt_ids", "prompt_mask", "completion_ids", "loss_mask", "advantages", "old_logp", "ref_logp",
-                   "engine_logp", "completion_mask")
+        rowwise = (
+            "prompt_ids",
+            "prompt_mask",
+            "completion_ids",
+            "loss_mask",
+            "advantages",
+            "old_logp",
+            "ref_logp",
+            "engine_logp",
+            "completion_mask",
+        )
 
         def cut(t, sl):
             return None if t is None else t[sl]
 
-        return [MicroBatch(**{f: cut(getattr(self, f), slice(i, i + step)) for f in rowwise}, metrics={})
-                for i in range(0, rows, step)]
+        return [
+            MicroBatch(**{f: cut(getattr(self, f), slice(i, i + step)) for f in rowwise}, metrics={})
+            for i in range(0, rows, step)
+        ]
 
 
 @dataclass
@@ -160,14 +178,26 @@ def generate(engine, problems: list[Problem], keys: list[int], cfg: Config, ledg
     ``keys`` name each prompt's random stream (its position in the run's global prompt order), so the completions do
     not depend on batch composition, on micro-batching or on how many processes share the step."""
     r = cfg.rollout
-    sampling = Sampling(n=r.num_generations, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                        top_p=r.top_p, top_k=r.top_k, seed=cfg.train.seed)
+    sampling = Sampling(
+        n=r.num_generations,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        seed=cfg.train.seed,
+    )
     with ledger.phase("generation"):
         return engine.generate([p.prompt_ids for p in problems], sampling, keys=keys)
 
 
-def score_rollout(rollout: Rollout, problems: list[Problem], cfg: Config, specs: list[RewardSpec], ledger: Ledger,
-                  dist: distributed.Dist | None = None) -> Scored:
+def score_rollout(
+    rollout: Rollout,
+    problems: list[Problem],
+    cfg: Config,
+    specs: list[RewardSpec],
+    ledger: Ledger,
+    dist: distributed.Dist | None = None,
+) -> Scored:
     """Grade every completion once, score the rewards, and compute advantages over the whole step."""
     dist = dist or distributed.Dist()
     r, a = cfg.rollout, cfg.algorithm
@@ -262,7 +292,7 @@ def refill(engine, run: Run, step: int, rollout: Rollout, problems: list[Problem
 def step_reward_std(rewards: torch.Tensor, dist: distributed.Dist) -> float:
     """Unbiased standard deviation of the step's gradable rewards over every process (``scale_rewards: batch``)."""
     valid = rewards[~torch.isnan(rewards)].double()
-    n, s, ss = dist.sum([float(valid.numel()), float(valid.sum()), float((valid ** 2).sum())])
+    n, s, ss = dist.sum([float(valid.numel()), float(valid.sum()), float((valid**2).sum())])
     if n < 2:
         return 0.0
     return math.sqrt(max(0.0, (ss - s * s / n) / (n - 1)))
@@ -300,8 +330,9 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
             completion_mask=completion_mask[sl, :width].to(device),
         )
         args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
-        kwargs = dict(loss_mask=mb.loss_mask, max_chunk_bytes=chunk, group_size=r.num_generations,
-                      **scored_distribution(cfg))
+        kwargs = dict(
+            loss_mask=mb.loss_mask, max_chunk_bytes=chunk, group_size=r.num_generations, **scored_distribution(cfg)
+        )
         with ledger.phase("logprob"), torch.no_grad():
             if need_old:
                 mb.old_logp = token_logprobs(model, *args, **kwargs)
@@ -310,8 +341,9 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
                     mb.ref_logp = token_logprobs(model, *args, **kwargs)
         if correction.endswith("mask") and mb.engine_logp is not None:  # masked tokens leave the loss and its norm,
             # not the attention: the remaining tokens keep the log-probs they have here (mb.completion_mask)
-            _, keep = rollout_correction(mb.old_logp, mb.engine_logp, mb.loss_mask, mode=correction,
-                                         cap=a.rollout_correction_cap)
+            _, keep = rollout_correction(
+                mb.old_logp, mb.engine_logp, mb.loss_mask, mode=correction, cap=a.rollout_correction_cap
+            )
             mb.loss_mask = keep
         out.append(mb)
     return out
@@ -349,8 +381,9 @@ def _sum_count(values) -> tuple[float, int]:
     return sum(kept), len(kept)
 
 
-def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledger: Ledger,
-           dist: distributed.Dist | None = None) -> dict:
+def update(
+    model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledger: Ledger, dist: distributed.Dist | None = None
+) -> dict:
     """One optimizer step over the micro-batches: loss (chosen objective), backward, clip, step.
 
     ``model`` is the module the gradients flow through (DDP-wrapped when several processes train).  The loss
@@ -363,10 +396,15 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
     a, r, t = cfg.algorithm, cfg.rollout, cfg.train
     loss_fn = LOSSES[a.objective]
     eps_low, eps_high = a.epsilon, a.epsilon_high
-    n_seqs, n_tokens = dist.sum([sum(mb.loss_mask.shape[0] for mb in micro_batches),
-                                 sum(mb.loss_mask.sum().item() for mb in micro_batches)])
-    norm = Norm(n_seqs=int(n_seqs), n_tokens=int(n_tokens), n_micro=len(micro_batches) * dist.world_size,
-                max_len=r.max_new_tokens)
+    n_seqs, n_tokens = dist.sum(
+        [sum(mb.loss_mask.shape[0] for mb in micro_batches), sum(mb.loss_mask.sum().item() for mb in micro_batches)]
+    )
+    norm = Norm(
+        n_seqs=int(n_seqs),
+        n_tokens=int(n_tokens),
+        n_micro=len(micro_batches) * dist.world_size,
+        max_len=r.max_new_tokens,
+    )
     correction = rollout_correction_mode(cfg, r.backend)
     comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
     total_loss, extra, trained = 0.0, {}, 0
@@ -375,9 +413,17 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
             dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass
-            logp = token_logprobs(model, piece.prompt_ids, piece.prompt_mask, piece.completion_ids,
-                                  piece.completion_mask, loss_mask=piece.loss_mask, **scored_distribution(cfg),
-                                  max_chunk_bytes=t.logprob_memory_mb * 2**20, group_size=r.num_generations)  # [N, T]
+            logp = token_logprobs(
+                model,
+                piece.prompt_ids,
+                piece.prompt_mask,
+                piece.completion_ids,
+                piece.completion_mask,
+                loss_mask=piece.loss_mask,
+                **scored_distribution(cfg),
+                max_chunk_bytes=t.logprob_memory_mb * 2**20,
+                group_size=r.num_generations,
+            )  # [N, T]
             old = piece.old_logp if piece.old_logp is not None else logp.detach()
             weights, mb_diff, m = None, 0.0, 0.0
             if piece.engine_logp is not None and comparable:
@@ -385,18 +431,31 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
                 diff_sum, diff_max, diff_count = diff_sum + s, max(diff_max, m), diff_count + c
                 mb_diff = s / max(c, 1)
                 if correction.endswith("truncate"):
-                    weights, _ = rollout_correction(old, piece.engine_logp, piece.loss_mask, mode=correction,
-                                                    cap=a.rollout_correction_cap)
+                    weights, _ = rollout_correction(
+                        old, piece.engine_logp, piece.loss_mask, mode=correction, cap=a.rollout_correction_cap
+                    )
             piece_norm = replace(norm, micro_tokens=int(mb.loss_mask.sum().item())) if piece is not mb else norm
-            out = loss_fn(logp, old, piece.advantages, piece.loss_mask, ref_logp=piece.ref_logp, beta=a.beta,
-                          eps_low=eps_low, eps_high=eps_high, norm=piece_norm, weights=weights)
+            out = loss_fn(
+                logp,
+                old,
+                piece.advantages,
+                piece.loss_mask,
+                ref_logp=piece.ref_logp,
+                beta=a.beta,
+                eps_low=eps_low,
+                eps_high=eps_high,
+                norm=piece_norm,
+                weights=weights,
+            )
             disagree = r.max_logp_diff is not None and mb_diff > r.max_logp_diff
             if dist.broadcast_flag(disagree):  # checked before any update: the engine must sample this policy
                 dist.discard_gradients(optimizer, out.loss)
-                raise TinaError(f"the {r.backend} engine and the trainer disagree: the sampled tokens' log-probs "
-                                f"differ by more than rollout.max_logp_diff={r.max_logp_diff:g} per token on average "
-                                f"(here {mb_diff:.3g}, max {m:.3g}); the engine is not sampling from the policy being "
-                                "trained (stale or wrong adapter, other weights or dtype); the last checkpoint is intact")
+                raise TinaError(
+                    f"the {r.backend} engine and the trainer disagree: the sampled tokens' log-probs "
+                    f"differ by more than rollout.max_logp_diff={r.max_logp_diff:g} per token on average "
+                    f"(here {mb_diff:.3g}, max {m:.3g}); the engine is not sampling from the policy being "
+                    "trained (stale or wrong adapter, other weights or dtype); the last checkpoint is intact"
+                )
             if dist.broadcast_flag(not torch.isfinite(out.loss)):  # skip the whole step, on every process
                 dist.discard_gradients(optimizer, out.loss)
                 return {"loss": float(out.loss.detach()), "skipped": True}
@@ -406,13 +465,14 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
         share = piece.loss_mask.shape[0] / mb.loss_mask.shape[0] / len(micro_batches)  # metrics: mean over rows
         out.metrics["entropy"] = sampled_token_entropy(logp.detach(), piece.loss_mask)
         if weights is not None:
-            out.metrics["rollout/is_weight_mean"] = float((weights * piece.loss_mask).sum()
-                                                          / piece.loss_mask.sum().clamp(min=1))
+            out.metrics["rollout/is_weight_mean"] = float(
+                (weights * piece.loss_mask).sum() / piece.loss_mask.sum().clamp(min=1)
+            )
         for k, v in out.metrics.items():
             extra[k] = extra.get(k, 0.0) + v * share
     summed = dist.sum([total_loss, trained, diff_sum, diff_count, *extra.values()])
     total_loss, trained, diff_sum, diff_count = summed[:4]
-    extra = {k: v / dist.world_size for k, v in zip(extra, summed[4:])}
+    extra = {k: v / dist.world_size for k, v in zip(extra, summed[4:], strict=True)}
     if diff_count:
         extra["rollout/logp_diff_mean"] = diff_sum / diff_count
         extra["rollout/logp_diff_max"] = max(dist.gather([diff_max]))
@@ -421,10 +481,21 @@ def update(model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledge
         grad_norm = dist.clip_grad_norm(params, t.max_grad_norm or float("inf"))
         if not torch.isfinite(grad_norm):  # gradients are all-reduced, so every process agrees
             dist.discard_gradients(optimizer)
-            return {"loss": total_loss, "grad_norm": float(grad_norm), "skipped": True, **extra,
-                    "tokens_trained": int(trained)}
+            return {
+                "loss": total_loss,
+                "grad_norm": float(grad_norm),
+                "skipped": True,
+                **extra,
+                "tokens_trained": int(trained),
+            }
         dist.step(optimizer)
-    return {"loss": total_loss, "grad_norm": float(grad_norm), "skipped": False, **extra, "tokens_trained": int(trained)}
+    return {
+        "loss": total_loss,
+        "grad_norm": float(grad_norm),
+        "skipped": False,
+        **extra,
+        "tokens_trained": int(trained),
+    }
 
 
 def sampled_token_entropy(logp: torch.Tensor, mask: torch.Tensor) -> float:

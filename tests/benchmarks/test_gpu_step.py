@@ -70,9 +70,19 @@ def test_problems_render_to_exactly_the_prompt_length(tiny, tmp_path, tokens):
 
 # -------------------------------------------------------------------------------------------------------- the table
 def _step(n, seconds, gen, tokens=100):
-    return {"step": n, "seconds": seconds, "generation": gen, "reward": 0.0, "logprob": 1.0, "backward": 2.0,
-            "other": seconds - gen - 3.0, "tokens_generated": tokens, "tokens_trained": tokens,
-            "completion_length": 10.0, "truncated_ratio": 1.0}
+    return {
+        "step": n,
+        "seconds": seconds,
+        "generation": gen,
+        "reward": 0.0,
+        "logprob": 1.0,
+        "backward": 2.0,
+        "other": seconds - gen - 3.0,
+        "tokens_generated": tokens,
+        "tokens_trained": tokens,
+        "completion_length": 10.0,
+        "truncated_ratio": 1.0,
+    }
 
 
 def test_summary_leaves_out_the_warm_up_step():
@@ -138,8 +148,13 @@ def _dry(engine: str, tmp_path: Path, capsys) -> dict:
     assert ledger["phases"]["generation"] == pytest.approx(sum(x["generation"] for x in steps), abs=1e-3)
     cfg = row["config"]  # the tina-open-rs2 setting, on the tiny shape
     assert (cfg["lora"]["r"], cfg["lora"]["alpha"], cfg["lora"]["dropout"]) == (32, 128, 0.05)
-    assert (cfg["rollout"]["num_generations"], cfg["train"]["batch_size"], cfg["train"]["gradient_accumulation_steps"],
-            cfg["algorithm"]["beta"], cfg["train"]["gradient_checkpointing"]) == (6, 12, 4, 0.04, True)
+    assert (
+        cfg["rollout"]["num_generations"],
+        cfg["train"]["batch_size"],
+        cfg["train"]["gradient_accumulation_steps"],
+        cfg["algorithm"]["beta"],
+        cfg["train"]["gradient_checkpointing"],
+    ) == (6, 12, 4, 0.04, True)
     assert cfg["rollout"]["backend"] == engine and cfg["rollout"]["check_engine"]
     return row
 

@@ -69,8 +69,21 @@ def test_tina_recipe_leaves_tinas_defaults_alone(tmp_path):
 def test_tina_row_comes_from_the_tina_train_command(tmp_path, capsys, monkeypatch):
     """End to end on the tiny model: `tina train` runs in a subprocess; s/step from its metrics.jsonl, the phases from
     its ledger.json, the peak from outside."""
-    monkeypatch.setattr(sys, "argv", ["grpo_step.py", "--engines", "tina", "--steps", "2", "--keep", str(tmp_path),
-                                      "--tina-set", "train.save_steps=1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "grpo_step.py",
+            "--engines",
+            "tina",
+            "--steps",
+            "2",
+            "--keep",
+            str(tmp_path),
+            "--tina-set",
+            "train.save_steps=1",
+        ],
+    )
     grpo_step.main()
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| tina train (float32; train.save_steps=1)"))

@@ -24,38 +24,93 @@ from tina.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-NAMES = ["open-rs", "open-s1", "still-3", "deepscaler", "ii-thought", "limr", "openr1-math", "curated-thoughts",
-         "l1", "plain"]
+NAMES = [
+    "open-rs",
+    "open-s1",
+    "still-3",
+    "deepscaler",
+    "ii-thought",
+    "limr",
+    "openr1-math",
+    "curated-thoughts",
+    "l1",
+    "plain",
+]
 
 # fixture file, adapter, [(problem, answer, id)], dropped count
 CASES = [
-    ("open_rs.jsonl", "open-rs",
-     [("Find the remainder when $2^{10}$ is divided by $7$.", "2", "0"),
-      ("Compute $\\frac{1}{2}+\\frac{1}{3}$.", "\\frac{5}{6}", "1")],  # empty answer -> \boxed{} of solution
-     1),  # row 2: no answer, no \boxed{} -> dropped
-    ("open_s1.jsonl", "open-s1",
-     [("Let $x+y=10$ and $x-y=2$. Find $x$.", "6", "0"), ("How many primes are less than 20?", "8", "1")], 0),
-    ("still3.jsonl", "still-3",
-     [("Find the sum of all positive divisors of $12$.", "28", "0"), ("Evaluate $\\sqrt{49}$.", "7", "1")], 1),
-    ("deepscaler.jsonl", "deepscaler",
-     [("Let $a_1=1$ and $a_{n+1}=2a_n$. Find $a_{5}$.", "16", "0"),
-      ("Find the area of a circle of radius $2$.", "4\\pi", "1")], 0),
-    ("ii_thought.jsonl", "ii-thought",
-     [("What is the least common multiple of $4$ and $6$?", "12", "ii-0001"), ("Solve $2x+3=11$.", "4", "ii-0002")],
-     1),  # the code row has test cases, no answer
-    ("limr_hub.jsonl", "limr",
-     [("For how many integer values of $x$ is $x^2 < 10$?", "7", "0"), ("Simplify $\\sqrt{50}$.", "5\\sqrt{2}", "1")],
-     0),
-    ("openr1_math.jsonl", "openr1-math",
-     [("Find all real $x$ with $x^2=9$.", "\\pm 3", "0a1b2c3d-0000-5000-8000-000000000001"),
-      ("Compute $5!$.", "120", "0a1b2c3d-0000-5000-8000-000000000003")],  # "notfound" -> \boxed{} of solution
-     1),  # "proof" row dropped
-    ("curated_thoughts.jsonl", "curated-thoughts",
-     [("Find the smallest positive integer $n$ with $n^2 > 50$.", "8", "0"), ("If $f(x)=2x+1$, find $f(f(1))$.", "7", "1")],
-     0),
-    ("l1.jsonl", "l1",
-     [("Find $1+2+3$. Let's think step by step and output the final answer within \\boxed{}.", "6", "0"),
-      ("Find $2^5$. Let's think step by step and output the final answer within \\boxed{}.", "32", "1")], 0),
+    (
+        "open_rs.jsonl",
+        "open-rs",
+        [
+            ("Find the remainder when $2^{10}$ is divided by $7$.", "2", "0"),
+            ("Compute $\\frac{1}{2}+\\frac{1}{3}$.", "\\frac{5}{6}", "1"),
+        ],  # empty answer -> \boxed{} of solution
+        1,
+    ),  # row 2: no answer, no \boxed{} -> dropped
+    (
+        "open_s1.jsonl",
+        "open-s1",
+        [("Let $x+y=10$ and $x-y=2$. Find $x$.", "6", "0"), ("How many primes are less than 20?", "8", "1")],
+        0,
+    ),
+    (
+        "still3.jsonl",
+        "still-3",
+        [("Find the sum of all positive divisors of $12$.", "28", "0"), ("Evaluate $\\sqrt{49}$.", "7", "1")],
+        1,
+    ),
+    (
+        "deepscaler.jsonl",
+        "deepscaler",
+        [
+            ("Let $a_1=1$ and $a_{n+1}=2a_n$. Find $a_{5}$.", "16", "0"),
+            ("Find the area of a circle of radius $2$.", "4\\pi", "1"),
+        ],
+        0,
+    ),
+    (
+        "ii_thought.jsonl",
+        "ii-thought",
+        [("What is the least common multiple of $4$ and $6$?", "12", "ii-0001"), ("Solve $2x+3=11$.", "4", "ii-0002")],
+        1,
+    ),  # the code row has test cases, no answer
+    (
+        "limr_hub.jsonl",
+        "limr",
+        [
+            ("For how many integer values of $x$ is $x^2 < 10$?", "7", "0"),
+            ("Simplify $\\sqrt{50}$.", "5\\sqrt{2}", "1"),
+        ],
+        0,
+    ),
+    (
+        "openr1_math.jsonl",
+        "openr1-math",
+        [
+            ("Find all real $x$ with $x^2=9$.", "\\pm 3", "0a1b2c3d-0000-5000-8000-000000000001"),
+            ("Compute $5!$.", "120", "0a1b2c3d-0000-5000-8000-000000000003"),
+        ],  # "notfound" -> \boxed{} of solution
+        1,
+    ),  # "proof" row dropped
+    (
+        "curated_thoughts.jsonl",
+        "curated-thoughts",
+        [
+            ("Find the smallest positive integer $n$ with $n^2 > 50$.", "8", "0"),
+            ("If $f(x)=2x+1$, find $f(f(1))$.", "7", "1"),
+        ],
+        0,
+    ),
+    (
+        "l1.jsonl",
+        "l1",
+        [
+            ("Find $1+2+3$. Let's think step by step and output the final answer within \\boxed{}.", "6", "0"),
+            ("Find $2^5$. Let's think step by step and output the final answer within \\boxed{}.", "32", "1"),
+        ],
+        0,
+    ),
 ]
 
 
@@ -136,30 +191,36 @@ def test_split_l1_suffix():
     assert split_l1_suffix("Think for yourself.") == ("Think for yourself.", {})
 
 
-@pytest.mark.parametrize(("info", "answer"), [
-    ('{"answer": {"value": "\\\\frac{1}{2}"}, "type": "math_verifiable"}', "\\frac{1}{2}"),
-    ('{"answer": {"value": 12}}', "12"),
-    ('{"answer": {"value": 2.5}}', "2.5"),
-    ('{"answer": "7"}', "7"),
-    ({"answer": {"value": "x=3"}}, "x=3"),
-    ('{"ground_truth": "9"}', "9"),
-    ('{"test_cases": [{"input": "1", "output": "2"}]}', ""),
-    ("not json", ""),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    ("info", "answer"),
+    [
+        ('{"answer": {"value": "\\\\frac{1}{2}"}, "type": "math_verifiable"}', "\\frac{1}{2}"),
+        ('{"answer": {"value": 12}}', "12"),
+        ('{"answer": {"value": 2.5}}', "2.5"),
+        ('{"answer": "7"}', "7"),
+        ({"answer": {"value": "x=3"}}, "x=3"),
+        ('{"ground_truth": "9"}', "9"),
+        ('{"test_cases": [{"input": "1", "output": "2"}]}', ""),
+        ("not json", ""),
+        (None, ""),
+    ],
+)
 def test_read_verification_info(info, answer):
     assert read_verification_info(info)[0] == answer
 
 
-@pytest.mark.parametrize(("text", "boxed"), [
-    ("the answer is $\\boxed{42}$.", "42"),
-    ("$\\boxed{1}$ then $\\boxed{\\frac{a}{b}}$", "\\frac{a}{b}"),
-    ("$\\boxed{\\{1,2\\}}$", "\\{1,2\\}"),
-    ("\\fbox{3}", "3"),
-    ("\\boxed 5.", "5"),
-    ("\\boxed{unbalanced", None),
-    ("no box here", None),
-])
+@pytest.mark.parametrize(
+    ("text", "boxed"),
+    [
+        ("the answer is $\\boxed{42}$.", "42"),
+        ("$\\boxed{1}$ then $\\boxed{\\frac{a}{b}}$", "\\frac{a}{b}"),
+        ("$\\boxed{\\{1,2\\}}$", "\\{1,2\\}"),
+        ("\\fbox{3}", "3"),
+        ("\\boxed 5.", "5"),
+        ("\\boxed{unbalanced", None),
+        ("no box here", None),
+    ],
+)
 def test_last_boxed(text, boxed):
     assert last_boxed(text) == boxed
 

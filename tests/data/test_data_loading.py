@@ -74,13 +74,15 @@ def test_parquet_with_nested_l1_rows(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), path)
     exs = load_examples(str(path))
     assert exs.adapter == "l1"
-    assert [(e.answer, e.meta["l1_target"], e.meta["l1_mode"]) for e in exs] == [("6", 1234, "exact"),
-                                                                                ("32", 800, "max")]
+    assert [(e.answer, e.meta["l1_target"], e.meta["l1_mode"]) for e in exs] == [
+        ("6", 1234, "exact"),
+        ("32", 800, "max"),
+    ]
 
 
 def test_csv_file(tmp_path):
     path = tmp_path / "x.csv"
-    path.write_text("problem,answer\n\"1+1, quickly?\",2\n")
+    path.write_text('problem,answer\n"1+1, quickly?",2\n')
     assert [(e.problem, e.answer) for e in load_examples(str(path))] == [("1+1, quickly?", "2")]
 
 
@@ -130,7 +132,7 @@ def test_relative_missing_path_is_not_sent_to_the_hub(monkeypatch):
 
 def test_bad_json_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n{\"problem\": \"3+3?\", \"answer\": }\n")
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + '\n{"problem": "3+3?", "answer": }\n')
     with pytest.raises(DataError) as exc:
         load_rows(str(path))
     msg = _one_line(exc)
@@ -183,8 +185,10 @@ def test_column_mismatch_lists_columns_found(tmp_path):
     with pytest.raises(DataError) as exc:
         load_examples(str(path), adapter="open-rs")
     msg = _one_line(exc)
-    assert msg == (f"dataset '{path}' (adapter 'open-rs') has no column 'problem'; columns found: question, final; "
-                   f"set data.problem_field / data.answer_field (or another data.adapter)")
+    assert msg == (
+        f"dataset '{path}' (adapter 'open-rs') has no column 'problem'; columns found: question, final; "
+        f"set data.problem_field / data.answer_field (or another data.adapter)"
+    )
 
 
 def test_column_mismatch_for_answer_and_alternatives(tmp_path):
@@ -228,8 +232,12 @@ def test_override_goes_through_the_adapters_reader(tmp_path):
 
 
 def test_empty_answers_are_dropped_counted_and_logged(tmp_path, caplog):
-    rows = [{"id": "k1", "problem": "p1", "answer": "1"}, {"id": "d1", "problem": "p2", "answer": ""},
-            {"id": "d2", "problem": "p3", "answer": None}, {"id": "d3", "problem": " ", "answer": "4"}]
+    rows = [
+        {"id": "k1", "problem": "p1", "answer": "1"},
+        {"id": "d1", "problem": "p2", "answer": ""},
+        {"id": "d2", "problem": "p3", "answer": None},
+        {"id": "d3", "problem": " ", "answer": "4"},
+    ]
     path = _write_jsonl(tmp_path / "x.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="tina.data"):
         exs = load_examples(str(path))
@@ -278,9 +286,18 @@ def fake_hub(monkeypatch):
         ],
         "bethgelab/CuratedThoughts": [{"problem": "P", "solution": "hence $\\boxed{9}$", "source": "amc"}],
         "open-r1/OpenR1-Math-220k": [
-            {"problem": "P", "solution": "S", "answer": "1", "uuid": "u-1", "problem_type": "Algebra",
-             "question_type": "math-word-problem", "source": "x", "generations": ["g" * 1000],
-             "messages": [{"role": "user", "content": "P"}]}],
+            {
+                "problem": "P",
+                "solution": "S",
+                "answer": "1",
+                "uuid": "u-1",
+                "problem_type": "Algebra",
+                "question_type": "math-word-problem",
+                "source": "x",
+                "generations": ["g" * 1000],
+                "messages": [{"role": "user", "content": "P"}],
+            }
+        ],
     }
 
     def load_dataset(path, name=None, *, split=None, **kwargs):
@@ -297,8 +314,10 @@ def test_short_name_loads_hub_id_with_its_adapter(fake_hub):
     exs = load_examples("open-rs")
     assert fake_hub == [("knoveleng/open-rs", None, "train")]
     assert exs.adapter == "open-rs"
-    assert [(e.problem, e.answer, e.meta) for e in exs] == [("P1", "3", {"level": "Level 2"}),
-                                                           ("P2", "5", {"level": "Level 4"})]
+    assert [(e.problem, e.answer, e.meta) for e in exs] == [
+        ("P1", "3", {"level": "Level 2"}),
+        ("P2", "5", {"level": "Level 4"}),
+    ]
 
 
 def test_short_name_with_config_and_explicit_split(fake_hub):

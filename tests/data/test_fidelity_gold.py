@@ -20,13 +20,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # "" = no gold: the loader drops the row.  Tina's None = math-verify found nothing: every completion's accuracy was
 # None (0 in the trainer's nansum), its cosine 1.0, its length rewards "correct".
 CASES = {
-    ("open_rs.jsonl", "open-rs"): [("2", "2", "2"),
-                                   ("\\frac{5}{6}", "\\frac{5}{6}", "\\frac{5}{6}"),  # empty answer column
-                                   ("", "", "12")],  # "It is 12.": no box, so no gold here; Tina read the number
+    ("open_rs.jsonl", "open-rs"): [
+        ("2", "2", "2"),
+        ("\\frac{5}{6}", "\\frac{5}{6}", "\\frac{5}{6}"),  # empty answer column
+        ("", "", "12"),
+    ],  # "It is 12.": no box, so no gold here; Tina read the number
     ("open_s1.jsonl", "open-s1"): [("6", "6", "6"), ("8", "8", "8")],
-    ("openr1_math.jsonl", "openr1-math"): [("\\pm 3", "\\pm 3", "\\pm 3"),
-                                           ("", "", None),  # a proof: dropped here, ungradable in Tina
-                                           ("120", "120", "120")],  # answer "notfound": the solution's box
+    ("openr1_math.jsonl", "openr1-math"): [
+        ("\\pm 3", "\\pm 3", "\\pm 3"),
+        ("", "", None),  # a proof: dropped here, ungradable in Tina
+        ("120", "120", "120"),
+    ],  # answer "notfound": the solution's box
     ("curated_thoughts.jsonl", "curated-thoughts"): [("8", "8", "8"), ("7", "7", "7")],
 }
 
@@ -52,7 +56,7 @@ def test_training_gold_answer_column_vs_tinas_solution_parse(fixture, adapter):
     expected = CASES[(fixture, adapter)]
     assert len(rows) == len(expected)
     ours, from_solution = _golds(path, adapter, None), _golds(path, adapter, "solution")
-    for index, (row, (default, solution_box, tina)) in enumerate(zip(rows, expected)):
+    for index, (row, (default, solution_box, tina)) in enumerate(zip(rows, expected, strict=True)):
         key = row.get("uuid", str(index))
         assert ours.get(key, "") == default, (fixture, index)
         assert from_solution.get(key, "") == solution_box, (fixture, index)

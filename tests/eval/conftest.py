@@ -32,9 +32,18 @@ def tiny_run(tmp_path_factory, tiny_base) -> Path:
     run = tmp_path_factory.mktemp("run")
     cfg = load_config("demo", ["model.name_or_path=builtin:tiny-random"])
     (run / "config.yaml").write_text(to_yaml(cfg))
-    (run / "ledger.json").write_text(json.dumps({
-        "wall_seconds": 100.0, "phases": {"generation": 60.0, "backward": 40.0, "evaluation": 0.0},
-        "num_devices": 1, "device_hours": 100.0 / 3600, "usd_per_device_hour": 2.0, "usd": 2.0 * 100.0 / 3600}))
+    (run / "ledger.json").write_text(
+        json.dumps(
+            {
+                "wall_seconds": 100.0,
+                "phases": {"generation": 60.0, "backward": 40.0, "evaluation": 0.0},
+                "num_devices": 1,
+                "device_hours": 100.0 / 3600,
+                "usd_per_device_hour": 2.0,
+                "usd": 2.0 * 100.0 / 3600,
+            }
+        )
+    )
     base, _ = tiny_base
     save_adapter(base, run / "checkpoint-1", scale=0.0, seed=1)
     save_adapter(base, run / "checkpoint-2", scale=0.5, seed=2)

@@ -21,8 +21,9 @@ def save_adapter(base, folder: Path, *, scale: float, seed: int) -> None:
     """A LoRA adapter on a copy of ``base`` whose B matrices are N(0, scale) (scale 0: a no-op adapter)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS,
-                                                           task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -8,15 +8,27 @@ from collections import defaultdict
 import pytest
 import torch
 import transformers
+from eval_util import probe_answer
 
 import tina.rollout
 from tina.cli import main
 from tina.rollout import HFEngine
 
-from eval_util import probe_answer
-
-FAST = ["--benchmarks", "arith", "--limit", "6", "--samples", "2", "--max-new-tokens", "12", "--temperature", "1.0",
-        "--dtype", "float32", "--no-progress"]
+FAST = [
+    "--benchmarks",
+    "arith",
+    "--limit",
+    "6",
+    "--samples",
+    "2",
+    "--max-new-tokens",
+    "12",
+    "--temperature",
+    "1.0",
+    "--dtype",
+    "float32",
+    "--no-progress",
+]
 
 
 def _samples(out):
@@ -67,8 +79,9 @@ def test_run_loads_the_base_once_and_swaps_adapters(tiny_run, tmp_path, count_ba
     runs_before = ledger_before.get("evaluation", {}).get("runs", 0)
     assert booked > 0 and ledger["evaluation"]["runs"] == runs_before + 4  # one entry per model and benchmark
     entries = [json.loads(x) for x in (tiny_run / "eval_costs.jsonl").read_text().splitlines()][-4:]
-    assert [e["label"] for e in entries] == [f"tina eval: {m} on arith" for m in
-                                             ("base", "checkpoint-1", "checkpoint-2", "checkpoint-3")]
+    assert [e["label"] for e in entries] == [
+        f"tina eval: {m} on arith" for m in ("base", "checkpoint-1", "checkpoint-2", "checkpoint-3")
+    ]
     assert all(e["tokens"] > 0 and e["tokens_per_second"] > 0 and e["engine"].startswith("hf") for e in entries)
     assert ledger["usd"] == pytest.approx(ledger["device_hours"] * 2.0, abs=1e-5)  # sums of rounded parts
 
@@ -95,15 +108,16 @@ class ProbeBackend(HFEngine):
         return rollout
 
 
-def test_select_on_holdout_picks_the_best_checkpoint_and_reports_only_it(tiny_run, tiny_base, tmp_path,
-                                                                         monkeypatch):
+def test_select_on_holdout_picks_the_best_checkpoint_and_reports_only_it(tiny_run, tiny_base, tmp_path, monkeypatch):
     import copy
 
     from peft import PeftModel
 
     base, _ = tiny_base
-    answers = {s: probe_answer(PeftModel.from_pretrained(copy.deepcopy(base), str(tiny_run / f"checkpoint-{s}")))
-               for s in (1, 2, 3)}
+    answers = {
+        s: probe_answer(PeftModel.from_pretrained(copy.deepcopy(base), str(tiny_run / f"checkpoint-{s}")))
+        for s in (1, 2, 3)
+    }
     assert len({answers[1], answers[2], answers[3]}) == 3
     # validation problems whose answer only checkpoint-2 gives; a copy of checkpoint-2 at step 4 ties with it
     run = tmp_path / "run"
@@ -112,12 +126,28 @@ def test_select_on_holdout_picks_the_best_checkpoint_and_reports_only_it(tiny_ru
         (run / name).symlink_to(tiny_run / name)
     (run / "checkpoint-4").symlink_to(tiny_run / "checkpoint-2")
     holdout = run / "holdout.jsonl"
-    holdout.write_text("".join(json.dumps({"id": f"h{i}", "problem": f"{i}+1-1", "answer": answers[2]}) + "\n"
-                               for i in range(4)))
+    holdout.write_text(
+        "".join(json.dumps({"id": f"h{i}", "problem": f"{i}+1-1", "answer": answers[2]}) + "\n" for i in range(4))
+    )
     monkeypatch.setattr(tina.rollout, "HFEngine", ProbeBackend)
     out = tmp_path / "eval"
-    assert main(["eval", "--run", str(run), "--select-on", str(holdout), "--select-prompt", "train",
-                 "--output-dir", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(run),
+                "--select-on",
+                str(holdout),
+                "--select-prompt",
+                "train",
+                "--output-dir",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     sel = results["selection"]
     assert sel["chosen"] == "checkpoint-2" and sel["chosen_step"] == 2  # best, and earliest of the tie with step 4
@@ -141,8 +171,9 @@ def test_select_on_a_test_benchmark_is_refused(tiny_run, tmp_path, capsys):
 
     _, heldout = arith.split(n_eval=256, seed=0)
     overlap.write_text(json.dumps(heldout[0]) + "\n")
-    assert main(["eval", "--run", str(tiny_run), "--select-on", str(overlap), "--output-dir", str(tmp_path),
-                 *FAST]) == 2
+    assert (
+        main(["eval", "--run", str(tiny_run), "--select-on", str(overlap), "--output-dir", str(tmp_path), *FAST]) == 2
+    )
     assert "shares 1 problem(s) with the test benchmarks" in capsys.readouterr().err
 
 

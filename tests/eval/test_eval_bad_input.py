@@ -16,17 +16,33 @@ import re
 from pathlib import Path
 
 import pytest
+from eval_util import save_adapter
 
 from tina.cli import main
-
-from eval_util import save_adapter
 
 MATH = [{"id": f"m{i}", "problem": f"What is ${i} + {i + 1}$?", "answer": str(2 * i + 1)} for i in range(4)]
 
 
 def common(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--model", "builtin:tiny-arith", "--limit", "4", "--samples", "1", "--max-new-tokens", "8",
-            "--temperature", "1.0", "--dtype", "float32", "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        "builtin:tiny-arith",
+        "--limit",
+        "4",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -41,8 +57,10 @@ def other_shape_model(hidden_size: int = 64, layers: int = 4):
     from tina.tiny import ARCH
 
     torch.manual_seed(0)
-    config = Qwen2Config(**{**ARCH, "hidden_size": hidden_size, "intermediate_size": 3 * hidden_size,
-                            "num_hidden_layers": layers}, vocab_size=322)
+    config = Qwen2Config(
+        **{**ARCH, "hidden_size": hidden_size, "intermediate_size": 3 * hidden_size, "num_hidden_layers": layers},
+        vocab_size=322,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -64,16 +82,32 @@ def finished(tmp_path_factory, request):
     data.mkdir()
     (data / "aime24.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MATH))
     out = root / "eval"
-    assert main(common(out, "--adapter", str(good), "--include-base", "--benchmarks", "arith,aime24",
-                       "--data-dir", str(data))) == 0
+    assert (
+        main(
+            common(
+                out, "--adapter", str(good), "--include-base", "--benchmarks", "arith,aime24", "--data-dir", str(data)
+            )
+        )
+        == 0
+    )
     assert {"samples.jsonl", "results.json", "results.md", "eval_state.json"} <= set(snapshot(out))
     return {"root": root, "good": good, "bad": bad, "data": data, "out": out, "before": snapshot(out)}
 
 
 def resume(f, *extra: str) -> list[str]:
     """The finished evaluation's command with --resume, changed by ``extra`` (later flags win)."""
-    return common(f["out"], "--adapter", str(f["good"]), "--include-base", "--benchmarks", "arith,aime24",
-                  "--data-dir", str(f["data"]), "--resume", *extra)
+    return common(
+        f["out"],
+        "--adapter",
+        str(f["good"]),
+        "--include-base",
+        "--benchmarks",
+        "arith,aime24",
+        "--data-dir",
+        str(f["data"]),
+        "--resume",
+        *extra,
+    )
 
 
 def refused(capsys, argv: list[str], f, *expected: str) -> str:
@@ -92,16 +126,23 @@ def refused(capsys, argv: list[str], f, *expected: str) -> str:
 
 def test_an_adapter_of_another_shape(finished, capsys):
     f = finished
-    err = refused(capsys, resume(f, "--adapter", str(f["bad"]["narrow"])), f, "does not fit", "narrow",
-                  "pass the right --model")
+    err = refused(
+        capsys, resume(f, "--adapter", str(f["bad"]["narrow"])), f, "does not fit", "narrow", "pass the right --model"
+    )
     here, there = map(int, re.search(r"has (?:in|out) size (\d+) here but (\d+) in the adapter", err).groups())
     assert (here, there) in {(128, 64), (384, 192)}  # hidden or intermediate size of tiny-arith vs the narrow model
 
 
 def test_an_adapter_of_a_deeper_model(finished, capsys):
     f = finished
-    refused(capsys, resume(f, "--adapter", str(f["bad"]["deeper"])), f, "does not fit",
-            "adapts 'model.layers.4.", "which this model does not have")
+    refused(
+        capsys,
+        resume(f, "--adapter", str(f["bad"]["deeper"])),
+        f,
+        "does not fit",
+        "adapts 'model.layers.4.",
+        "which this model does not have",
+    )
 
 
 def test_an_adapter_whose_base_cannot_be_found(finished, capsys, tmp_path):
@@ -121,8 +162,14 @@ def test_an_adapter_whose_base_cannot_be_found(finished, capsys, tmp_path):
     # resuming the finished evaluation with it (the base again from the adapters): their bases disagree
     argv = resume(f, "--adapter", str(stray))
     at = argv.index("--model")
-    refused(capsys, argv[:at] + argv[at + 2:], f, "the adapters have different base models", "/nowhere/base",
-            "pass --model")
+    refused(
+        capsys,
+        argv[:at] + argv[at + 2 :],
+        f,
+        "the adapters have different base models",
+        "/nowhere/base",
+        "pass --model",
+    )
 
 
 def test_a_damaged_adapter_file(finished, capsys, tmp_path):
@@ -137,8 +184,13 @@ def test_a_damaged_adapter_file(finished, capsys, tmp_path):
 
 
 def test_an_unknown_benchmark(finished, capsys):
-    refused(capsys, resume(finished, "--benchmarks", "arith,aime2024"), finished, "unknown benchmark 'aime2024'",
-            "did you mean 'aime24'")
+    refused(
+        capsys,
+        resume(finished, "--benchmarks", "arith,aime2024"),
+        finished,
+        "unknown benchmark 'aime2024'",
+        "did you mean 'aime24'",
+    )
 
 
 @pytest.mark.parametrize("case", ["missing", "a_file", "malformed", "no_answer", "not_utf8", "unreadable"])
@@ -158,9 +210,11 @@ def test_an_unreadable_data_dir(finished, capsys, tmp_path, case):
     elif case != "missing":
         data.mkdir()
         good = json.dumps(MATH[0]) + "\n"
-        body = {"malformed": good + '{"id": "m1", "problem": "x", \n',
-                "no_answer": good + json.dumps({"id": "m1", "problem": "x"}) + "\n",
-                "unreadable": good}.get(case)
+        body = {
+            "malformed": good + '{"id": "m1", "problem": "x", \n',
+            "no_answer": good + json.dumps({"id": "m1", "problem": "x"}) + "\n",
+            "unreadable": good,
+        }.get(case)
         path = data / "aime24.jsonl"
         if case == "not_utf8":
             path.write_bytes(good.encode() + b'{"id": "m1", "problem": "\xff\xfe", "answer": "1"}\n')
@@ -175,8 +229,7 @@ def test_an_unreadable_data_dir(finished, capsys, tmp_path, case):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_backend_vllm_without_vllm(finished, capsys, tmp_path):
-    err = refused(capsys, resume(finished, "--backend", "vllm"), finished, "--backend vllm needs vLLM",
-                  "pip install")
+    err = refused(capsys, resume(finished, "--backend", "vllm"), finished, "--backend vllm needs vLLM", "pip install")
     assert "--backend hf" in err
     fresh = tmp_path / "fresh"  # the same line for a new evaluation, and nothing is created
     assert main(common(fresh, "--benchmarks", "arith", "--backend", "vllm")) == 2
@@ -190,13 +243,34 @@ def test_an_adapter_trained_on_another_base_of_the_same_shape(tmp_path, capsys):
     from tina.train import train
 
     run = tmp_path / "run"
-    train(load_config("demo", ["train.max_steps=1", "train.save_steps=1", "train.batch_size=16",
-                               "train.probe_prompt=''"]), run, progress=False)
+    train(
+        load_config(
+            "demo", ["train.max_steps=1", "train.save_steps=1", "train.batch_size=16", "train.probe_prompt=''"]
+        ),
+        run,
+        progress=False,
+    )
     recorded = json.loads((run / "checkpoint-1" / "tina_base.json").read_text())
     assert recorded["model"] == "builtin:tiny-arith" and len(recorded["base_weights_sha256"]) == 64
     out = tmp_path / "eval"
-    argv = ["eval", "--adapter", str(run / "checkpoint-1"), "--benchmarks", "arith", "--limit", "2", "--samples", "1",
-            "--max-new-tokens", "8", "--dtype", "float32", "--no-progress", "--output-dir", str(out)]
+    argv = [
+        "eval",
+        "--adapter",
+        str(run / "checkpoint-1"),
+        "--benchmarks",
+        "arith",
+        "--limit",
+        "2",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
     capsys.readouterr()
     assert main([*argv, "--model", "builtin:tiny-random"]) == 2
     err = capsys.readouterr().err.strip()

@@ -32,8 +32,12 @@ def test_aime24_leading_zero_answers(shared_data):
 def test_amc23_float_answers(shared_data):
     bench = B.load_benchmark("amc23", data_dir=shared_data / "benchmarks")
     row = next(r for r in bench.rows if r["answer"] == "27.0")
-    assert _grade(bench, row["id"], [r"\boxed{27}", r"The final answer is: $27$.", r"\boxed{27.5}", "no"]) == \
-        [True, True, False, False]
+    assert _grade(bench, row["id"], [r"\boxed{27}", r"The final answer is: $27$.", r"\boxed{27.5}", "no"]) == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_minerva_answers_from_the_boxed_solution(shared_data):
@@ -43,8 +47,12 @@ def test_minerva_answers_from_the_boxed_solution(shared_data):
     assert _grade(bench, row["id"], [r"\boxed{4.5 \times 10^{33}}", r"\boxed{4.6 \times 10^{33}}"]) == [True, False]
     # the hub copy has no answer column: the gold is the solution's box, braces matched
     mapped = B.map_minerva({"idx": 3, "problem": "p", "solution": r"thus $\boxed{\frac{1}{2} \mathrm{~m}}$."}, 0)
-    assert mapped == {"id": "3", "problem": "p", "answer": r"\frac{1}{2} \mathrm{~m}",
-                      "solution": r"thus $\boxed{\frac{1}{2} \mathrm{~m}}$."}
+    assert mapped == {
+        "id": "3",
+        "problem": "p",
+        "answer": r"\frac{1}{2} \mathrm{~m}",
+        "solution": r"thus $\boxed{\frac{1}{2} \mathrm{~m}}$.",
+    }
     with pytest.raises(ValueError):
         B.map_minerva({"problem": "p", "solution": "no box"}, 0)
 
@@ -59,20 +67,46 @@ def test_data_dir_provenance_and_limit(shared_data):
 
 
 def test_hub_mappers_on_fake_rows():
-    assert B.hub_rows("aime24", [{"id": 60, "problem": "P", "answer": "025", "solution": "S", "url": "u"}]) == \
-        [{"id": "60", "problem": "P", "answer": "025", "solution": "S"}]
+    assert B.hub_rows("aime24", [{"id": 60, "problem": "P", "answer": "025", "solution": "S", "url": "u"}]) == [
+        {"id": "60", "problem": "P", "answer": "025", "solution": "S"}
+    ]
     assert B.hub_rows("aime25", [{"problem": "P", "answer": "70"}]) == [{"id": "0", "problem": "P", "answer": "70"}]
     assert B.hub_rows("amc23", [{"id": 0, "problem": "P", "answer": 27.0, "url": "u"}])[0]["answer"] == "27.0"
-    math500 = B.hub_rows("math500", [{"problem": "P", "answer": r"\frac{14}{3}", "unique_id": "test/algebra/1.json",
-                                      "subject": "Algebra", "level": 2, "solution": "S"}])
+    math500 = B.hub_rows(
+        "math500",
+        [
+            {
+                "problem": "P",
+                "answer": r"\frac{14}{3}",
+                "unique_id": "test/algebra/1.json",
+                "subject": "Algebra",
+                "level": 2,
+                "solution": "S",
+            }
+        ],
+    )
     assert math500[0]["id"] == "test/algebra/1.json"
-    olympiad = B.hub_rows("olympiadbench", [{"id": 1606, "question": "Q", "final_answer": ["$2^{1009}$"]},
-                                            {"id": 1607, "question": "Q2", "answer": "7"}])
-    assert [(r["id"], r["problem"], r["answer"]) for r in olympiad] == \
-        [("1606", "Q", "$2^{1009}$"), ("1607", "Q2", "7")]
-    gpqa = B.hub_rows("gpqa_diamond", [{"Record ID": "rec7", "Question": "Q?", "Correct Answer": "right",
-                                        "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
-                                        "Incorrect Answer 3": "w3"}])
+    olympiad = B.hub_rows(
+        "olympiadbench",
+        [{"id": 1606, "question": "Q", "final_answer": ["$2^{1009}$"]}, {"id": 1607, "question": "Q2", "answer": "7"}],
+    )
+    assert [(r["id"], r["problem"], r["answer"]) for r in olympiad] == [
+        ("1606", "Q", "$2^{1009}$"),
+        ("1607", "Q2", "7"),
+    ]
+    gpqa = B.hub_rows(
+        "gpqa_diamond",
+        [
+            {
+                "Record ID": "rec7",
+                "Question": "Q?",
+                "Correct Answer": "right",
+                "Incorrect Answer 1": "w1",
+                "Incorrect Answer 2": "w2",
+                "Incorrect Answer 3": "w3",
+            }
+        ],
+    )
     assert gpqa == [{"id": "rec7", "question": "Q?", "choices": ["right", "w1", "w2", "w3"], "correct": 0}]
     with pytest.raises(DataError, match="row 0"):
         B.hub_rows("math500", [{"question": "no problem key"}])
@@ -81,9 +115,15 @@ def test_hub_mappers_on_fake_rows():
 
 
 def _gpqa_rows(n=40):
-    return [{"id": f"rec{i}", "question": f"Question {i}?", "choices": [f"right{i}", f"wrong{i}a", f"wrong{i}b",
-                                                                           f"wrong{i}c"], "correct": 0}
-            for i in range(n)]
+    return [
+        {
+            "id": f"rec{i}",
+            "question": f"Question {i}?",
+            "choices": [f"right{i}", f"wrong{i}a", f"wrong{i}b", f"wrong{i}c"],
+            "correct": 0,
+        }
+        for i in range(n)
+    ]
 
 
 def test_gpqa_shuffle_is_seeded_and_the_gold_letter_moves_with_it():
@@ -91,7 +131,7 @@ def test_gpqa_shuffle_is_seeded_and_the_gold_letter_moves_with_it():
     for seed in (0, 1):
         first, again = bench.items(seed), bench.items(seed)
         assert first == again  # deterministic
-        for row, item in zip(bench.rows, first):
+        for row, item in zip(bench.rows, first, strict=True):
             order = item.meta["choice_order"]
             assert sorted(order) == [0, 1, 2, 3]
             # the right answer is displayed exactly at the gold letter
@@ -99,7 +139,7 @@ def test_gpqa_shuffle_is_seeded_and_the_gold_letter_moves_with_it():
             assert item.gold == item.meta["gold_letter"] == "ABCD"[order.index(row["correct"])]
     letters = Counter(item.gold for item in bench.items(0))
     assert len(letters) == 4  # the right answer is not always in the same place
-    moved = sum(a.gold != b.gold for a, b in zip(bench.items(0), bench.items(1)))
+    moved = sum(a.gold != b.gold for a, b in zip(bench.items(0), bench.items(1), strict=True))
     assert moved > 10  # another seed, another order
     # the order is a pure function of (id, seed): recomputable from samples.jsonl
     assert B.gpqa_order("rec3", 1) == bench.items(1)[3].meta["choice_order"]
@@ -133,12 +173,14 @@ def test_local_schema_errors(tmp_path):
     (tmp_path / "aime25.jsonl").write_text('{"id": 1, "problem": "P", "answer": 5}\n{oops\n')
     with pytest.raises(DataError, match=r"aime25.jsonl:2: not valid JSON"):
         B.load_benchmark("aime25", data_dir=tmp_path)
-    (tmp_path / "gpqa_diamond.jsonl").write_text(json.dumps({"id": 1, "question": "Q", "choices": ["a", "b", "c", "d"],
-                                                             "correct": 4}) + "\n")
+    (tmp_path / "gpqa_diamond.jsonl").write_text(
+        json.dumps({"id": 1, "question": "Q", "choices": ["a", "b", "c", "d"], "correct": 4}) + "\n"
+    )
     with pytest.raises(DataError, match="index"):
         B.load_benchmark("gpqa_diamond", data_dir=tmp_path)
-    (tmp_path / "amc23.jsonl").write_text('{"id": 1, "problem": "P", "answer": 5}\n{"id": 1, "problem": "Q", '
-                                          '"answer": 6}\n')
+    (tmp_path / "amc23.jsonl").write_text(
+        '{"id": 1, "problem": "P", "answer": 5}\n{"id": 1, "problem": "Q", "answer": 6}\n'
+    )
     with pytest.raises(DataError, match="more than once"):
         B.load_benchmark("amc23", data_dir=tmp_path)
 
@@ -180,9 +222,23 @@ def test_hub_path_maps_rows_and_records_the_source(monkeypatch):
     assert bench.source == "hub:knoveleng/AMC-23@train" and bench.data_sha256 is None
     assert [r["answer"] for r in bench.rows] == ["27.0", "-1.0"]
     assert bench.rows_sha256 == B.rows_digest(bench.rows)
-    monkeypatch.setattr(tina.data.loading, "load_rows", lambda source, **kw: calls.append((source, kw)) or [
-        {"Record ID": "r", "Question": "Q", "Correct Answer": "a", "Incorrect Answer 1": "b",
-         "Incorrect Answer 2": "c", "Incorrect Answer 3": "d"}])
+    monkeypatch.setattr(
+        tina.data.loading,
+        "load_rows",
+        lambda source, **kw: (
+            calls.append((source, kw))
+            or [
+                {
+                    "Record ID": "r",
+                    "Question": "Q",
+                    "Correct Answer": "a",
+                    "Incorrect Answer 1": "b",
+                    "Incorrect Answer 2": "c",
+                    "Incorrect Answer 3": "d",
+                }
+            ]
+        ),
+    )
     gpqa = B.load_benchmark("gpqa_diamond")
     assert calls[-1] == ("Idavidrein/gpqa", {"split": "train", "subset": "gpqa_diamond"})
     assert gpqa.source == "hub:Idavidrein/gpqa:gpqa_diamond@train" and gpqa.task == "gpqa"

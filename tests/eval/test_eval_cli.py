@@ -9,17 +9,51 @@ import pytest
 
 from tina.cli import main
 
-PROTOCOL_KEYS = {"model", "model_path", "base_weights_sha256", "dtype", "device", "chat_template",
-                 "chat_template_sha256", "sampling", "grader", "statistics", "versions", "adapter", "adapter_sha256",
-                 "benchmark", "prompt_template", "example_prompt"}
+PROTOCOL_KEYS = {
+    "model",
+    "model_path",
+    "base_weights_sha256",
+    "dtype",
+    "device",
+    "chat_template",
+    "chat_template_sha256",
+    "sampling",
+    "grader",
+    "statistics",
+    "versions",
+    "adapter",
+    "adapter_sha256",
+    "benchmark",
+    "prompt_template",
+    "example_prompt",
+}
 
 
 @pytest.mark.slow
 def test_eval_tiny_model_on_two_benchmarks(shared_data, tmp_path):
     out = tmp_path / "eval"
-    rc = main(["eval", "--model", "builtin:tiny-random", "--data-dir", str(shared_data / "benchmarks"),
-               "--benchmarks", "aime24,math500", "--samples", "2", "--limit", "10", "--max-new-tokens", "64",
-               "--output-dir", str(out), "--no-progress", "--dtype", "float32"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "builtin:tiny-random",
+            "--data-dir",
+            str(shared_data / "benchmarks"),
+            "--benchmarks",
+            "aime24,math500",
+            "--samples",
+            "2",
+            "--limit",
+            "10",
+            "--max-new-tokens",
+            "64",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--dtype",
+            "float32",
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["benchmarks"] == ["aime24", "math500"]
@@ -46,11 +80,24 @@ def test_eval_tiny_model_on_two_benchmarks(shared_data, tmp_path):
         assert p["example_prompt"].startswith("<|im_start|>user\nSolve the following math problem")
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 10 * 2
-    assert {"model", "benchmark", "problem_id", "seed", "sample", "completion", "extracted", "correct", "reason",
-            "gold", "tokens", "truncated"} <= set(lines[0])
+    assert {
+        "model",
+        "benchmark",
+        "problem_id",
+        "seed",
+        "sample",
+        "completion",
+        "extracted",
+        "correct",
+        "reason",
+        "gold",
+        "tokens",
+        "truncated",
+    } <= set(lines[0])
     assert Counter(x["benchmark"] for x in lines) == {"aime24": 20, "math500": 20}
-    assert {(x["problem_id"], x["sample"]) for x in lines if x["benchmark"] == "aime24"} == \
-        {(str(i), j) for i in range(60, 70) for j in (0, 1)}
+    assert {(x["problem_id"], x["sample"]) for x in lines if x["benchmark"] == "aime24"} == {
+        (str(i), j) for i in range(60, 70) for j in (0, 1)
+    }
     md = (out / "results.md").read_text()
     assert "| base |" in md and "aime24" in md
     # the same command again refuses to overwrite, in one line
@@ -63,8 +110,22 @@ def test_eval_user_errors_are_one_line(capsys, tmp_path):
     assert err.count("\n") == 0 and "did you mean 'aime24'" in err
     assert main(["eval", "--run", str(tmp_path / "nope"), "-o", str(tmp_path)]) == 2
     assert "no such directory" in capsys.readouterr().err
-    assert main(["eval", "--model", "builtin:tiny-random", "--benchmarks", "arith", "--select-on", "x.jsonl",
-                 "-o", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "builtin:tiny-random",
+                "--benchmarks",
+                "arith",
+                "--select-on",
+                "x.jsonl",
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "--select-on chooses among checkpoints" in capsys.readouterr().err
 
 
@@ -74,14 +135,17 @@ def _write(path, rows):
 
 def test_grade_right_wrong_ungradable(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
-    _write(src, [
-        {"id": 1, "completion": r"so \boxed{25}", "gold": "025"},  # right (leading zero)
-        {"id": 2, "completion": r"\boxed{27}", "gold": 27.0},  # right (number gold)
-        {"id": 3, "completion": r"\boxed{26}", "gold": "27.0"},  # wrong
-        {"id": 4, "completion": "no answer here", "gold": "3"},  # wrong: no answer
-        {"id": 5, "completion": r"\boxed{x}", "gold": "E_{1},E_{2}"},  # ungradable gold
-        {"id": 6, "completion": "Answer: C", "gold": "C", "task": "gpqa"},  # right, per-line task
-    ])
+    _write(
+        src,
+        [
+            {"id": 1, "completion": r"so \boxed{25}", "gold": "025"},  # right (leading zero)
+            {"id": 2, "completion": r"\boxed{27}", "gold": 27.0},  # right (number gold)
+            {"id": 3, "completion": r"\boxed{26}", "gold": "27.0"},  # wrong
+            {"id": 4, "completion": "no answer here", "gold": "3"},  # wrong: no answer
+            {"id": 5, "completion": r"\boxed{x}", "gold": "E_{1},E_{2}"},  # ungradable gold
+            {"id": 6, "completion": "Answer: C", "gold": "C", "task": "gpqa"},  # right, per-line task
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert main(["grade", str(src), "--out", str(out)]) == 0
     summary = capsys.readouterr().out.strip()
@@ -96,14 +160,17 @@ def test_grade_right_wrong_ungradable(tmp_path, capsys):
     assert len(captured.out.splitlines()) == 6 and captured.err.startswith("n=6 ")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"completion": "x", "gold": "1"}\n{not json\n', "in.jsonl:2: not valid JSON"),
-    ('{"completion": "x"}\n', "needs a 'gold'"),
-    ('{"gold": "1"}\n', "needs a string 'completion'"),
-    ('[1, 2]\n', "expected a JSON object"),
-    ('{"completion": "x", "gold": "1", "task": "code"}\n', "unknown task"),
-    ("", "no lines to grade"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"completion": "x", "gold": "1"}\n{not json\n', "in.jsonl:2: not valid JSON"),
+        ('{"completion": "x"}\n', "needs a 'gold'"),
+        ('{"gold": "1"}\n', "needs a string 'completion'"),
+        ("[1, 2]\n", "expected a JSON object"),
+        ('{"completion": "x", "gold": "1", "task": "code"}\n', "unknown task"),
+        ("", "no lines to grade"),
+    ],
+)
 def test_grade_bad_input_exits_2_with_one_line(tmp_path, capsys, content, message):
     src = tmp_path / "in.jsonl"
     src.write_text(content)
@@ -120,11 +187,34 @@ def test_grade_missing_file(tmp_path, capsys):
 def test_samples_do_not_depend_on_batch_size_or_limit(tmp_path):
     def completions(name, *extra):
         out = tmp_path / name
-        assert main(["eval", "--model", "builtin:tiny-random", "--benchmarks", "arith", "--samples", "2",
-                     "--max-new-tokens", "8", "--temperature", "1.0", "--no-progress", "--dtype", "float32",
-                     "--output-dir", str(out), *extra]) == 0
-        return [(x["problem_id"], x["sample"], x["completion"])
-                for x in map(json.loads, (out / "samples.jsonl").read_text().splitlines())]
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    "builtin:tiny-random",
+                    "--benchmarks",
+                    "arith",
+                    "--samples",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--temperature",
+                    "1.0",
+                    "--no-progress",
+                    "--dtype",
+                    "float32",
+                    "--output-dir",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
+        return [
+            (x["problem_id"], x["sample"], x["completion"])
+            for x in map(json.loads, (out / "samples.jsonl").read_text().splitlines())
+        ]
 
     big = completions("big", "--limit", "6", "--batch-size", "64")
     small = completions("small", "--limit", "6", "--batch-size", "2")

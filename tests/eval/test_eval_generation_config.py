@@ -17,10 +17,28 @@ import pytest
 
 from tina.cli import main
 
-LEAKY = {"do_sample": True, "repetition_penalty": 3.0, "no_repeat_ngram_size": 2, "top_k": 2, "temperature": 1.7,
-         "top_p": 0.5, "min_new_tokens": 20}
-FLAGS = ["--benchmarks", "arith", "--limit", "16", "--samples", "2", "--max-new-tokens", "32", "--dtype", "float32",
-         "--no-progress"]
+LEAKY = {
+    "do_sample": True,
+    "repetition_penalty": 3.0,
+    "no_repeat_ngram_size": 2,
+    "top_k": 2,
+    "temperature": 1.7,
+    "top_p": 0.5,
+    "min_new_tokens": 20,
+}
+FLAGS = [
+    "--benchmarks",
+    "arith",
+    "--limit",
+    "16",
+    "--samples",
+    "2",
+    "--max-new-tokens",
+    "32",
+    "--dtype",
+    "float32",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +56,10 @@ def folders(tmp_path_factory):
 
 
 def completions(out):
-    return {(r["problem_id"], r["sample"]): r["completion"]
-            for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
+    return {
+        (r["problem_id"], r["sample"]): r["completion"]
+        for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())
+    }
 
 
 def test_generation_config_would_change_transformers_generate(folders):
@@ -49,8 +69,9 @@ def test_generation_config_would_change_transformers_generate(folders):
 
     plain, leaky = folders
     tokenizer = AutoTokenizer.from_pretrained(plain)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "3+4-2"}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "3+4-2"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     texts = []
     for folder in (plain, leaky):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -58,7 +79,7 @@ def test_generation_config_would_change_transformers_generate(folders):
         torch.manual_seed(0)
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=32)  # the caller sets nothing else: the folder's config rules
-        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        texts.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     assert texts[0] != texts[1], texts
 
 
@@ -68,8 +89,9 @@ def test_eval_ignores_generation_config(folders, tmp_path, temperature):
     outs = []
     for folder in (plain, leaky):
         out = tmp_path / folder.name
-        assert main(["eval", "--model", str(folder), "--temperature", temperature, "--output-dir", str(out),
-                     *FLAGS]) == 0
+        assert (
+            main(["eval", "--model", str(folder), "--temperature", temperature, "--output-dir", str(out), *FLAGS]) == 0
+        )
         outs.append(out)
     got_plain, got_leaky = completions(outs[0]), completions(outs[1])
     assert len(got_plain) == 16 * 2

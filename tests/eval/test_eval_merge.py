@@ -18,8 +18,13 @@ def test_merge_round_trip(tiny_run, tiny_base, tmp_path, capsys):
     out = tmp_path / "merged"
     assert main(["merge", str(ckpt), "--output-dir", str(out), "--dtype", "float32"]) == 0
     assert "builtin:tiny-random" in capsys.readouterr().out  # the base came from RUN/config.yaml
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json",
-                 "tina_merge.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "tina_merge.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("adapter_*"))
     provenance = json.loads((out / "tina_merge.json").read_text())

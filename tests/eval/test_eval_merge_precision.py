@@ -26,17 +26,27 @@ import json
 
 import pytest
 import torch
+from eval_util import LORA_TARGETS
 
 from tina.cli import main
 from tina.eval.runner import MERGE_SIGNAL_FRACTION, MERGE_TOLERANCE
 
-from eval_util import LORA_TARGETS
-
 UPDATE = 1e-5  # ||B A * alpha/r|| / ||W|| for every adapted matrix
 LOGIT_TOLERANCE = 1e-6  # max |logit difference| / max |logit|, unmerged eval vs the direct PEFT model
 N_PROBLEMS = 16
-FLAGS = ["--model", "builtin:tiny-arith", "--benchmarks", "arith", "--limit", str(N_PROBLEMS), "--samples", "2",
-         "--max-new-tokens", "32", "--no-progress"]
+FLAGS = [
+    "--model",
+    "builtin:tiny-arith",
+    "--benchmarks",
+    "arith",
+    "--limit",
+    str(N_PROBLEMS),
+    "--samples",
+    "2",
+    "--max-new-tokens",
+    "32",
+    "--no-progress",
+]
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,8 +64,9 @@ def tiny_update(tmp_path_factory):
 
     base, tokenizer = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", device="cpu")
     base.eval()
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS,
-                                                           task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    )
     gen = torch.Generator().manual_seed(0)
     ratios = []
     with torch.no_grad():
@@ -72,8 +83,12 @@ def tiny_update(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_update") / "checkpoint-1"
     model.save_pretrained(folder)
     rows = load_benchmark("arith", limit=N_PROBLEMS).rows
-    prompts = [tokenizer(render_prompt(tokenizer, r["problem"], system_prompt=None, template="tokenizer"),
-                         add_special_tokens=False)["input_ids"] for r in rows]
+    prompts = [
+        tokenizer(
+            render_prompt(tokenizer, r["problem"], system_prompt=None, template="tokenizer"), add_special_tokens=False
+        )["input_ids"]
+        for r in rows
+    ]
     return folder, base, tokenizer, prompts
 
 
@@ -112,8 +127,23 @@ def unmerged(tiny_update, tmp_path_factory):
     outs = {}
     for name, temperature in (("sampled", "0.6"), ("greedy", "0")):
         out = tmp_path_factory.mktemp(f"unmerged_{name}")
-        assert main(["eval", "--adapter", str(folder), "--temperature", temperature, "--dtype", "float32",
-                     "--output-dir", str(out), *FLAGS]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--adapter",
+                    str(folder),
+                    "--temperature",
+                    temperature,
+                    "--dtype",
+                    "float32",
+                    "--output-dir",
+                    str(out),
+                    *FLAGS,
+                ]
+            )
+            == 0
+        )
         outs[name] = out
     return outs
 
@@ -158,9 +188,15 @@ def test_a_unmerged_eval_verdicts_are_the_direct_models(tiny_update, unmerged):
     texts = []
     for p in prompts:
         with torch.no_grad():
-            out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=32, eos_token_id=2, pad_token_id=0)
-        texts.append(tokenizer.decode(out[0, len(p):], skip_special_tokens=True))
+            out = model.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=32,
+                eos_token_id=2,
+                pad_token_id=0,
+            )
+        texts.append(tokenizer.decode(out[0, len(p) :], skip_special_tokens=True))
     verdicts = grade_many(texts, golds, task="math")
     for i, row in enumerate(rows):
         for j in range(2):
@@ -175,10 +211,12 @@ def test_a_unmerged_eval_verdicts_are_the_direct_models(tiny_update, unmerged):
     # sampled: tina's keyed sampler (the streams the protocol names) on the directly built model
     got = records(unmerged["sampled"])
     sampling = eval_sampling(EvalOptions(samples=2, temperature=0.6, max_new_tokens=32))
-    rollout = HFEngine(model, tokenizer).generate(prompts, sampling,
-                                                  keys=[stream_key(0, "arith", i) for i in range(len(prompts))])
-    verdicts = grade_many(rollout.texts, [g for g in golds for _ in range(2)], task="math",
-                          finished=(~rollout.truncated).tolist())
+    rollout = HFEngine(model, tokenizer).generate(
+        prompts, sampling, keys=[stream_key(0, "arith", i) for i in range(len(prompts))]
+    )
+    verdicts = grade_many(
+        rollout.texts, [g for g in golds for _ in range(2)], task="math", finished=(~rollout.truncated).tolist()
+    )
     for i, row in enumerate(rows):
         for j in range(2):
             rec = got[(row["id"], j)]
@@ -188,8 +226,22 @@ def test_a_unmerged_eval_verdicts_are_the_direct_models(tiny_update, unmerged):
 
 def test_b_merging_into_bfloat16_is_refused(tiny_update, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--adapter", str(tiny_update[0]), "--merge-adapters", "--dtype", "bfloat16",
-                 "--output-dir", str(out), *FLAGS]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--adapter",
+                str(tiny_update[0]),
+                "--merge-adapters",
+                "--dtype",
+                "bfloat16",
+                "--output-dir",
+                str(out),
+                *FLAGS,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("tina eval: error: --merge-adapters merges into bfloat16")
     assert "--dtype float32" in err and not (out / "samples.jsonl").exists()
@@ -197,8 +249,24 @@ def test_b_merging_into_bfloat16_is_refused(tiny_update, tmp_path, capsys):
 
 def test_c_merging_into_float32_passes_its_check_and_changes_no_verdict(tiny_update, unmerged, tmp_path):
     out = tmp_path / "merged"
-    assert main(["eval", "--adapter", str(tiny_update[0]), "--merge-adapters", "--dtype", "float32",
-                 "--temperature", "0.6", "--output-dir", str(out), *FLAGS]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--adapter",
+                str(tiny_update[0]),
+                "--merge-adapters",
+                "--dtype",
+                "float32",
+                "--temperature",
+                "0.6",
+                "--output-dir",
+                str(out),
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     merged, reference = records(out), records(unmerged["sampled"])
     assert merged.keys() == reference.keys() and len(merged) == 2 * N_PROBLEMS
     assert {k: r["correct"] for k, r in merged.items()} == {k: r["correct"] for k, r in reference.items()}
@@ -221,8 +289,10 @@ def test_d_why_a_bfloat16_merge_evaluates_rounding_noise(tiny_update):
     base16 = copy.deepcopy(base).to(torch.bfloat16)
     merged16 = PeftModel.from_pretrained(copy.deepcopy(base16), str(folder)).merge_and_unload().eval()
     error16 = relative(logits_of(merged16, ids, mask), reference)
-    print(f"adapter effect {effect:.2e}; merge error float32 {error32:.2e}, bfloat16 {error16:.2e} "
-          f"(MERGE_TOLERANCE {MERGE_TOLERANCE:g}, LOGIT_TOLERANCE {LOGIT_TOLERANCE:g})")
+    print(
+        f"adapter effect {effect:.2e}; merge error float32 {error32:.2e}, bfloat16 {error16:.2e} "
+        f"(MERGE_TOLERANCE {MERGE_TOLERANCE:g}, LOGIT_TOLERANCE {LOGIT_TOLERANCE:g})"
+    )
     assert error32 <= MERGE_TOLERANCE and error32 <= MERGE_SIGNAL_FRACTION * effect  # float32: the check passes
     assert error16 > MERGE_TOLERANCE and error16 > 100 * LOGIT_TOLERANCE  # bfloat16: far outside both bounds
     assert error16 > 100 * effect  # the merge's rounding swamps what the checkpoint changed
@@ -242,4 +312,3 @@ def test_d_why_a_bfloat16_merge_evaluates_rounding_noise(tiny_update):
         total += applied.numel()
         assert float((applied - wanted).norm() / wanted.norm()) > 0.5  # most of the update is lost or distorted
     assert changed / total < 0.05  # ~99.7% of the weights do not move at all
-

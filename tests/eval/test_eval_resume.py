@@ -29,9 +29,33 @@ def data_dir(tmp_path) -> Path:
 
 
 def args(out: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["eval", "--model", "builtin:tiny-arith", "--benchmarks", "arith,aime24", "--data-dir", str(data_dir),
-            "--limit", "12", "--samples", "2", "--seeds", "0,1", "--max-new-tokens", "24", "--batch-size", "4",
-            "--temperature", "1.0", "--dtype", "float32", "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        "builtin:tiny-arith",
+        "--benchmarks",
+        "arith,aime24",
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "12",
+        "--samples",
+        "2",
+        "--seeds",
+        "0,1",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "4",
+        "--temperature",
+        "1.0",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def samples(out: Path) -> list[dict]:
@@ -45,8 +69,11 @@ def comparable(records: list[dict]) -> list[tuple]:
 
 def stats(out: Path) -> dict:
     res = json.loads((out / "results.json").read_text())["results"]
-    return {(m, b): (e["mean"], e["ci95"], e["pass_at_k"], e["n_completions"])
-            for m, per in res.items() for b, e in per.items()}
+    return {
+        (m, b): (e["mean"], e["ci95"], e["pass_at_k"], e["n_completions"])
+        for m, per in res.items()
+        for b, e in per.items()
+    }
 
 
 @pytest.mark.slow
@@ -56,8 +83,13 @@ def test_sigkill_mid_benchmark_then_resume_equals_an_uninterrupted_run(tmp_path,
 
     cut = tmp_path / "cut"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, str(HERE / "kill_after.py"), "3", *args(cut, data_dir)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kill_after.py"), "3", *args(cut, data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL, mid-way
     written = samples(cut)
     assert 0 < len(written) < len(samples(whole)) and not (cut / "results.json").exists()
@@ -69,8 +101,9 @@ def test_sigkill_mid_benchmark_then_resume_equals_an_uninterrupted_run(tmp_path,
     assert set(units.values()) == {1}  # no completion twice in the log
     done = json.loads((cut / "results.json").read_text())["units"]
     total = 2 * 2 * 12  # benchmarks x seeds x problems
-    assert done["restored"] == len({k[:4] for k in Counter((r["model"], r["benchmark"], r["seed"], r["problem_id"])
-                                                           for r in written)})
+    assert done["restored"] == len(
+        {k[:4] for k in Counter((r["model"], r["benchmark"], r["seed"], r["problem_id"]) for r in written)}
+    )
     assert done["restored"] + done["generated"] == total and done["restored"] > 0  # nothing generated twice
 
 

@@ -11,15 +11,18 @@ from tina.eval.runner import BASE, Candidate, add_eval_cost, choose_checkpoint, 
 from tina.eval.stats import bootstrap_ci, mean_at_n, paired_bootstrap_ci, pass_at_k, pass_at_k_all
 
 
-@pytest.mark.parametrize(("n", "c", "k", "expected"), [
-    (5, 2, 1, 2 / 5),
-    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
-    (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
-    (5, 2, 4, 1.0),  # n - c < k: every 4-subset holds a correct sample
-    (5, 0, 3, 0.0),
-    (5, 5, 1, 1.0),
-    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
-])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (5, 2, 1, 2 / 5),
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (5, 2, 4, 1.0),  # n - c < k: every 4-subset holds a correct sample
+        (5, 0, 3, 0.0),
+        (5, 5, 1, 1.0),
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+    ],
+)
 def test_pass_at_k_hand_values(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -121,9 +124,18 @@ def test_add_eval_cost_books_seconds_and_dollars(tmp_path):
     import json
 
     assert add_eval_cost(tmp_path, 10.0) is None  # no ledger, nothing to do
-    (tmp_path / "ledger.json").write_text(json.dumps({
-        "wall_seconds": 3600.0, "phases": {"generation": 3000.0, "evaluation": 0.0, "other": 600.0},
-        "num_devices": 2, "device_hours": 2.0, "usd_per_device_hour": 1.5, "usd": 3.0}))
+    (tmp_path / "ledger.json").write_text(
+        json.dumps(
+            {
+                "wall_seconds": 3600.0,
+                "phases": {"generation": 3000.0, "evaluation": 0.0, "other": 600.0},
+                "num_devices": 2,
+                "device_hours": 2.0,
+                "usd_per_device_hour": 1.5,
+                "usd": 3.0,
+            }
+        )
+    )
     ledger = add_eval_cost(tmp_path, 1800.0)
     assert ledger["phases"]["evaluation"] == 1800.0
     assert ledger["wall_seconds"] == 5400.0

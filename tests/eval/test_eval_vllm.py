@@ -32,9 +32,9 @@ import pytest
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from tina.cli import main  # noqa: E402
-
 from eval_util import save_adapter  # noqa: E402
+
+from tina.cli import main  # noqa: E402
 
 MATH = [{"id": f"m{i}", "problem": f"What is ${i} + {i + 1}$?", "answer": str(2 * i + 1)} for i in range(8)]
 MODELS = ("base", "checkpoint-1", "checkpoint-2")
@@ -42,22 +42,49 @@ MODELS = ("base", "checkpoint-1", "checkpoint-2")
 
 def flags(setup, out: Path, *extra: str, limit: int = 64) -> list[str]:
     """The evaluation under test: base + 2 checkpoints x (arith, aime24) x 2 samples, float32."""
-    return ["eval", "--run", str(setup["run"]), "--model", str(setup["model"]), "--benchmarks", "arith,aime24",
-            "--data-dir", str(setup["data"]), "--limit", str(limit), "--samples", "2", "--max-new-tokens", "32",
-            "--dtype", "float32", "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "eval",
+        "--run",
+        str(setup["run"]),
+        "--model",
+        str(setup["model"]),
+        "--benchmarks",
+        "arith,aime24",
+        "--data-dir",
+        str(setup["data"]),
+        "--limit",
+        str(limit),
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "32",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def vllm_eval(argv: list[str], *, expect: int = 0) -> subprocess.CompletedProcess:
     """`tina ...` with --backend vllm in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", "tina", *argv, "--backend", "vllm"], env=dict(os.environ),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tina", *argv, "--backend", "vllm"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == expect, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
 
 
 def records(out: Path) -> dict:
-    return {(r["model"], r["benchmark"], r["seed"], r["problem_id"], r["sample"]): r
-            for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())}
+    return {
+        (r["model"], r["benchmark"], r["seed"], r["problem_id"], r["sample"]): r
+        for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())
+    }
 
 
 def completions(out: Path) -> dict:
@@ -83,9 +110,18 @@ def setup(tmp_path_factory):
     run.mkdir()
     cfg = load_config("demo", [f"model.name_or_path={model}"])
     (run / "config.yaml").write_text(to_yaml(cfg))
-    (run / "ledger.json").write_text(json.dumps({
-        "wall_seconds": 100.0, "phases": {"generation": 60.0, "backward": 40.0, "evaluation": 0.0},
-        "num_devices": 1, "device_hours": 100.0 / 3600, "usd_per_device_hour": 2.0, "usd": 2.0 * 100.0 / 3600}))
+    (run / "ledger.json").write_text(
+        json.dumps(
+            {
+                "wall_seconds": 100.0,
+                "phases": {"generation": 60.0, "backward": 40.0, "evaluation": 0.0},
+                "num_devices": 1,
+                "device_hours": 100.0 / 3600,
+                "usd_per_device_hour": 2.0,
+                "usd": 2.0 * 100.0 / 3600,
+            }
+        )
+    )
     base, _ = load_model_and_tokenizer(str(model), dtype="float32", device="cpu")
     save_adapter(base, run / "checkpoint-1", scale=0.003, seed=1)  # small updates: the checkpoints still answer
     save_adapter(base, run / "checkpoint-2", scale=0.003, seed=2)
@@ -173,10 +209,20 @@ def test_the_model_folders_generation_config_is_not_applied(sampled, setup):
     leaky = setup["root"] / "tiny-arith-1k-leaky"
     shutil.copytree(setup["model"], leaky)
     config = json.loads((leaky / "generation_config.json").read_text())
-    (leaky / "generation_config.json").write_text(json.dumps({**config, "do_sample": True, "repetition_penalty": 3.0,
-                                                              "no_repeat_ngram_size": 2, "top_k": 2,
-                                                              "temperature": 1.7, "top_p": 0.5,
-                                                              "min_new_tokens": 20}))
+    (leaky / "generation_config.json").write_text(
+        json.dumps(
+            {
+                **config,
+                "do_sample": True,
+                "repetition_penalty": 3.0,
+                "no_repeat_ngram_size": 2,
+                "top_k": 2,
+                "temperature": 1.7,
+                "top_p": 0.5,
+                "min_new_tokens": 20,
+            }
+        )
+    )
     out = setup["root"] / "vllm-leaky"
     vllm_eval(flags(setup, out, "--batch-size", "64", "--model", str(leaky)))
     assert completions(out) == completions(sampled["out"])
@@ -204,8 +250,24 @@ def test_resume_continues_a_vllm_evaluation_to_the_same_numbers(sampled, setup):
 def test_a_prompt_over_the_context_is_one_line_and_loses_nothing(setup, tmp_path):
     """builtin:tiny-arith itself serves 256 tokens; the math prompt is ~280."""
     out = tmp_path / "eval"
-    base = ["eval", "--model", "builtin:tiny-arith", "--data-dir", str(setup["data"]), "--limit", "2", "--samples",
-            "1", "--max-new-tokens", "8", "--dtype", "float32", "--no-progress", "--output-dir", str(out)]
+    base = [
+        "eval",
+        "--model",
+        "builtin:tiny-arith",
+        "--data-dir",
+        str(setup["data"]),
+        "--limit",
+        "2",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
     vllm_eval(base + ["--benchmarks", "arith"])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = vllm_eval(base + ["--benchmarks", "arith,aime24", "--resume"], expect=2)

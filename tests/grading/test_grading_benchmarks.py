@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tina.grading import grade_many, gold_is_parseable
+from tina.grading import gold_is_parseable, grade_many
 from tina.grading.normalize import gold_core, text_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def load_benchmark(name: str) -> list[dict]:
 def _failures(rows, verdicts, limit=40) -> str:
     bad = [
         f"  id={row['id']} gold={row['answer']!r} extracted={v.extracted!r} -> {v.correct} ({v.reason})"
-        for row, v in zip(rows, verdicts)
+        for row, v in zip(rows, verdicts, strict=True)
         if v.correct is not True
     ]
     return "\n".join(bad[:limit]) + (f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else "")
@@ -121,14 +121,20 @@ def test_aime_leading_zeros_and_amc_floats():
 
 def test_minerva_scientific_notation_in_latex():
     rows = load_benchmark("minerva")
-    sci = [row["answer"] for row in rows if "e" in row["answer"] and row["answer"].replace("e", "").replace(".", "").replace("-", "").isdigit()]
+    sci = [
+        row["answer"]
+        for row in rows
+        if "e" in row["answer"] and row["answer"].replace("e", "").replace(".", "").replace("-", "").isdigit()
+    ]
     assert len(sci) >= 10
     latex = []
     for gold in sci:
         mantissa, exponent = gold.split("e")
         latex.append(rf"\boxed{{{mantissa} \times 10^{{{int(exponent)}}}}}")
     verdicts = grade_many(latex, sci)
-    assert all(v.correct is True for v in verdicts), [(g, v) for g, v in zip(sci, verdicts) if not v.correct]
+    assert all(v.correct is True for v in verdicts), [
+        (g, v) for g, v in zip(sci, verdicts, strict=True) if not v.correct
+    ]
 
 
 @pytest.mark.parametrize(

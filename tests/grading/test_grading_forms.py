@@ -42,8 +42,13 @@ def test_unify_thousands(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [(r"10,\!000", 10000), (r"1\,000", 1000), (r"\$12,\!345.60", 12345.6), ("10{,}000", 10000),
-     (r"11,\! 111,\! 111,\! 100", 11111111100)],
+    [
+        (r"10,\!000", 10000),
+        (r"1\,000", 1000),
+        (r"\$12,\!345.60", 12345.6),
+        ("10{,}000", 10000),
+        (r"11,\! 111,\! 111,\! 100", 11111111100),
+    ],
 )
 def test_separated_numbers_parse_as_one_number(text, value):
     number = parse_number(text)
@@ -119,8 +124,12 @@ def test_escaped_dollar_is_a_literal_dollar(text, expected, source):
 
 @pytest.mark.parametrize(
     ("completion", "gold"),
-    [(r"The answer is $\$12.50$.", "12.50"), (r"so the cost is $\$5$", "5"), (r"so the cost is $\$5$", r"\$5"),
-     (r"The answer is $\$12,\!345.60$.", "12345.60")],
+    [
+        (r"The answer is $\$12.50$.", "12.50"),
+        (r"so the cost is $\$5$", "5"),
+        (r"so the cost is $\$5$", r"\$5"),
+        (r"The answer is $\$12,\!345.60$.", "12345.60"),
+    ],
 )
 def test_escaped_dollar_answer_grades_correct(completion, gold):
     assert grade(completion, gold).correct is True

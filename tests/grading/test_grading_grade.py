@@ -30,8 +30,16 @@ def test_public_api():
     v = Verdict(True, "1", "ok")
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.correct = False  # type: ignore[misc]
-    assert set(REASONS) == {"ok", "no_answer", "unfinished", "hedged", "unevaluated", "gold_unparseable", "timeout",
-                            "grader_error"}
+    assert set(REASONS) == {
+        "ok",
+        "no_answer",
+        "unfinished",
+        "hedged",
+        "unevaluated",
+        "gold_unparseable",
+        "timeout",
+        "grader_error",
+    }
 
 
 # (prediction written by a model, gold as stored by a benchmark)
@@ -143,7 +151,7 @@ def test_grade_many_matches_grade_and_keeps_order():
     golds = ["1", "1", r"\frac{1}{\sqrt2}", "1+x", "3"]
     many = grade_many(completions, golds)
     assert [v.correct for v in many] == [True, False, True, True, False]
-    assert many == [grade(c, g) for c, g in zip(completions, golds)]
+    assert many == [grade(c, g) for c, g in zip(completions, golds, strict=True)]
     assert grade_many([], []) == []
     with pytest.raises(ValueError):
         grade_many(["a"], [])
@@ -211,8 +219,17 @@ def test_gpqa_no_answer_and_bad_gold():
 
 @pytest.mark.parametrize(
     ("pred", "gold"),
-    [("2 + 3", "5"), ("3+2", "5"), (r"7 \times 8", "56"), ("(4 + 5) - 2", "7"), (r"\frac{1}{2}+\frac{1}{3}", "5/6"),
-     (r"12 \div 4", "3"), ("2*3", "6.0"), ("x = 2 + 3", "5"), ("2+3=2+3", "5")],
+    [
+        ("2 + 3", "5"),
+        ("3+2", "5"),
+        (r"7 \times 8", "56"),
+        ("(4 + 5) - 2", "7"),
+        (r"\frac{1}{2}+\frac{1}{3}", "5/6"),
+        (r"12 \div 4", "3"),
+        ("2*3", "6.0"),
+        ("x = 2 + 3", "5"),
+        ("2+3=2+3", "5"),
+    ],
 )
 def test_arithmetic_on_literals_is_not_an_answer(pred, gold):
     # math-verify simplifies "2 + 3" to 5: a policy that copies "What is 2 + 3?" into the box would be paid for it
@@ -222,8 +239,17 @@ def test_arithmetic_on_literals_is_not_an_answer(pred, gold):
 
 @pytest.mark.parametrize(
     ("pred", "gold"),
-    [("5", "5"), ("-3", "-3"), ("7/8", "0.875"), (r"3 \times 10^{5}", "300000"), ("2^{10}", "1024"),
-     (r"6+2\sqrt{3}", r"6+2\sqrt{3}"), ("2 + 3 = 5", "5"), ("x = 5", "5"), (r"15\frac{39}{40}", r"\frac{639}{40}")],
+    [
+        ("5", "5"),
+        ("-3", "-3"),
+        ("7/8", "0.875"),
+        (r"3 \times 10^{5}", "300000"),
+        ("2^{10}", "1024"),
+        (r"6+2\sqrt{3}", r"6+2\sqrt{3}"),
+        ("2 + 3 = 5", "5"),
+        ("x = 5", "5"),
+        (r"15\frac{39}{40}", r"\frac{639}{40}"),
+    ],
 )
 def test_values_and_symbolic_answers_are_still_graded(pred, gold):
     assert grade(boxed(pred), gold).correct is True

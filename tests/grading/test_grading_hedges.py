@@ -121,8 +121,10 @@ STILL_CORRECT = [
     (r"\boxed{7} \boxed{7}", "7"),  # the same value twice
     (r"\boxed{15\frac{39}{40}},$ or $\boxed{\frac{639}{40}}$ inches.", r"\frac{639}{40}"),  # MATH-500: one value
     (r"\boxed{7}, or equivalently $\frac{14}{2}$.", "7"),
-    (r"The required condition is \boxed{MR=SRMC}, or marginal revenue is equal to short-run marginal cost.",
-     "MR=SRMC"),  # Minerva: prose restating the answer is not a candidate
+    (
+        r"The required condition is \boxed{MR=SRMC}, or marginal revenue is equal to short-run marginal cost.",
+        "MR=SRMC",
+    ),  # Minerva: prose restating the answer is not a candidate
     (r"First I got \boxed{5}, which fails the check; redoing the sum gives \boxed{7}", "7"),  # a correction
     ("Therefore, the final answer is: $\\boxed{7}$. I hope it is correct.", "7"),
     ("The final answer is $7$. Maybe I should double-check, but it holds.", "7"),  # the doubt is a new sentence
@@ -139,9 +141,16 @@ def test_one_answer_with_wrappers_or_list_golds_stay_correct(completion, gold):
 
 @pytest.mark.parametrize(
     "completion",
-    ["Answer: C", "Answer: C. (Option (A) was a trap.)", r"\boxed{\text{(C)}}", "Options (A) and (D) fail; (C) works.",
-     "Answer: C and not D", r"$\boxed{C. 42}$", "Answer: C. Maybe D looked tempting, but it violates parity.",
-     "Answer: C (A and B violate unitarity)"],
+    [
+        "Answer: C",
+        "Answer: C. (Option (A) was a trap.)",
+        r"\boxed{\text{(C)}}",
+        "Options (A) and (D) fail; (C) works.",
+        "Answer: C and not D",
+        r"$\boxed{C. 42}$",
+        "Answer: C. Maybe D looked tempting, but it violates parity.",
+        "Answer: C (A and B violate unitarity)",
+    ],
 )
 def test_one_letter_stays_correct(completion):
     verdict = grade(completion, "C", task="gpqa")
@@ -181,7 +190,7 @@ def test_no_hedge_between_two_values_is_ever_correct():
             completions.append(template.format(a=a, b=b))
             golds.append(str(gold))
     verdicts = grade_many(completions, golds)
-    accepted = [(c, g) for c, g, v in zip(completions, golds, verdicts) if v.correct is not False]
+    accepted = [(c, g) for c, g, v in zip(completions, golds, verdicts, strict=True) if v.correct is not False]
     assert not accepted, accepted[:5]
     assert all(v.reason == "hedged" for v in verdicts)
 
@@ -208,7 +217,7 @@ def test_one_answer_in_any_wrapper_is_correct_and_the_other_value_is_not():
         expected += [True, False]
     verdicts = grade_many(completions, golds)
     assert [v.correct for v in verdicts] == expected, [
-        (c, g, v) for c, g, v, e in zip(completions, golds, verdicts, expected) if v.correct is not e
+        (c, g, v) for c, g, v, e in zip(completions, golds, verdicts, expected, strict=True) if v.correct is not e
     ][:5]
 
 

@@ -42,7 +42,21 @@ def test_parse_number(text, value, exact):
 
 @pytest.mark.parametrize(
     "text",
-    ["1,2", "3, 5, 7", "x", r"\sqrt{2}", "1e999", r"10^{10^{10}}", "3/0", "(1,2)", "2+3", "", "50\\%", "1 234", "9" * 500],
+    [
+        "1,2",
+        "3, 5, 7",
+        "x",
+        r"\sqrt{2}",
+        "1e999",
+        r"10^{10^{10}}",
+        "3/0",
+        "(1,2)",
+        "2+3",
+        "",
+        "50\\%",
+        "1 234",
+        "9" * 500,
+    ],
 )
 def test_not_a_plain_number(text):
     assert parse_number(text) is None

@@ -170,11 +170,7 @@ def test_shutdown_stops_the_worker_and_grading_restarts():
 
 def test_interpreter_exit_is_clean_and_leaves_no_worker():
     src = str(Path(pool.__file__).resolve().parents[2])
-    code = (
-        "import tina.grading as g, sys\n"
-        "v = g.grade(r'\\boxed{x+1}', '1+x')\n"
-        "print(g.pool.worker_pid(), v.correct)\n"
-    )
+    code = "import tina.grading as g, sys\nv = g.grade(r'\\boxed{x+1}', '1+x')\nprint(g.pool.worker_pid(), v.correct)\n"
     env = dict(os.environ, PYTHONPATH=src)
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

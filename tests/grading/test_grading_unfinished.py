@@ -11,7 +11,9 @@ import pytest
 
 from tina.grading import REASONS, Verdict, grade, grade_many
 
-R1_PROMPT = "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"  # R1-distill's generation prompt ends
+R1_PROMPT = (
+    "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"  # R1-distill's generation prompt ends
+)
 # inside an open think block
 UNFINISHED = Verdict(False, None, "unfinished")
 
@@ -122,10 +124,20 @@ def test_boxed_extraction_reads_only_the_last_box_of_the_final_part():
 
 
 CORPUS = [
-    ("\\boxed{4}", "4"), ("The answer is $4$.", "4"), ("Answer: 5", "4"), ("$x = 4$", "4"), ("nothing", "4"),
-    ("<think>\n\\boxed{4}", "4"), ("<think>\nhm\n</think>\nAnswer: 4", "4"), (r"\boxed{4 \text{ or } 5}", "4"),
-    ("The answer is probably $4$.", "4"), (r"\boxed{x}", "E_{1},E_{2}"), ("Answer: x", "E_{1},E_{2}"),
-    (r"\boxed{\frac{1}{2", "0.5"), (r"\boxed{} Answer: 4", "4"), (r"\boxed{4} and then Answer: 5", "5"),
+    ("\\boxed{4}", "4"),
+    ("The answer is $4$.", "4"),
+    ("Answer: 5", "4"),
+    ("$x = 4$", "4"),
+    ("nothing", "4"),
+    ("<think>\n\\boxed{4}", "4"),
+    ("<think>\nhm\n</think>\nAnswer: 4", "4"),
+    (r"\boxed{4 \text{ or } 5}", "4"),
+    ("The answer is probably $4$.", "4"),
+    (r"\boxed{x}", "E_{1},E_{2}"),
+    ("Answer: x", "E_{1},E_{2}"),
+    (r"\boxed{\frac{1}{2", "0.5"),
+    (r"\boxed{} Answer: 4", "4"),
+    (r"\boxed{4} and then Answer: 5", "5"),
 ]
 
 
@@ -134,10 +146,21 @@ def test_boxed_mode_is_the_lenient_verdict_restricted(task):
     """`restrict` (used by the training rewards on lenient verdicts) gives exactly what boxed grading gives."""
     from tina.grading import restrict
 
-    pairs = CORPUS if task == "math" else [
-        ("Answer: C", "C"), (r"\boxed{C}", "C"), (r"\boxed{B} hmm, Answer: C", "C"), (r"Answer: C \boxed{B}", "B"),
-        ("(C)", "C"), ("C", "C"), ("Answer: C or D", "C"), (r"\boxed{C/D}", "C"), ("<think>\nAnswer: C", "C"),
-    ]
+    pairs = (
+        CORPUS
+        if task == "math"
+        else [
+            ("Answer: C", "C"),
+            (r"\boxed{C}", "C"),
+            (r"\boxed{B} hmm, Answer: C", "C"),
+            (r"Answer: C \boxed{B}", "B"),
+            ("(C)", "C"),
+            ("C", "C"),
+            ("Answer: C or D", "C"),
+            (r"\boxed{C/D}", "C"),
+            ("<think>\nAnswer: C", "C"),
+        ]
+    )
     completions, golds = [p[0] for p in pairs], [p[1] for p in pairs]
     lenient = grade_many(completions, golds, task=task)
     boxed = grade_many(completions, golds, task=task, extraction="boxed")

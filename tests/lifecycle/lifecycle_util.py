@@ -46,14 +46,25 @@ def env() -> dict:
 
 
 def start(run_dir: Path, *, resume: bool = False, overrides: list[str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tina", *cli_args(run_dir, resume=resume, overrides=overrides)],
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tina", *cli_args(run_dir, resume=resume, overrides=overrides)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def run(run_dir: Path, *, resume: bool = False, overrides: list[str] | None = None, timeout: float = 180
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tina", *cli_args(run_dir, resume=resume, overrides=overrides)],
-                          env=env(), capture_output=True, text=True, timeout=timeout)
+def run(
+    run_dir: Path, *, resume: bool = False, overrides: list[str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tina", *cli_args(run_dir, resume=resume, overrides=overrides)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _inode(path: Path) -> int | None:

@@ -1,4 +1,4 @@
-"""Checkpoints: contents, atomicity, manifest verification, fallback past a damaged checkpoint, pruning, resume rules."""
+"""Checkpoints: contents, atomicity, manifest verification, fallback past a damaged checkpoint, pruning, resuming."""
 
 from __future__ import annotations
 
@@ -46,8 +46,14 @@ def test_checkpoint_contents(base_run):
     assert [s for s, _ in list_checkpoints(base_run)] == [2, 4, 6]
     ck = base_run / "checkpoint-4"
     names = {p.name for p in ck.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.pt", "metrics.jsonl", "ledger.json",
-            MANIFEST_FILE} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_state.pt",
+        "metrics.jsonl",
+        "ledger.json",
+        MANIFEST_FILE,
+    } <= names
     manifest = json.loads((ck / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == names - {MANIFEST_FILE}
     state = load_trainer_state(ck)
@@ -109,8 +115,7 @@ def test_partial_checkpoint_folders_are_cleaned(tmp_path):
 
 
 def test_save_total_limit_keeps_the_newest(tmp_path):
-    train(cfg("train.save_total_limit=2", "train.max_steps=4", "train.save_steps=1"), tmp_path / "run",
-          progress=False)
+    train(cfg("train.save_total_limit=2", "train.max_steps=4", "train.save_steps=1"), tmp_path / "run", progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [3, 4]
 
 
@@ -149,8 +154,12 @@ def test_rng_state_roundtrip_covers_python_numpy_torch():
 
 def test_resume_mid_rollout_reuse_is_bit_exact(tmp_path):
     """num_iterations=2 reuses a step's rollouts for the next update: a checkpoint between the two must carry them."""
-    extra = ["algorithm.num_iterations=2", "algorithm.beta=0.04", "train.gradient_accumulation_steps=2",
-             "train.save_steps=3"]
+    extra = [
+        "algorithm.num_iterations=2",
+        "algorithm.beta=0.04",
+        "train.gradient_accumulation_steps=2",
+        "train.save_steps=3",
+    ]
     full = tmp_path / "full"
     train(cfg(*extra), full, progress=False)
     part = tmp_path / "part"

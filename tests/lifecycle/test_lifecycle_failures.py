@@ -130,9 +130,10 @@ def test_full_disk_while_writing_metrics(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "cannot write metrics.jsonl" in line and "the disk is full" in line
 
 
-@pytest.mark.parametrize("tracker,module,install", [("wandb", "wandb", "pip install wandb"),
-                                                     ("tensorboard", "torch.utils.tensorboard",
-                                                      "pip install tensorboard")])
+@pytest.mark.parametrize(
+    "tracker,module,install",
+    [("wandb", "wandb", "pip install wandb"), ("tensorboard", "torch.utils.tensorboard", "pip install tensorboard")],
+)
 def test_missing_tracker_package(tmp_path, monkeypatch, capsys, tracker, module, install):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     rc = main(tmp_path / "run", f"train.report_to=[{tracker}]")

@@ -17,8 +17,10 @@ PRICE, DEVICES = 3.0, 2
 
 
 def cfg(*extra: str):
-    return load_config("demo", [*OVERRIDES, "train.max_steps=6", f"cost.usd_per_device_hour={PRICE}",
-                                f"cost.num_devices={DEVICES}", *extra])
+    return load_config(
+        "demo",
+        [*OVERRIDES, "train.max_steps=6", f"cost.usd_per_device_hour={PRICE}", f"cost.num_devices={DEVICES}", *extra],
+    )
 
 
 def ledger(run_dir):
@@ -28,8 +30,9 @@ def ledger(run_dir):
 def check_consistent(led: dict) -> None:
     assert set(led["phases"]) == {*PHASES, "other"}
     assert sum(led["phases"].values()) == pytest.approx(led["wall_seconds"], rel=0.05)
-    assert led["device_hours"] == pytest.approx(led["training"]["device_hours"] + led["evaluation"]["device_hours"],
-                                                abs=1e-6)
+    assert led["device_hours"] == pytest.approx(
+        led["training"]["device_hours"] + led["evaluation"]["device_hours"], abs=1e-6
+    )
     assert led["usd"] == pytest.approx(led["device_hours"] * PRICE, rel=1e-3, abs=1e-5)
 
 
@@ -83,9 +86,18 @@ def test_ledger_other_bucket_closes_the_gap():
 
 def test_add_eval_cost_on_an_older_ledger_and_without_one(tmp_path):
     assert add_eval_cost(tmp_path, 10.0) is None  # no run ledger: nothing to book
-    (tmp_path / "ledger.json").write_text(json.dumps({"wall_seconds": 3600, "phases": {"evaluation": 0},
-                                                      "num_devices": 2, "device_hours": 2.0,
-                                                      "usd_per_device_hour": 1.5, "usd": 3.0}))
+    (tmp_path / "ledger.json").write_text(
+        json.dumps(
+            {
+                "wall_seconds": 3600,
+                "phases": {"evaluation": 0},
+                "num_devices": 2,
+                "device_hours": 2.0,
+                "usd_per_device_hour": 1.5,
+                "usd": 3.0,
+            }
+        )
+    )
     out = add_eval_cost(tmp_path, 1800.0)  # the ledger's own 2 devices and price
     assert out["wall_seconds"] == 5400.0 and out["phases"]["evaluation"] == 1800.0
     assert out["device_hours"] == pytest.approx(3.0) and out["usd"] == pytest.approx(4.5)

@@ -68,19 +68,41 @@ def test_detector_flat_noise_is_mostly_none():
 def eval_results(steps: list[int], acc, *, selection: bool = True) -> dict:
     """A results.json in the shape `tina eval --run` writes (models / results / averages / selection)."""
     models = [{"label": "base", "adapter": None, "step": None}] + [
-        {"label": f"checkpoint-{s}", "adapter": f"RUN/checkpoint-{s}", "step": s} for s in steps]
-    results = {m["label"]: {b: {"mean": acc(m["step"] or 0) + off, "ci95": [acc(m["step"] or 0) + off - 0.05,
-                                                                              acc(m["step"] or 0) + off + 0.05]}
-                            for b, off in (("aime24", 0.0), ("math_500", 0.4))} for m in models}
-    out = {"models": models, "benchmarks": ["aime24", "math_500"], "results": results,
-           "averages": {k: float(np.mean([v["mean"] for v in r.values()])) for k, r in results.items()},
-           "selection": None}
+        {"label": f"checkpoint-{s}", "adapter": f"RUN/checkpoint-{s}", "step": s} for s in steps
+    ]
+    results = {
+        m["label"]: {
+            b: {
+                "mean": acc(m["step"] or 0) + off,
+                "ci95": [acc(m["step"] or 0) + off - 0.05, acc(m["step"] or 0) + off + 0.05],
+            }
+            for b, off in (("aime24", 0.0), ("math_500", 0.4))
+        }
+        for m in models
+    }
+    out = {
+        "models": models,
+        "benchmarks": ["aime24", "math_500"],
+        "results": results,
+        "averages": {k: float(np.mean([v["mean"] for v in r.values()])) for k, r in results.items()},
+        "selection": None,
+    }
     if selection:
         best = max(steps, key=acc)
-        out["selection"] = {"name": "holdout", "chosen": f"checkpoint-{best}", "chosen_step": best,
-                            "scores": [{"model": m["label"], "step": m["step"], "mean": acc(m["step"] or 0),
-                                        "ci95": [acc(m["step"] or 0) - 0.1, acc(m["step"] or 0) + 0.1]}
-                                       for m in models]}
+        out["selection"] = {
+            "name": "holdout",
+            "chosen": f"checkpoint-{best}",
+            "chosen_step": best,
+            "scores": [
+                {
+                    "model": m["label"],
+                    "step": m["step"],
+                    "mean": acc(m["step"] or 0),
+                    "ci95": [acc(m["step"] or 0) - 0.1, acc(m["step"] or 0) + 0.1],
+                }
+                for m in models
+            ],
+        }
     return out
 
 
@@ -96,13 +118,29 @@ def test_report_on_a_tiny_run(tmp_path, capsys):
     plots = sorted((run_dir / "plots").glob("*.png"))
     names = {p.name for p in plots}
     assert len(plots) >= 6, names
-    assert {"reward.png", "format_reward.png", "completion_length.png", "clip_ratio.png", "entropy.png",
-            "learning_rate.png", "cost.png", "accuracy.png"} <= names
+    assert {
+        "reward.png",
+        "format_reward.png",
+        "completion_length.png",
+        "clip_ratio.png",
+        "entropy.png",
+        "learning_rate.png",
+        "cost.png",
+        "accuracy.png",
+    } <= names
     for p in plots:
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000, p
         assert f"plots/{p.name}" in report
-    for text in ("## Cost", "device-hours", "## Phase transition", "## Accuracy per checkpoint",
-                 "Best checkpoint: checkpoint-6", "## Probe completions", "### Step 6", "holdout (validation)"):
+    for text in (
+        "## Cost",
+        "device-hours",
+        "## Phase transition",
+        "## Accuracy per checkpoint",
+        "Best checkpoint: checkpoint-6",
+        "## Probe completions",
+        "### Step 6",
+        "holdout (validation)",
+    ):
         assert text in report, text
     led = json.loads((run_dir / "ledger.json").read_text())
     assert f"${led['usd']:.4f}" in report
@@ -116,10 +154,21 @@ def synthetic_run(run_dir, n=240, brk=100, seed=0):
     for s in range(1, n + 1):
         fmt = 0.3 + 0.006 * s if s < brk else 0.9 - 0.002 * (s - brk)
         length = 3000 - 12 * s if s < brk else 3000 - 12 * brk + 6 * (s - brk)
-        recs.append({"step": s, "reward": 1.0, "reward/accuracy": 0.3 + 0.0005 * s + rng.normal(0, 0.05),
-                     "reward/format": fmt + rng.normal(0, 0.04), "completion_length": length + rng.normal(0, 80),
-                     "kl": 0.001 * s, "clip_ratio": 0.01, "entropy": 0.6 - 0.001 * s, "learning_rate": 1e-6,
-                     "usd": 0.1 * s, "device_hours": 0.1 * s})
+        recs.append(
+            {
+                "step": s,
+                "reward": 1.0,
+                "reward/accuracy": 0.3 + 0.0005 * s + rng.normal(0, 0.05),
+                "reward/format": fmt + rng.normal(0, 0.04),
+                "completion_length": length + rng.normal(0, 80),
+                "kl": 0.001 * s,
+                "clip_ratio": 0.01,
+                "entropy": 0.6 - 0.001 * s,
+                "learning_rate": 1e-6,
+                "usd": 0.1 * s,
+                "device_hours": 0.1 * s,
+            }
+        )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return run_dir
 
@@ -148,9 +197,21 @@ def test_report_without_eval_and_flat_series_says_no_transition(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     rng = np.random.default_rng(1)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(
-        {"step": s, "reward": 0.5, "reward/format": 0.5 + rng.normal(0, 0.05), "completion_length": 100 +
-         rng.normal(0, 5), "learning_rate": 1e-6}) + "\n" for s in range(1, 121)))
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "reward": 0.5,
+                    "reward/format": 0.5 + rng.normal(0, 0.05),
+                    "completion_length": 100 + rng.normal(0, 5),
+                    "learning_rate": 1e-6,
+                }
+            )
+            + "\n"
+            for s in range(1, 121)
+        )
+    )
     text = write_report(run_dir)[0].read_text()
     assert "**No clear transition**" in text and "No evaluation results yet" in text
 
@@ -164,7 +225,8 @@ def test_report_errors_and_odd_eval_files(tmp_path, capsys):
     assert data is None and "could not read" in note
     bad.write_text(json.dumps({"results": {"checkpoint-5": {"b": {"mean": "x"}}}}))
     assert read_eval(bad)[0] is None
-    bad.write_text(json.dumps([{"checkpoint": "checkpoint-10", "mean": 0.4, "ci95": [0.3, 0.5]},
-                               {"step": 20, "accuracy": 0.5}]))
+    bad.write_text(
+        json.dumps([{"checkpoint": "checkpoint-10", "mean": 0.4, "ci95": [0.3, 0.5]}, {"step": 20, "accuracy": 0.5}])
+    )
     data, _ = read_eval(bad)
     assert [r[:2] for r in data["curves"]["accuracy"]] == [(10, 0.4), (20, 0.5)]

@@ -81,12 +81,14 @@ def test_sigterm_stops_gracefully_and_resumes_bit_exact(reference, tmp_path):
     assert (run_dir / f"checkpoint-{stopped}" / "manifest.json").is_file()
     assert len(metrics(run_dir)) == stopped
     command = err.split("Resume with:")[1].strip().splitlines()[0]
-    assert command == (f"tina train {shlex.quote(str(run_dir / 'config.yaml'))} --output-dir "
-                       f"{shlex.quote(str(run_dir))} --resume")
+    assert command == (
+        f"tina train {shlex.quote(str(run_dir / 'config.yaml'))} --output-dir {shlex.quote(str(run_dir))} --resume"
+    )
 
     argv = shlex.split(command)
-    done = subprocess.run([sys.executable, "-m", *argv, "--no-progress"], env=env(), capture_output=True, text=True,
-                          timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", *argv, "--no-progress"], env=env(), capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     assert f"from checkpoint-{stopped}" in done.stderr
     assert_adapters_identical(reference / f"checkpoint-{STEPS}", run_dir / f"checkpoint-{STEPS}")

@@ -79,22 +79,40 @@ def test_cosine_bad_max_len(batch_of):
 def test_length_reward_per_group(batch_of):
     texts = [
         # group 0: lengths 10, 20, 30; correct, correct, wrong
-        "a" * 10, "a" * 20, "a" * 30,
+        "a" * 10,
+        "a" * 20,
+        "a" * 30,
         # group 1: lengths 10, 20, 30; the SHORT one is wrong -> lambda 0.5 clipped to 0
-        "b" * 10, "b" * 20, "b" * 30,
+        "b" * 10,
+        "b" * 20,
+        "b" * 30,
         # group 2: all equal lengths -> all 0, whatever the correctness
-        "c" * 7, "d" * 7, "e" * 7,
+        "c" * 7,
+        "d" * 7,
+        "e" * 7,
         # group 3: lengths 1000, 1100, 1050 -> min/max from this group only
-        "f" * 1000, "f" * 1100, "f" * 1050,
+        "f" * 1000,
+        "f" * 1100,
+        "f" * 1050,
     ]
     correct = [True, True, False, False, True, True, True, False, True, True, True, False]
     values = length(batch_of(texts, correct=correct, group_size=3))
-    assert values == pytest.approx([
-        0.5, 0.0, -0.5,
-        0.0, 0.0, -0.5,
-        0.0, 0.0, 0.0,
-        0.5, -0.5, 0.0,  # wrong at lambda 0.0 -> min(0, 0.0) = 0
-    ])
+    assert values == pytest.approx(
+        [
+            0.5,
+            0.0,
+            -0.5,
+            0.0,
+            0.0,
+            -0.5,
+            0.0,
+            0.0,
+            0.0,
+            0.5,
+            -0.5,
+            0.0,  # wrong at lambda 0.0 -> min(0, 0.0) = 0
+        ]
+    )
 
 
 def test_length_reward_ungradable_is_none_but_its_length_counts(batch_of):

@@ -76,8 +76,17 @@ def path(fn_name: str) -> str:
 
 def test_registry_has_the_eleven_rewards():
     assert set(REWARDS) == {
-        "accuracy", "format", "boxed_number", "tag_count", "reasoning_steps", "cosine",
-        "repetition_penalty", "length", "length_l1_exact", "length_l1_max", "overlong",
+        "accuracy",
+        "format",
+        "boxed_number",
+        "tag_count",
+        "reasoning_steps",
+        "cosine",
+        "repetition_penalty",
+        "length",
+        "length_l1_exact",
+        "length_l1_max",
+        "overlong",
     }
     assert get_reward("accuracy") is accuracy
 
@@ -115,10 +124,19 @@ def test_reward_params_defaults():
         "ungradable": "exclude",
     }
     assert reward_params("length") == {"extraction": "boxed", "ungradable": "exclude"}
-    assert reward_params("length_l1_exact") == {"alpha": 0.0003, "extraction": "boxed", "unit": "tokens",
-                                                "ungradable": "exclude"}
-    assert reward_params("length_l1_max") == {"alpha": 0.0003, "delta": 0.5, "extraction": "boxed", "unit": "tokens",
-                                              "ungradable": "exclude"}
+    assert reward_params("length_l1_exact") == {
+        "alpha": 0.0003,
+        "extraction": "boxed",
+        "unit": "tokens",
+        "ungradable": "exclude",
+    }
+    assert reward_params("length_l1_max") == {
+        "alpha": 0.0003,
+        "delta": 0.5,
+        "extraction": "boxed",
+        "unit": "tokens",
+        "ungradable": "exclude",
+    }
 
 
 def test_check_params_rejects_unknown_with_suggestion():

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tina.errors import ConfigError
-from tina.rewards.text import boxed_number
 from tina.rewards import format_reward, reasoning_steps, repetition_penalty, run_reward, tag_count
+from tina.rewards.text import boxed_number
 
 MULTILINE_GOOD = (
-    "Okay, let me think.\n"
-    "We need 2 + 2.\n"
-    "\n"
-    "Adding gives 4.\n"
-    "</think>\n"
-    "\n"
-    "The answer is $\\boxed{4}$.\n"
-    "Done."
+    "Okay, let me think.\nWe need 2 + 2.\n\nAdding gives 4.\n</think>\n\nThe answer is $\\boxed{4}$.\nDone."
 )
 
 

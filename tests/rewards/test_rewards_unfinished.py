@@ -97,11 +97,11 @@ def test_truncated_flag_wins_over_a_hand_made_verdict(batch_of):
 
 def test_every_correctness_reward_scores_a_truncated_answer_as_wrong(batch_of):
     prompt = "What is 2+2? Think for maximum 100 tokens."
-    batch = batch_of(["x" * 10, "x" * 10], correct=[True, True], prompts=[prompt] * 2, lengths=[100, 100],
-                     group_size=2)
+    batch = batch_of(["x" * 10, "x" * 10], correct=[True, True], prompts=[prompt] * 2, lengths=[100, 100], group_size=2)
     batch.truncated = [False, True]
-    wrong = batch_of(["x" * 10, "x" * 10], correct=[True, False], prompts=[prompt] * 2, lengths=[100, 100],
-                     group_size=2)
+    wrong = batch_of(
+        ["x" * 10, "x" * 10], correct=[True, False], prompts=[prompt] * 2, lengths=[100, 100], group_size=2
+    )
     assert cosine(batch) == cosine(wrong)
     assert length(batch) == length(wrong)
     assert length_l1_exact(batch) == length_l1_exact(wrong)
@@ -141,7 +141,10 @@ def test_text_rewards_give_no_credit_to_a_think_block_left_open():
     steps = "Step 1: add.\nStep 2: carry.\nStep 3: done."
     batch = RewardBatch(
         ["<think>\n" + steps, steps, steps + "\n</think>\n\\boxed{4}", "<think>\nx\n</think>\ny\n<think>\n" + steps],
-        ["4"] * 4, ["p", R1_PROMPT, R1_PROMPT, "p"], [50] * 4, 1,
+        ["4"] * 4,
+        ["p", R1_PROMPT, R1_PROMPT, "p"],
+        [50] * 4,
+        1,
     )
     assert tag_count(batch) == [0.0, 0.0, 0.5, 0.0]
     assert reasoning_steps(batch) == [0.0, 0.0, 1.0, 0.0]

@@ -25,8 +25,9 @@ def test_ungradable_rewards_are_left_out_of_the_group_statistics():
     rewards = torch.tensor([1.0, math.nan, 0.0, 1.0])
     adv, stats = group_advantages(rewards, 4)
     std = math.sqrt(1 / 3)
-    assert adv.tolist() == pytest.approx([(1 / 3) / (std + 1e-4), 0.0, (-2 / 3) / (std + 1e-4), (1 / 3) / (std + 1e-4)],
-                                         abs=1e-6)
+    assert adv.tolist() == pytest.approx(
+        [(1 / 3) / (std + 1e-4), 0.0, (-2 / 3) / (std + 1e-4), (1 / 3) / (std + 1e-4)], abs=1e-6
+    )
     assert stats.n_ungradable == 1
 
 
@@ -39,8 +40,10 @@ def test_batch_scaling_uses_one_std_for_all_groups():
     r = torch.tensor([1.0, 0.0, 3.0, 1.0])
     adv, _ = group_advantages(r, 2, scale="batch")
     batch_std = r.std().item()  # unbiased std of [1, 0, 3, 1] = 1.2583
-    assert adv.tolist() == pytest.approx([0.5 / (batch_std + 1e-4), -0.5 / (batch_std + 1e-4),
-                                          1.0 / (batch_std + 1e-4), -1.0 / (batch_std + 1e-4)], abs=1e-6)
+    assert adv.tolist() == pytest.approx(
+        [0.5 / (batch_std + 1e-4), -0.5 / (batch_std + 1e-4), 1.0 / (batch_std + 1e-4), -1.0 / (batch_std + 1e-4)],
+        abs=1e-6,
+    )
 
 
 def test_rewards_must_split_into_groups():

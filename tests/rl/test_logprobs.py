@@ -22,8 +22,9 @@ def test_position_ids_skip_left_padding():
 
 
 def test_left_padded_logprobs_equal_unpadded():
-    model, tok = load_model_and_tokenizer("builtin:tiny-random", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-random", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model.eval()
     short = tok("3+4-2", add_special_tokens=False)["input_ids"]
     long = tok("3+4-2 and more", add_special_tokens=False)["input_ids"]
@@ -35,8 +36,9 @@ def test_left_padded_logprobs_equal_unpadded():
     cmask = torch.ones(2, 3)
     with torch.no_grad():
         batched = token_logprobs(model, prompt_ids, prompt_mask, completion, cmask)
-        alone = token_logprobs(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long),
-                               completion[:1], cmask[:1])
+        alone = token_logprobs(
+            model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long), completion[:1], cmask[:1]
+        )
     assert torch.allclose(batched[0], alone[0], atol=1e-5)
 
 
@@ -45,8 +47,9 @@ def _lora_model():
     from tina.models import attach_lora
 
     torch.manual_seed(0)
-    model, tok = load_model_and_tokenizer("builtin:tiny-random", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-random", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -214,11 +217,16 @@ def test_truncated_log_probs_are_renormalised_over_the_nucleus_by_hand(top_k, to
     model = _lora_model()
     p, pm, c, cmask = _grouped_batch()
     with torch.no_grad():
-        logits = model(input_ids=torch.cat([p, c], 1), attention_mask=torch.cat([pm, cmask.long()], 1),
-                       position_ids=position_ids_from_mask(torch.cat([pm, cmask.long()], 1))).logits
-        got = {lean: token_logprobs(model, p, pm, c, cmask, temperature=0.3, top_k=top_k, top_p=top_p, lean=lean)
-               for lean in (True, False)}
-    scaled = (logits[:, p.shape[1] - 1:-1].float() / 0.3).double()  # [4, 6, V]: position t predicts token t
+        logits = model(
+            input_ids=torch.cat([p, c], 1),
+            attention_mask=torch.cat([pm, cmask.long()], 1),
+            position_ids=position_ids_from_mask(torch.cat([pm, cmask.long()], 1)),
+        ).logits
+        got = {
+            lean: token_logprobs(model, p, pm, c, cmask, temperature=0.3, top_k=top_k, top_p=top_p, lean=lean)
+            for lean in (True, False)
+        }
+    scaled = (logits[:, p.shape[1] - 1 : -1].float() / 0.3).double()  # [4, 6, V]: position t predicts token t
     checked = 0
     for i in range(4):
         for t in range(int(cmask[i].sum())):
@@ -241,8 +249,9 @@ def test_lean_equals_plain_in_value_and_gradient_with_top_k_and_top_p(chunk_byte
     results = {}
     for lean in (False, True):
         model.zero_grad(set_to_none=True)
-        logp = token_logprobs(model, p, pm, c, m, temperature=0.5, top_k=20, top_p=0.8, lean=lean,
-                              max_chunk_bytes=chunk_bytes)
+        logp = token_logprobs(
+            model, p, pm, c, m, temperature=0.5, top_k=20, top_p=0.8, lean=lean, max_chunk_bytes=chunk_bytes
+        )
         (logp * m * upstream).sum().backward()
         results[lean] = (logp.detach() * m, {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad})
     (plain, plain_grads), (lean, lean_grads) = results[False], results[True]
@@ -252,8 +261,9 @@ def test_lean_equals_plain_in_value_and_gradient_with_top_k_and_top_p(chunk_byte
     model.zero_grad(set_to_none=True)
     untruncated = token_logprobs(model, p, pm, c, m, temperature=0.5)
     (untruncated * m * upstream).sum().backward()
-    assert any(not torch.allclose(q.grad, lean_grads[n], atol=1e-4) for n, q in model.named_parameters()
-               if q.requires_grad)  # the truncation changes the gradient (the softmax over the support only)
+    assert any(
+        not torch.allclose(q.grad, lean_grads[n], atol=1e-4) for n, q in model.named_parameters() if q.requires_grad
+    )  # the truncation changes the gradient (the softmax over the support only)
 
 
 def test_shared_prompt_pass_equals_the_full_computation_with_top_p():
@@ -277,5 +287,7 @@ def test_top_p_one_and_top_k_zero_change_nothing_bit_for_bit():
     p, pm, c, m = _batch()
     with torch.no_grad():
         for lean in (True, False):
-            assert torch.equal(token_logprobs(model, p, pm, c, m, temperature=0.7, lean=lean),
-                               token_logprobs(model, p, pm, c, m, temperature=0.7, top_k=0, top_p=1.0, lean=lean))
+            assert torch.equal(
+                token_logprobs(model, p, pm, c, m, temperature=0.7, lean=lean),
+                token_logprobs(model, p, pm, c, m, temperature=0.7, top_k=0, top_p=1.0, lean=lean),
+            )

@@ -130,7 +130,7 @@ def test_gspo_uses_one_clipped_ratio_per_sequence():
     #   seq 2: 1.25;                                             A=+2, clipped at 1.2    -> -2.4
     #   seq 3: (1.0 * 0.9 * 1.25)^(1/3) = 1.125^(1/3) = 1.040042; A=-2, inside          -> +2.080084
     #   loss = (-1.016396 + 0.806226 - 2.4 + 2.080084) / 4 = -0.530086 / 4 = -0.132522
-    s = [1.05 ** (1 / 3), 0.65 ** 0.5, 1.25, 1.125 ** (1 / 3)]
+    s = [1.05 ** (1 / 3), 0.65**0.5, 1.25, 1.125 ** (1 / 3)]
     assert [round(x, 6) for x in s] == [1.016396, 0.806226, 1.25, 1.040042]
     out, grad = run(gspo_loss, **SYM)
     assert out.loss.item() == pytest.approx((-s[0] + s[1] - 2.4 + 2 * s[3]) / 4, abs=1e-6)
@@ -226,8 +226,9 @@ def test_padding_never_matters(name):
     pad = MASK == 0
     noisy = LOGP.masked_fill(pad, -7.0)
     out_a, grad_a = run(LOSSES[name], ref_logp=REF, beta=0.04, **SYM)
-    out_b, grad_b = run(LOSSES[name], logp=noisy, old=OLD.masked_fill(pad, -6.5), ref_logp=REF.masked_fill(pad, 0.3),
-                        beta=0.04, **SYM)
+    out_b, grad_b = run(
+        LOSSES[name], logp=noisy, old=OLD.masked_fill(pad, -6.5), ref_logp=REF.masked_fill(pad, 0.3), beta=0.04, **SYM
+    )
     assert out_a.loss.item() == pytest.approx(out_b.loss.item(), abs=1e-7)
     assert torch.all(grad_b[pad] == 0)
     assert torch.allclose(grad_a[~pad], grad_b[~pad], atol=1e-7)
@@ -256,8 +257,9 @@ def test_bnpo_matches_the_whole_batch_only_when_micro_batches_hold_equal_token_c
     logp, old = torch.cat([LOGP, LOGP]), torch.cat([OLD, OLD])
     adv, mask = torch.cat([ADV, ADV]), torch.cat([MASK, MASK])
     norm = Norm(n_seqs=8, n_tokens=18, n_micro=2, max_len=3)
-    bnpo = sum(bnpo_loss(logp[r], old[r], adv[r], mask[r], norm=norm, **SYM).loss.item()
-               for r in (slice(0, 4), slice(4, 8)))
+    bnpo = sum(
+        bnpo_loss(logp[r], old[r], adv[r], mask[r], norm=norm, **SYM).loss.item() for r in (slice(0, 4), slice(4, 8))
+    )
     dapo = dapo_loss(logp, old, adv, mask, **SYM).loss.item()
     assert bnpo == pytest.approx(dapo, abs=1e-6) == pytest.approx(3.1 / 9, abs=1e-6)
 

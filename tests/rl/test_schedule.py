@@ -69,8 +69,9 @@ def test_tinas_stretched_schedule_stops_with_the_learning_rate_still_high():
     assert at_stop > 0.5 > 0.1
     # Had the schedule been laid over the 850 steps actually run, the last step would sit at the floor:
     # warmup 85; progress (849 - 85) / (850 - 85) = 764 / 765 -> 0.1 + 0.9 * 0.5 * (1 + cos(pi * 0.998693)) = 0.100004
-    unstretched = lr(849, total_steps=850, kind="cosine_with_min_lr", warmup_steps=warmup_steps_for(850, 0.1),
-                     min_ratio=0.1)
+    unstretched = lr(
+        849, total_steps=850, kind="cosine_with_min_lr", warmup_steps=warmup_steps_for(850, 0.1), min_ratio=0.1
+    )
     assert unstretched == pytest.approx(0.100004, abs=1e-6)
 
 

@@ -27,11 +27,39 @@ __version__ = "0.32.0+fake"
 VOCAB = 50
 
 # Engine arguments tina passes (every one is a real vllm.engine.arg_utils.EngineArgs field; checked by the test)
-ENGINE_ARGS = {"model", "tokenizer", "dtype", "seed", "revision", "trust_remote_code", "gpu_memory_utilization",
-               "enable_lora", "max_lora_rank", "max_loras", "enable_prefix_caching", "generation_config",
-               "logprobs_mode", "max_model_len", "max_num_seqs", "enable_sleep_mode", "distributed_executor_backend"}
-SAMPLING_FIELDS = {"n", "seed", "temperature", "top_p", "top_k", "max_tokens", "logprobs", "prompt_logprobs",
-                   "stop_token_ids", "detokenize", "skip_special_tokens", "output_kind"}
+ENGINE_ARGS = {
+    "model",
+    "tokenizer",
+    "dtype",
+    "seed",
+    "revision",
+    "trust_remote_code",
+    "gpu_memory_utilization",
+    "enable_lora",
+    "max_lora_rank",
+    "max_loras",
+    "enable_prefix_caching",
+    "generation_config",
+    "logprobs_mode",
+    "max_model_len",
+    "max_num_seqs",
+    "enable_sleep_mode",
+    "distributed_executor_backend",
+}
+SAMPLING_FIELDS = {
+    "n",
+    "seed",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "logprobs",
+    "prompt_logprobs",
+    "stop_token_ids",
+    "detokenize",
+    "skip_special_tokens",
+    "output_kind",
+}
 DEVICE_CALLS = {"add_lora", "remove_lora", "reset_prefix_cache", "generate", "add_request", "step", "abort_request"}
 
 
@@ -124,9 +152,18 @@ def _complete(prompt: list[int], params: SamplingParams, lora: LoRARequest | Non
     if params.prompt_logprobs is not None:
         value = -1.0 - 0.1 * (lora.lora_int_id if lora else 0)
         prompt_logprobs = [None] + [{tok: Logprob(value)} for tok in prompt[1:]]
-    return RequestOutput(rid, list(prompt), [CompletionOutput(0, "", ids, None, logprobs if params.logprobs is not None
-                                                              else None, "stop" if stopped else "length")],
-                         True, prompt_logprobs, lora)
+    return RequestOutput(
+        rid,
+        list(prompt),
+        [
+            CompletionOutput(
+                0, "", ids, None, logprobs if params.logprobs is not None else None, "stop" if stopped else "length"
+            )
+        ],
+        True,
+        prompt_logprobs,
+        lora,
+    )
 
 
 class LLMEngine:  # vllm.v1.engine.llm_engine.LLMEngine (the methods tina calls)
@@ -143,9 +180,20 @@ class LLMEngine:  # vllm.v1.engine.llm_engine.LLMEngine (the methods tina calls)
         self._llm._device("remove_lora", lora_id)
         return self._llm.loras.pop(lora_id, None) is not None
 
-    def add_request(self, request_id: str, prompt, params, arrival_time=None, lora_request=None,
-                    tokenization_kwargs=None, trace_headers=None, priority: int = 0, session_id=None,
-                    prompt_text=None, kv_hints=None) -> str:
+    def add_request(
+        self,
+        request_id: str,
+        prompt,
+        params,
+        arrival_time=None,
+        lora_request=None,
+        tokenization_kwargs=None,
+        trace_headers=None,
+        priority: int = 0,
+        session_id=None,
+        prompt_text=None,
+        kv_hints=None,
+    ) -> str:
         self._llm._device("add_request", request_id)
         self._llm._check_served(lora_request)
         self._queue.append((request_id, list(prompt["prompt_token_ids"]), params, lora_request))
@@ -222,14 +270,25 @@ class LLM:  # vllm.LLM
         self._device("reset_prefix_cache")
         return True
 
-    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None,
-                 tokenization_kwargs=None, mm_processor_kwargs=None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts,
+        sampling_params=None,
+        *,
+        use_tqdm=True,
+        lora_request=None,
+        priority=None,
+        tokenization_kwargs=None,
+        mm_processor_kwargs=None,
+    ) -> list[RequestOutput]:
         self._device("generate", len(prompts))
         self._check_served(lora_request)
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         self.served += [lora_request.lora_name if lora_request else None] * len(prompts)
-        return [_complete(p["prompt_token_ids"], s, lora_request, str(k)) for k, (p, s) in enumerate(zip(prompts,
-                                                                                                         params))]
+        return [
+            _complete(p["prompt_token_ids"], s, lora_request, str(k))
+            for k, (p, s) in enumerate(zip(prompts, params, strict=True))
+        ]
 
 
 @dataclass
@@ -260,8 +319,13 @@ def install(monkeypatch) -> Fake:
     request.LoRARequest = LoRARequest
     lora.request = request
     vllm.sampling_params, vllm.inputs, vllm.lora = sampling, inputs, lora
-    modules = {"vllm": vllm, "vllm.sampling_params": sampling, "vllm.inputs": inputs, "vllm.lora": lora,
-               "vllm.lora.request": request}
+    modules = {
+        "vllm": vllm,
+        "vllm.sampling_params": sampling,
+        "vllm.inputs": inputs,
+        "vllm.lora": lora,
+        "vllm.lora.request": request,
+    }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return Fake(modules=modules)

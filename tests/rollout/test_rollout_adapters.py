@@ -20,8 +20,9 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def _tiny(r: int = 8, alpha: int = 16):
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     return attach_lora(model, r=r, alpha=alpha, dropout=0.0, target_modules=TARGETS).eval(), tok
 
 
@@ -44,8 +45,7 @@ def test_the_served_folder_holds_peft_names_when_the_state_comes_named_like_the_
     from tina.rollout.adapters import folder_digest
 
     assert folder_digest(version.path) == version.digest  # the engine's own check of the folder passes
-    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                       device="cpu")
+    base, _ = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu")
     loaded = PeftModel.from_pretrained(base, version.path).eval()
     ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
     with torch.no_grad():
@@ -114,9 +114,18 @@ def test_canary_adapters_change_each_layer_of_a_qwen2_1_5b_shape_by_the_target_f
     model = attach_lora(model, r=lora.r, alpha=lora.alpha, dropout=0.0, target_modules=list(lora.target_modules))
     assert CANARY_SCALE <= 0.15  # detectable on a tiny bf16 model, far from the old 60-145 %
     state = random_adapter(model, seed=1234)
-    layers = [f"base_model.model.model.layers.0.{part}" for part in
-              ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-               "mlp.up_proj", "mlp.down_proj")]
+    layers = [
+        f"base_model.model.model.layers.0.{part}"
+        for part in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     for name in layers:
         frobenius, on_inputs = _relative_change(model, state, name)
         assert frobenius == pytest.approx(CANARY_SCALE, rel=0.05), name  # what the scaling sets (in expectation)
@@ -132,8 +141,10 @@ def test_canary_adapters_change_each_layer_of_a_qwen2_1_5b_shape_by_the_target_f
 def test_a_canary_adapter_keeps_the_tensors_that_are_not_lora_matrices():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 4)),
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["0"], bias="lora_only"))
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(8, 4)),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["0"], bias="lora_only"),
+    )
     state = random_adapter(model, seed=0)
     bias = "base_model.model.0.base_layer.bias"
     assert torch.equal(state[bias], model.base_model.model[0].base_layer.bias)
@@ -158,22 +169,28 @@ def test_on_a_real_model_canary_adapters_are_detectable_and_leave_bf16_noise_at_
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     models = {}
     for dtype in ("float32", "bfloat16"):
-        m, tok = load_model_and_tokenizer("builtin:smollm2-135m-instruct", dtype=dtype, attn_implementation="eager",
-                                          device="cpu")
+        m, tok = load_model_and_tokenizer(
+            "builtin:smollm2-135m-instruct", dtype=dtype, attn_implementation="eager", device="cpu"
+        )
         models[dtype] = attach_lora(m, r=32, alpha=128, dropout=0.0, target_modules=targets).eval()
     m32, m16 = models["float32"], models["bfloat16"]
     tolerance = default_tolerance(m16)
     questions = ["Write a haiku about autumn.", "Solve for x: 3x + 5 = 20. Show your steps."]
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for q in questions]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for q in questions
+    ]
     engine = HFEngine(m32, tok)
     sampling = Sampling(n=2, max_new_tokens=32, temperature=0.7, seed=0)
 
     def logp(model, r):
         with torch.no_grad():
-            return token_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
-                                  temperature=0.7).float()
+            return token_logprobs(
+                model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature=0.7
+            ).float()
 
     def mean(a, b, mask):
         return float(((a - b).abs() * mask).sum() / mask.sum())

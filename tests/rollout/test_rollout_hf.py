@@ -20,8 +20,9 @@ PROBLEMS = ["1+2-3", "4+4-0", "9+9-9 and a longer prompt", "5+1-2", "7-3+1"]
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -29,9 +30,13 @@ def setup():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     model.eval()
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in PROBLEMS]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in PROBLEMS
+    ]
     return model, tok, prompts
 
 
@@ -39,21 +44,27 @@ def test_greedy_equals_transformers_generate(setup):
     model, tok, prompts = setup
     rollout = HFEngine(model, tok).generate(prompts, Sampling(n=1, max_new_tokens=24, greedy=True))
     ids, mask = left_pad(prompts, tok.pad_token_id)
-    config = GenerationConfig(do_sample=False, max_new_tokens=24, eos_token_id=eos_token_ids(model, tok),
-                              pad_token_id=tok.pad_token_id)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=24, eos_token_id=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id
+    )
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    assert rollout.texts == tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    assert rollout.texts == tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_engine_log_probs_equal_the_trainers(setup, temperature):
     model, tok, prompts = setup
-    rollout = HFEngine(model, tok).generate(prompts, Sampling(n=3, max_new_tokens=24, temperature=temperature,
-                                                             seed=5))
+    rollout = HFEngine(model, tok).generate(prompts, Sampling(n=3, max_new_tokens=24, temperature=temperature, seed=5))
     with torch.no_grad():
-        trainer = token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                                 rollout.completion_mask, temperature=temperature)
+        trainer = token_logprobs(
+            model,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            temperature=temperature,
+        )
     mask = rollout.completion_mask
     assert mask.sum() > 30
     assert ((trainer - rollout.logprobs).abs() * mask).max() < 1e-4
@@ -85,7 +96,7 @@ def test_finished_rows_leave_the_batch(setup):
     ended = ~rollout.truncated
     assert ended.any()
     eos = eos_token_ids(model, tok)
-    for row, n, t in zip(rollout.completion_ids, rollout.lengths, rollout.truncated):
+    for row, n, t in zip(rollout.completion_ids, rollout.lengths, rollout.truncated, strict=True):
         assert (int(row[n - 1]) in eos) != bool(t)  # the EOS is the last token of a finished completion
 
 
@@ -98,7 +109,7 @@ def test_generation_config_of_the_model_is_never_applied(setup):
     gc.repetition_penalty, gc.no_repeat_ngram_size, gc.top_k, gc.min_new_tokens = 1.5, 2, 1, 20
     gc.temperature, gc.top_p, gc.do_sample = 0.1, 0.5, True
     again = [HFEngine(loaded, tok).generate(prompts, s) for s in (greedy, seeded)]
-    for a, b in zip(plain, again):
+    for a, b in zip(plain, again, strict=True):
         assert a.texts == b.texts and torch.equal(a.completion_ids, b.completion_ids)
 
 

@@ -31,8 +31,9 @@ BASE = torch.tensor([[-2.0, -1.0, -1.5, -2.0]])  # 1.0 per token from CURRENT
 # ------------------------------------------------------------------------------------------------ the decision
 def test_an_engine_serving_the_current_adapter_passes_with_the_distances_logged():
     served = CURRENT + torch.tensor([[0.01, -0.01, 0.01, -0.01]])  # implementation noise
-    metrics, problem = probe_verdict(served, CURRENT, ONES, noise=0.05, version=4, previous=PREVIOUS,
-                                     previous_version=3, base=BASE)
+    metrics, problem = probe_verdict(
+        served, CURRENT, ONES, noise=0.05, version=4, previous=PREVIOUS, previous_version=3, base=BASE
+    )
     assert problem is None
     assert metrics["rollout/probe_diff"] == pytest.approx(0.01)
     assert metrics["rollout/probe_diff_prev"] == pytest.approx((0.21 + 0.21 + 0.21 + 0.19) / 4)
@@ -42,8 +43,9 @@ def test_an_engine_serving_the_current_adapter_passes_with_the_distances_logged(
 
 def test_an_engine_serving_the_previous_adapter_stops_in_one_line_naming_step_versions_distances_and_fix():
     served = PREVIOUS + torch.tensor([[-0.01, 0.01, -0.01, -0.01]])  # 0.01 of noise, away from CURRENT each time
-    metrics, problem = probe_verdict(served, CURRENT, ONES, noise=0.05, version=4, previous=PREVIOUS,
-                                     previous_version=3, base=BASE)
+    metrics, problem = probe_verdict(
+        served, CURRENT, ONES, noise=0.05, version=4, previous=PREVIOUS, previous_version=3, base=BASE
+    )
     assert "\n" not in problem
     assert problem.startswith("step 5: the vllm engine does not serve the trainer's adapter v4")
     assert "0.21 per token from the current adapter's and 0.01 from those of the previous adapter (v3)" in problem
@@ -60,8 +62,9 @@ def test_an_engine_halfway_between_is_not_clearly_closer_and_stops():
 
 def test_versions_within_the_noise_cannot_be_told_apart_and_never_stop_the_run():
     # the previous adapter is 0.2 per token away: not more than 3 x noise 0.1, so even an engine serving it passes
-    metrics, problem = probe_verdict(PREVIOUS, CURRENT, ONES, noise=0.1, version=4, previous=PREVIOUS,
-                                     previous_version=3)
+    metrics, problem = probe_verdict(
+        PREVIOUS, CURRENT, ONES, noise=0.1, version=4, previous=PREVIOUS, previous_version=3
+    )
     assert problem is None and metrics["rollout/probe_decided"] == 0.0
     assert metrics["rollout/probe_diff_prev"] == 0.0 and metrics["rollout/probe_diff_base"] is None
 
@@ -81,8 +84,9 @@ def test_only_masked_in_tokens_count():
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
     served = CURRENT.clone()
     served[0, 2:] = 99.0  # padding: ignored
-    metrics, problem = probe_verdict(served, CURRENT, mask, noise=0.05, version=4, previous=PREVIOUS,
-                                     previous_version=3)
+    metrics, problem = probe_verdict(
+        served, CURRENT, mask, noise=0.05, version=4, previous=PREVIOUS, previous_version=3
+    )
     assert problem is None and metrics["rollout/probe_diff"] == 0.0
 
 
@@ -94,9 +98,14 @@ def test_the_noise_bound_follows_the_format():
 
 
 def test_the_probe_is_the_longest_completion_and_its_prompt():
-    r = Rollout(torch.tensor([[0, 0, 5], [0, 6, 7], [8, 9, 10]]), torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 1]]),
-                torch.tensor([[1, 0, 0], [2, 3, 4], [5, 6, 0]]), torch.tensor([1, 3, 2]),
-                torch.tensor([False, True, False]), ["", "", ""])
+    r = Rollout(
+        torch.tensor([[0, 0, 5], [0, 6, 7], [8, 9, 10]]),
+        torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 1]]),
+        torch.tensor([[1, 0, 0], [2, 3, 4], [5, 6, 0]]),
+        torch.tensor([1, 3, 2]),
+        torch.tensor([False, True, False]),
+        ["", "", ""],
+    )
     assert choose_probe(r) == ([6, 7], [2, 3])  # length - 1 tokens: room for the one token an engine generates
     assert choose_probe(r, tokens=1) == ([6, 7], [2])
     assert choose_probe(r.select([0])) == ([5], [1])  # at least one token
@@ -105,8 +114,9 @@ def test_the_probe_is_the_longest_completion_and_its_prompt():
 # ------------------------------------------------------------------------------------------ scoring on each side
 @pytest.fixture(scope="module")
 def tiny():
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"])
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -114,9 +124,13 @@ def tiny():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     model.train()  # as in training: score_with_model must switch dropout off (and draw no random number)
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in ("1+2-3", "9+9-9 and a longer prompt")]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in ("1+2-3", "9+9-9 and a longer prompt")
+    ]
     return model, tok, prompts
 
 
@@ -185,8 +199,14 @@ class FolderEngine:
         return self.inner.awake()
 
 
-RECIPE = ["model.name_or_path=builtin:tiny-arith", "rollout.num_generations=4", "train.batch_size=16",
-          "train.max_steps=4", "train.save_steps=2", "train.learning_rate=3e-3"]
+RECIPE = [
+    "model.name_or_path=builtin:tiny-arith",
+    "rollout.num_generations=4",
+    "train.batch_size=16",
+    "train.max_steps=4",
+    "train.save_steps=2",
+    "train.learning_rate=3e-3",
+]
 
 
 def _with_engine(monkeypatch, **kwargs):

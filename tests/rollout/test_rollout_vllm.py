@@ -18,7 +18,7 @@ from tina.errors import TinaError  # noqa: E402
 from tina.models import attach_lora, load_model_and_tokenizer, resolve_model_path  # noqa: E402
 from tina.rl.logprobs import token_logprobs  # noqa: E402
 from tina.rollout import AdapterVersion, Sampling  # noqa: E402
-from tina.rollout.adapters import AdapterHandover, adapter_state  # noqa: E402
+from tina.rollout.adapters import AdapterHandover  # noqa: E402
 from tina.rollout.agreement import random_adapter, temporary_adapter  # noqa: E402
 from tina.rollout.vllm import VLLMEngine  # noqa: E402
 from tina.train import train  # noqa: E402
@@ -30,21 +30,32 @@ PROBLEMS = ["1+2-3", "4+4-0", "9+9-9", "5+1-2"]
 @pytest.fixture(scope="module")
 def tiny():
     path = resolve_model_path("builtin:tiny-arith")
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     model.eval()
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in PROBLEMS]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in PROBLEMS
+    ]
     engine = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=0)
     return model, tok, prompts, engine, path
 
 
 def _trainer_logprobs(model, rollout, temperature):
     with torch.no_grad():
-        return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                              rollout.completion_mask, temperature=temperature)
+        return token_logprobs(
+            model,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            temperature=temperature,
+        )
 
 
 def _max_diff(model, rollout, temperature):
@@ -60,7 +71,7 @@ def test_base_completions_log_probs_and_truncation(tiny):
     with model.disable_adapter():
         assert _max_diff(model, rollout, 0.7) < 1e-4  # log_softmax(logits / T) of the sampled tokens, fp32
     eos = tok.eos_token_id
-    for row, n, t in zip(rollout.completion_ids, rollout.lengths, rollout.truncated):
+    for row, n, t in zip(rollout.completion_ids, rollout.lengths, rollout.truncated, strict=True):
         assert (int(row[n - 1]) == eos) != bool(t)  # finished rows end with the EOS; truncated ones do not
     short = engine.generate(prompts[:1], Sampling(n=2, max_new_tokens=3, temperature=1.0, seed=3))
     assert short.truncated.all() and short.lengths.tolist() == [3, 3]
@@ -120,8 +131,15 @@ def test_the_model_folders_generation_config_is_ignored(tiny, tmp_path):
     del other
 
 
-RECIPE = ["model.name_or_path=builtin:tiny-arith", "rollout.backend=vllm", "rollout.num_generations=4",
-          "train.batch_size=16", "train.max_steps=3", "train.save_steps=3", "train.probe_prompt=7+8-6"]
+RECIPE = [
+    "model.name_or_path=builtin:tiny-arith",
+    "rollout.backend=vllm",
+    "rollout.num_generations=4",
+    "train.batch_size=16",
+    "train.max_steps=3",
+    "train.save_steps=3",
+    "train.probe_prompt=7+8-6",
+]
 
 
 def test_training_with_vllm_checks_and_logs_agreement(tmp_path, capsys):

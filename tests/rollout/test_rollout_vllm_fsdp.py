@@ -49,24 +49,37 @@ def _shard(model) -> Dist:
 
 def test_vllm_serves_the_adapter_an_fsdp_trainer_hands_over_and_the_canary_passes(tmp_path):
     path = resolve_model_path("builtin:tiny-arith")
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]).eval()
     replace_adapter(model, random_adapter(model, seed=3))  # a "trained" adapter, which the canary must restore
     engine = VLLMEngine(path, tok, dtype="float32", lora_rank=8, max_model_len=256, seed=0)
     dist = _shard(model)
     names = dict(model.named_parameters())
-    assert isinstance(names["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"],
-                      torch.distributed.tensor.DTensor)
+    assert isinstance(
+        names["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"],
+        torch.distributed.tensor.DTensor,
+    )
     trained = adapter_state(model)
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in PROBLEMS]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in PROBLEMS
+    ]
 
     def trainer_logprobs(rollout):
         with torch.no_grad():
-            return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                                  rollout.completion_mask, temperature=1.0)
+            return token_logprobs(
+                model,
+                rollout.prompt_ids,
+                rollout.prompt_mask,
+                rollout.completion_ids,
+                rollout.completion_mask,
+                temperature=1.0,
+            )
 
     handover = AdapterHandover(tmp_path / "engine")
     served = random_adapter(model, seed=5)

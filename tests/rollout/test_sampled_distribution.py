@@ -16,8 +16,9 @@ PROBLEMS = ["1+2-3", "4+4-0", "9+9-9 and a longer prompt", "5+1-2"]
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -25,9 +26,13 @@ def setup():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     model.eval()
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in PROBLEMS]
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in PROBLEMS
+    ]
     return model, tok, prompts
 
 
@@ -60,10 +65,13 @@ def test_the_start_up_canary_samples_and_scores_with_the_recipes_top_p_and_top_k
     from tina.rollout.engines import start_up_check
 
     model, tok, prompts = setup
-    cfg = load_config({"model": {"name_or_path": "builtin:tiny-arith", "dtype": "float32"},
-                       "rollout": {"temperature": 1.3, "top_k": 5, "top_p": 0.9, "max_new_tokens": 16,
-                                   "canary_tolerance": 1e-4},
-                       "train": {"device": "cpu", "probe_prompt": ""}})
+    cfg = load_config(
+        {
+            "model": {"name_or_path": "builtin:tiny-arith", "dtype": "float32"},
+            "rollout": {"temperature": 1.3, "top_k": 5, "top_p": 0.9, "max_new_tokens": 16, "canary_tolerance": 1e-4},
+            "train": {"device": "cpu", "probe_prompt": ""},
+        }
+    )
     engine = HFEngine(model, tok)
     seen = []
     real = engine.generate
@@ -73,17 +81,37 @@ def test_the_start_up_canary_samples_and_scores_with_the_recipes_top_p_and_top_k
         return real(prompts, sampling, keys)
 
     engine.generate = generate
-    run = SimpleNamespace(cfg=cfg, model=model, device="cpu", dist=SimpleNamespace(is_fsdp=False, is_main=True),
-                          problems=[SimpleNamespace(prompt_ids=p) for p in prompts])
+    run = SimpleNamespace(
+        cfg=cfg,
+        model=model,
+        device="cpu",
+        dist=SimpleNamespace(is_fsdp=False, is_main=True),
+        problems=[SimpleNamespace(prompt_ids=p) for p in prompts],
+    )
     results = start_up_check(engine, run, AdapterHandover(tmp_path / "engine"))
     assert seen and set(seen) == {(5, 0.9)}
     assert max(results["base"], results["A"], results["B"]) < 1e-5
 
     def untruncated(rollout):
         with torch.no_grad():
-            return token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                                  rollout.completion_mask, temperature=1.3)
+            return token_logprobs(
+                model,
+                rollout.prompt_ids,
+                rollout.prompt_mask,
+                rollout.completion_ids,
+                rollout.completion_mask,
+                temperature=1.3,
+            )
 
     with pytest.raises(TinaError, match="engine check at start-up failed"):
-        canary(engine, model, AdapterHandover(tmp_path / "other"), prompts[:2], tolerance=1e-4, temperature=1.3,
-               top_k=5, top_p=0.9, logprob_fn=untruncated)
+        canary(
+            engine,
+            model,
+            AdapterHandover(tmp_path / "other"),
+            prompts[:2],
+            tolerance=1e-4,
+            temperature=1.3,
+            top_k=5,
+            top_p=0.9,
+            logprob_fn=untruncated,
+        )

@@ -21,15 +21,21 @@ PROBLEMS = ["1+2-3", "4+4-0", "9+9-9", "5+1-2"]
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tok = load_model_and_tokenizer("builtin:tiny-arith", dtype="float32", attn_implementation="eager",
-                                          device="cpu")
+    model, tok = load_model_and_tokenizer(
+        "builtin:tiny-arith", dtype="float32", attn_implementation="eager", device="cpu"
+    )
     model = attach_lora(model, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     model.eval()
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for p in PROBLEMS]
-    engine = VLLMEngine(resolve_model_path("builtin:tiny-arith"), tok, dtype="float32", lora_rank=8,
-                        max_model_len=256, seed=0)
+    prompts = [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in PROBLEMS
+    ]
+    engine = VLLMEngine(
+        resolve_model_path("builtin:tiny-arith"), tok, dtype="float32", lora_rank=8, max_model_len=256, seed=0
+    )
     return model, prompts, engine
 
 

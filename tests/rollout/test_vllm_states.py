@@ -36,8 +36,10 @@ def fake(monkeypatch):
 def adapter(tmp_path, version: int) -> AdapterVersion:
     folder = tmp_path / f"v{version}"
     folder.mkdir()
-    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.full((2, 4), float(version))},
-              str(folder / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.layers.0.q_proj.lora_A.weight": torch.full((2, 4), float(version))},
+        str(folder / "adapter_model.safetensors"),
+    )
     return AdapterVersion(version, folder_digest(folder), str(folder))
 
 
@@ -117,8 +119,11 @@ def test_an_engine_that_does_not_sleep_never_calls_sleep_mode(fake, tmp_path):
     eng.generate(PROMPTS, SAMPLING)
     assert eng.state == "awake" and "sleep" not in llm.names() and "wake_up" not in llm.names()
     assert llm.kwargs["enable_sleep_mode"] is False
-    assert eng.info() == {"engine": eng.version, "device": "cuda:0 (vLLM's default executor, one process)",
-                          "sleep mode": "off (engine 0.3 x 80 GiB + trainer fits)"}
+    assert eng.info() == {
+        "engine": eng.version,
+        "device": "cuda:0 (vLLM's default executor, one process)",
+        "sleep mode": "off (engine 0.3 x 80 GiB + trainer fits)",
+    }
 
 
 def test_sleep_is_not_asked_of_vllm_without_a_gpu(fake, tmp_path, monkeypatch):
@@ -131,8 +136,15 @@ def test_sleep_is_not_asked_of_vllm_without_a_gpu(fake, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- when to sleep
 def plan(**kw) -> vllm_engine.SleepPlan:
-    args = {"allowed": True, "sleep_mode": True, "shares_device": True, "engine_share": 0.4, "trainer_peak": 24 * G,
-            "trainer_resident": 5 * G, "total": 80 * G}
+    args = {
+        "allowed": True,
+        "sleep_mode": True,
+        "shares_device": True,
+        "engine_share": 0.4,
+        "trainer_peak": 24 * G,
+        "trainer_resident": 5 * G,
+        "total": 80 * G,
+    }
     return vllm_engine.sleep_plan(**{**args, **kw})
 
 
@@ -179,8 +191,15 @@ def test_the_fake_matches_the_real_vllm_api():
 
     for name in ("sleep", "wake_up", "reset_prefix_cache", "generate"):
         assert params(getattr(fake_vllm.LLM, name)) == params(getattr(vllm.LLM, name)), name
-    for name in ("add_lora", "remove_lora", "add_request", "step", "abort_request", "has_unfinished_requests",
-                 "is_sleeping"):
+    for name in (
+        "add_lora",
+        "remove_lora",
+        "add_request",
+        "step",
+        "abort_request",
+        "has_unfinished_requests",
+        "is_sleeping",
+    ):
         assert params(getattr(fake_vllm.LLMEngine, name)) == params(getattr(LLMEngine, name)), name
     assert fake_vllm.ENGINE_ARGS <= {f.name for f in dataclasses.fields(EngineArgs)}
     assert fake_vllm.SAMPLING_FIELDS <= set(SamplingParams.__struct_fields__)
@@ -188,7 +207,10 @@ def test_the_fake_matches_the_real_vllm_api():
     from vllm.logprobs import Logprob
     from vllm.outputs import CompletionOutput, RequestOutput
 
-    for fake_cls, real_cls in ((fake_vllm.CompletionOutput, CompletionOutput), (fake_vllm.RequestOutput, RequestOutput),
-                               (fake_vllm.Logprob, Logprob)):  # what the fake returns, the real one has
+    for fake_cls, real_cls in (
+        (fake_vllm.CompletionOutput, CompletionOutput),
+        (fake_vllm.RequestOutput, RequestOutput),
+        (fake_vllm.Logprob, Logprob),
+    ):  # what the fake returns, the real one has
         assert {f.name for f in dataclasses.fields(fake_cls)} <= set(inspect.signature(real_cls).parameters)
     assert RequestOutputKind.FINAL_ONLY.name == fake_vllm.RequestOutputKind.FINAL_ONLY.name

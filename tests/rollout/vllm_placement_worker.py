@@ -20,9 +20,15 @@ def _recording(cfg, model, tokenizer, *, run_dir, rank=0, **kw):
     engine, handover = _make_engine(cfg, model, tokenizer, run_dir=run_dir, rank=rank, **kw)
     executor = engine.llm.llm_engine.engine_core.engine_core.model_executor  # in-process engine core
     worker = executor.driver_worker.worker
-    record = {"rank": rank, "env_local_rank": os.environ.get("LOCAL_RANK"), "executor": type(executor).__name__,
-              "worker_rank": worker.rank, "worker_local_rank": worker.local_rank,
-              "placement": engine.placement.describe(), "sleep": engine.info()["sleep mode"]}
+    record = {
+        "rank": rank,
+        "env_local_rank": os.environ.get("LOCAL_RANK"),
+        "executor": type(executor).__name__,
+        "worker_rank": worker.rank,
+        "worker_local_rank": worker.local_rank,
+        "placement": engine.placement.describe(),
+        "sleep": engine.info()["sleep mode"],
+    }
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / f"placement-rank{rank}.json").write_text(json.dumps(record))
     return engine, handover

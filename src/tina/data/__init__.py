@@ -1,4 +1,4 @@
-"""Training and evaluation data: load rows (local file or hub) and normalise them to `Example(problem, answer, id, meta)`.
+"""Training and evaluation data: load rows (local file or hub), normalise them to `Example(problem, answer, id, meta)`.
 
 >>> from tina.data import load_examples
 >>> exs = load_examples("train/limr.jsonl", adapter="limr")          # doctest: +SKIP

@@ -287,8 +287,9 @@ class Adapter:
         cols = [*self.problem_columns, *self.answer_columns, *self.meta_fields, *self.id_fields, "extra_info"]
         return tuple(dict.fromkeys(cols))
 
-    def missing_columns(self, columns: Sequence[str], *, problem_field: str | None = None,
-                        answer_field: str | None = None) -> list[str]:
+    def missing_columns(
+        self, columns: Sequence[str], *, problem_field: str | None = None, answer_field: str | None = None
+    ) -> list[str]:
         """Human phrases for the required column groups absent from `columns` (empty list = all good)."""
         present = set(columns)
         missing = []
@@ -298,8 +299,9 @@ class Adapter:
                 missing.append(" or ".join(f"'{c}'" for c in wanted))
         return missing
 
-    def __call__(self, row: dict, index: int | None = None, *, problem_field: str | None = None,
-                 answer_field: str | None = None) -> Example:
+    def __call__(
+        self, row: dict, index: int | None = None, *, problem_field: str | None = None, answer_field: str | None = None
+    ) -> Example:
         """Normalise one row.  `index` (row number) is the id when the row has none.
 
         problem_field / answer_field read that column instead of the adapter's own (answer values then go through
@@ -334,7 +336,9 @@ class Adapter:
 
 
 def _is_small(value: Any) -> bool:
-    return value is not None and (isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) <= 200))
+    return value is not None and (
+        isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) <= 200)
+    )
 
 
 def row_id(row: dict, index: int | None, problem: str, id_fields: Sequence[str] = ID_FIELDS) -> str:
@@ -357,42 +361,67 @@ _SOLUTION_BOXED = ("solution", _read_boxed)
 
 ADAPTERS: dict[str, Adapter] = {  # plus "auto", added below
     "open-rs": Adapter(
-        "open-rs", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), meta_fields=("level",),
-        schema="problem, solution, answer, level", sure=False),
+        "open-rs",
+        (_PROBLEM,),
+        (_ANSWER, _SOLUTION_BOXED),
+        meta_fields=("level",),
+        schema="problem, solution, answer, level",
+        sure=False,
+    ),
     "open-s1": Adapter(
-        "open-s1", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), meta_fields=("level", "source"),
-        schema="problem, solution, answer (+ source)", sure=False),
-    "still-3": Adapter(
-        "still-3", (("question", read_text), _PROBLEM), (_ANSWER,),
-        schema="question, answer"),
-    "deepscaler": Adapter(
-        "deepscaler", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED),
-        schema="problem, answer, solution"),
+        "open-s1",
+        (_PROBLEM,),
+        (_ANSWER, _SOLUTION_BOXED),
+        meta_fields=("level", "source"),
+        schema="problem, solution, answer (+ source)",
+        sure=False,
+    ),
+    "still-3": Adapter("still-3", (("question", read_text), _PROBLEM), (_ANSWER,), schema="question, answer"),
+    "deepscaler": Adapter("deepscaler", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), schema="problem, answer, solution"),
     "ii-thought": Adapter(
-        "ii-thought", (("messages", read_text), _PROBLEM), (("verification_info", read_verification_info), _ANSWER),
+        "ii-thought",
+        (("messages", read_text), _PROBLEM),
+        (("verification_info", read_verification_info), _ANSWER),
         meta_fields=("source", "domain", "data_source"),
-        schema='id, messages=[{role: user, content}], verification_info=JSON {"answer": {"value": ...}}'),
+        schema='id, messages=[{role: user, content}], verification_info=JSON {"answer": {"value": ...}}',
+    ),
     "limr": Adapter(
-        "limr", (_PROBLEM, ("prompt", read_text)), (_ANSWER,),
-        schema="hub: prompt, answer; local normalised file: id, problem, answer"),
+        "limr",
+        (_PROBLEM, ("prompt", read_text)),
+        (_ANSWER,),
+        schema="hub: prompt, answer; local normalised file: id, problem, answer",
+    ),
     "openr1-math": Adapter(
-        "openr1-math", (_PROBLEM,), (("answer", _read_openr1_answer), _SOLUTION_BOXED),
+        "openr1-math",
+        (_PROBLEM,),
+        (("answer", _read_openr1_answer), _SOLUTION_BOXED),
         meta_fields=("problem_type", "question_type", "source"),
-        schema="problem, solution, answer, problem_type, question_type, source, uuid, generations, messages, ..."),
+        schema="problem, solution, answer, problem_type, question_type, source, uuid, generations, messages, ...",
+    ),
     "curated-thoughts": Adapter(
-        "curated-thoughts", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED, ("ground_truth_solution", _read_boxed)),
+        "curated-thoughts",
+        (_PROBLEM,),
+        (_ANSWER, _SOLUTION_BOXED, ("ground_truth_solution", _read_boxed)),
         meta_fields=("source", "domain"),
-        schema="problem, solution (NuminaMath-CoT worked solution with \\boxed{}), ...", sure=False),
+        schema="problem, solution (NuminaMath-CoT worked solution with \\boxed{}), ...",
+        sure=False,
+    ),
     "l1": Adapter(
-        "l1", (("prompt", read_text), _PROBLEM), (("reward_model", _read_reward_model), _ANSWER),
-        meta_fields=("data_source",), post=_l1_post,
+        "l1",
+        (("prompt", read_text), _PROBLEM),
+        (("reward_model", _read_reward_model), _ANSWER),
+        meta_fields=("data_source",),
+        post=_l1_post,
         schema="verl: prompt=[{role, content}], reward_model={ground_truth, num_tokens}, extra_info={index}; "
-               "or problem, answer"),
+        "or problem, answer",
+    ),
     "plain": Adapter(
-        "plain", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED),
-        schema="problem, answer (solution's last \\boxed{} if answer is empty)"),
+        "plain",
+        (_PROBLEM,),
+        (_ANSWER, _SOLUTION_BOXED),
+        schema="problem, answer (solution's last \\boxed{} if answer is empty)",
+    ),
 }
-
 
 
 class AutoAdapter:
@@ -403,13 +432,16 @@ class AutoAdapter:
 
     name = "auto"
 
-    def __call__(self, row: dict, index: int | None = None, *, problem_field: str | None = None,
-                 answer_field: str | None = None) -> Example:
+    def __call__(
+        self, row: dict, index: int | None = None, *, problem_field: str | None = None, answer_field: str | None = None
+    ) -> Example:
         keys = set(row) | ({"problem"} if problem_field else set()) | ({"answer"} if answer_field else set())
         name = detect_adapter(sorted(keys))
         if name is None:
-            raise DataError(f"cannot tell the format of a row with columns: {', '.join(row)}; pick an adapter "
-                            f"(one of: {', '.join(a for a in ADAPTERS if a != 'auto')})")
+            raise DataError(
+                f"cannot tell the format of a row with columns: {', '.join(row)}; pick an adapter "
+                f"(one of: {', '.join(a for a in ADAPTERS if a != 'auto')})"
+            )
         return ADAPTERS[name](row, index, problem_field=problem_field, answer_field=answer_field)
 
 
@@ -441,8 +473,7 @@ def get_adapter(name: str) -> Adapter:
     if name in ADAPTERS:
         return ADAPTERS[name]
     names = list(ADAPTERS)
-    raise ConfigError(
-        f"unknown data adapter '{name}'{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
+    raise ConfigError(f"unknown data adapter '{name}'{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
 
 
 def detect_adapter(columns: Sequence[str]) -> str | None:

@@ -55,7 +55,8 @@ def resolve_source(source: str, subset: str | None = None) -> tuple[str, str | N
     if _looks_like_path(source):
         raise DataError(
             f"data file not found: '{source}' (looked in {Path(expanded).absolute()}); check the path "
-            f"(relative paths start from the current directory, {os.getcwd()})")
+            f"(relative paths start from the current directory, {os.getcwd()})"
+        )
     hub_id = HUB_IDS.get(source, source)
     repo, config = split_hub_id(hub_id)
     return "hub", repo, subset if subset is not None else config
@@ -81,11 +82,13 @@ def _read_jsonl(path: str, shown: str, text: str | None = None) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{shown}:{lineno}: bad JSON ({exc.msg} at column {exc.colno}); fix or delete that line "
-                f"(a .jsonl file holds one JSON object per line)") from None
+                f"(a .jsonl file holds one JSON object per line)"
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(
                 f"{shown}:{lineno}: expected a JSON object per line, got a {_json_type(obj)}; "
-                f"each line must look like {{\"problem\": ..., \"answer\": ...}}")
+                f'each line must look like {{"problem": ..., "answer": ...}}'
+            )
         rows.append(obj)
     return rows
 
@@ -95,7 +98,9 @@ def _open_text(path: str, shown: str) -> Iterator[str]:
         with open(path, encoding="utf-8") as fh:
             yield from fh
     except UnicodeDecodeError as exc:
-        raise DataError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save the file as UTF-8"
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read data file '{shown}': {exc.strerror or exc}") from None
 
@@ -110,22 +115,27 @@ def _read_json(path: str, shown: str) -> list[dict]:
             return _read_jsonl(path, shown, text=text)
         raise DataError(
             f"{shown}:{exc.lineno}: bad JSON ({exc.msg} at column {exc.colno}); fix the file "
-            f"(expected a list of objects, {{\"data\": [...]}}, or one object per line)") from None
+            f'(expected a list of objects, {{"data": [...]}}, or one object per line)'
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     elif isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         lengths = {len(v) for v in data.values()}
         if len(lengths) != 1:
-            raise DataError(f"{shown}: the columns have different lengths {sorted(lengths)}; "
-                            f"a column-oriented .json needs equal-length lists")
+            raise DataError(
+                f"{shown}: the columns have different lengths {sorted(lengths)}; "
+                f"a column-oriented .json needs equal-length lists"
+            )
         keys = list(data)
-        data = [dict(zip(keys, values)) for values in zip(*data.values())]
+        data = [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
     if not isinstance(data, list):
-        raise DataError(f"{shown}: expected a list of objects or {{\"data\": [...]}}, got a {_json_type(data)}")
+        raise DataError(f'{shown}: expected a list of objects or {{"data": [...]}}, got a {_json_type(data)}')
     for i, obj in enumerate(data):
         if not isinstance(obj, dict):
-            raise DataError(f"{shown}: item {i} is a {_json_type(obj)}, not an object; every row must be a JSON "
-                            f"object like {{\"problem\": ..., \"answer\": ...}}")
+            raise DataError(
+                f"{shown}: item {i} is a {_json_type(obj)}, not an object; every row must be a JSON "
+                f'object like {{"problem": ..., "answer": ...}}'
+            )
     return data
 
 
@@ -136,8 +146,9 @@ def _read_parquet(path: str, shown: str) -> list[dict]:
     try:
         return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"cannot read parquet file '{shown}': {str(exc).splitlines()[0]}; "
-                        f"check that it is a complete .parquet file") from None
+        raise DataError(
+            f"cannot read parquet file '{shown}': {str(exc).splitlines()[0]}; check that it is a complete .parquet file"
+        ) from None
 
 
 def _read_csv(path: str, shown: str) -> list[dict]:
@@ -145,8 +156,7 @@ def _read_csv(path: str, shown: str) -> list[dict]:
 
 
 def _json_type(obj: Any) -> str:
-    return {list: "list", dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(obj), "number")
+    return {list: "list", dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(type(obj), "number")
 
 
 def _read_local(path: str, shown: str, *, split: str, subset: str | None) -> list[dict]:
@@ -161,8 +171,9 @@ def _read_local(path: str, shown: str, *, split: str, subset: str | None) -> lis
         return _read_parquet(path, shown)
     if suffix == ".csv":
         return _read_csv(path, shown)
-    raise DataError(f"unsupported data file type '{suffix or Path(path).name}' for '{shown}'; "
-                    f"use .jsonl, .json, .parquet or .csv")
+    raise DataError(
+        f"unsupported data file type '{suffix or Path(path).name}' for '{shown}'; use .jsonl, .json, .parquet or .csv"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -187,8 +198,11 @@ def _open_dataset(location: str, shown: str, *, split: str, subset: str | None, 
         raise
     except Exception as exc:  # noqa: BLE001 - load_dataset raises many types; all mean "cannot load this source"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        offline = " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" \
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else ""
+        offline = (
+            " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)"
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            else ""
+        )
         if is_dir:
             what = f"dataset folder '{shown}'"
         elif shown != location:
@@ -198,7 +212,8 @@ def _open_dataset(location: str, shown: str, *, split: str, subset: str | None, 
         raise DataError(
             f"cannot load {what}, subset {subset!r}, split {split!r}: {type(exc).__name__}: {first}{offline}; "
             f"check the id, subset and split, or download it and point data.source at a local "
-            f".jsonl/.json/.parquet file") from exc
+            f".jsonl/.json/.parquet file"
+        ) from exc
 
 
 def _hub_or_dir_rows(location: str, shown: str, *, split: str, subset: str | None, is_dir: bool = False) -> list[dict]:
@@ -282,8 +297,9 @@ def load_examples(
         found = ", ".join(columns)
         for override, what in ((problem_field, "problem_field"), (answer_field, "answer_field")):
             if override and override not in columns:
-                raise DataError(f"dataset '{source}' has no column '{override}' (set by data.{what}); "
-                                f"columns found: {found}")
+                raise DataError(
+                    f"dataset '{source}' has no column '{override}' (set by data.{what}); columns found: {found}"
+                )
         name = adapter
         if name == "auto":
             pseudo = set(columns) | ({"problem"} if problem_field else set()) | ({"answer"} if answer_field else set())
@@ -291,18 +307,21 @@ def load_examples(
             if not name:
                 raise DataError(
                     f"dataset '{source}': cannot tell its format from its columns (adapter 'auto'); columns found: "
-                    f"{found}; set data.adapter (one of: {', '.join(a for a in ADAPTERS if a != 'auto')}) or data.problem_field / "
-                    f"data.answer_field")
+                    f"{found}; set data.adapter (one of: {', '.join(a for a in ADAPTERS if a != 'auto')}) "
+                    "or data.problem_field / data.answer_field"
+                )
         chosen = get_adapter(name)
         missing = chosen.missing_columns(columns, problem_field=problem_field, answer_field=answer_field)
         if missing:
             raise DataError(
                 f"dataset '{source}' (adapter '{chosen.name}') has no column {missing[0]}; columns found: {found}; "
-                f"set data.problem_field / data.answer_field (or another data.adapter)")
+                f"set data.problem_field / data.answer_field (or another data.adapter)"
+            )
         return chosen
 
-    rows, _columns, chosen = _rows_and_columns(source, split=split, subset=subset, pick=pick,
-                                               extra=[f for f in (problem_field, answer_field) if f])
+    rows, _columns, chosen = _rows_and_columns(
+        source, split=split, subset=subset, pick=pick, extra=[f for f in (problem_field, answer_field) if f]
+    )
 
     kept: list[Example] = []
     reasons: dict[str, int] = {}
@@ -325,15 +344,21 @@ def load_examples(
     if total and not kept:
         raise DataError(
             f"dataset '{source}' (adapter '{chosen.name}'): all {total} rows were dropped "
-            f"({_reasons_text(reasons)}); check data.adapter / data.answer_field")
+            f"({_reasons_text(reasons)}); check data.adapter / data.answer_field"
+        )
     if total == 0:
         raise DataError(f"dataset '{source}' has no rows; check that the file is not empty")
     if result.dropped:
-        log.warning("dropped %d of %d rows from '%s' (%s); first ids: %s", result.dropped, total, source,
-                    _reasons_text(reasons), ", ".join(dropped_ids[:5]))
+        log.warning(
+            "dropped %d of %d rows from '%s' (%s); first ids: %s",
+            result.dropped,
+            total,
+            source,
+            _reasons_text(reasons),
+            ", ".join(dropped_ids[:5]),
+        )
     return result
 
 
 def _reasons_text(reasons: dict[str, int]) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
-

@@ -180,11 +180,18 @@ SPECS: dict[str, Spec] = {
     "math500": Spec("HuggingFaceH4/MATH-500", None, "test", map_math500, "math", "MATH-500, 500"),
     "minerva": Spec("knoveleng/Minerva-Math", None, "train", map_minerva, "math", "Minerva OCW, 272"),
     "gpqa_diamond": Spec("Idavidrein/gpqa", "gpqa_diamond", "train", map_gpqa, "gpqa", "GPQA diamond, 198; gated"),
-    "olympiadbench": Spec("knoveleng/OlympiadBench", None, "train", map_olympiad, "math",
-                          "OlympiadBench OE_TO_maths_en_COMP as in Qwen2.5-Math, 675"),
+    "olympiadbench": Spec(
+        "knoveleng/OlympiadBench",
+        None,
+        "train",
+        map_olympiad,
+        "math",
+        "OlympiadBench OE_TO_maths_en_COMP as in Qwen2.5-Math, 675",
+    ),
     "arith": Spec(None, None, "heldout", None, "raw", "the demo's a+b-c task, 256 held-out problems (seed 0)"),
-    "addition": Spec(None, None, "heldout", None, "raw",
-                     "the real-model demo's addition task, 40 held-out problems (seed 0)"),
+    "addition": Spec(
+        None, None, "heldout", None, "raw", "the real-model demo's addition task, 40 held-out problems (seed 0)"
+    ),
 }
 NAMES = tuple(SPECS)
 
@@ -233,8 +240,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def from_rows(name: str, rows: list[dict], *, style: str = "math", source: str = "rows",
-              data_sha256: str | None = None, limit: int | None = None, **render) -> Benchmark:
+def from_rows(
+    name: str,
+    rows: list[dict],
+    *,
+    style: str = "math",
+    source: str = "rows",
+    data_sha256: str | None = None,
+    limit: int | None = None,
+    **render,
+) -> Benchmark:
     """A Benchmark from rows already in the local schema (validated); ``limit`` keeps the first N."""
     item, task, template = STYLES[style]
     validate = _check_gpqa_row if style == "gpqa" else _check_math_row
@@ -244,8 +259,9 @@ def from_rows(name: str, rows: list[dict], *, style: str = "math", source: str =
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{source}: problem id {dup!r} appears more than once; ids must be unique")
     kept = checked[:limit] if limit is not None else checked
-    return Benchmark(name, task, kept, item, template, source, data_sha256, rows_digest(checked), len(checked), limit,
-                     **render)
+    return Benchmark(
+        name, task, kept, item, template, source, data_sha256, rows_digest(checked), len(checked), limit, **render
+    )
 
 
 def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> Benchmark:
@@ -261,17 +277,28 @@ def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int 
     if data_dir is not None:
         path = Path(data_dir) / f"{name}.jsonl"
         if not path.is_file():
-            schema = ("id, question, choices [4], correct (index)" if spec.style == "gpqa"
-                      else "id, problem, answer[, solution]")
-            raise DataError(f"no {path} for benchmark '{name}' (expected JSONL with {schema}); "
-                            f"drop --data-dir to read it from the hub ({spec.hub})")
-        return from_rows(name, read_jsonl(path), style=spec.style, source=f"file:{path}",
-                         data_sha256=file_sha256(path), limit=limit)
+            schema = (
+                "id, question, choices [4], correct (index)"
+                if spec.style == "gpqa"
+                else "id, problem, answer[, solution]"
+            )
+            raise DataError(
+                f"no {path} for benchmark '{name}' (expected JSONL with {schema}); "
+                f"drop --data-dir to read it from the hub ({spec.hub})"
+            )
+        return from_rows(
+            name, read_jsonl(path), style=spec.style, source=f"file:{path}", data_sha256=file_sha256(path), limit=limit
+        )
     from tina.data.loading import load_rows
 
     raw = load_rows(spec.hub, split=spec.split, subset=spec.subset)
-    return from_rows(name, hub_rows(name, raw), style=spec.style,
-                     source=f"hub:{spec.hub}{':' + spec.subset if spec.subset else ''}@{spec.split}", limit=limit)
+    return from_rows(
+        name,
+        hub_rows(name, raw),
+        style=spec.style,
+        source=f"hub:{spec.hub}{':' + spec.subset if spec.subset else ''}@{spec.split}",
+        limit=limit,
+    )
 
 
 def hub_rows(name: str, raw: list[dict]) -> list[dict]:
@@ -282,14 +309,21 @@ def hub_rows(name: str, raw: list[dict]) -> list[dict]:
         try:
             out.append(mapper(row, i))
         except (KeyError, ValueError, TypeError) as exc:
-            raise DataError(f"{SPECS[name].hub} row {i}: cannot read it as {name}: {type(exc).__name__}: {exc}") \
-                from None
+            raise DataError(
+                f"{SPECS[name].hub} row {i}: cannot read it as {name}: {type(exc).__name__}: {exc}"
+            ) from None
     return out
 
 
-def load_validation(source: str, *, data_dir: str | Path | None = None, limit: int | None = None,
-                    style: str = "math", system_prompt: str | None = None,
-                    chat_template: str | None = None) -> Benchmark:
+def load_validation(
+    source: str,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    style: str = "math",
+    system_prompt: str | None = None,
+    chat_template: str | None = None,
+) -> Benchmark:
     """A validation set for checkpoint selection: a JSONL file (``id, problem, answer``) or a benchmark name.
 
     A file is prompted like the math benchmarks (``style="math"``) or bare, in the run's training format
@@ -299,9 +333,16 @@ def load_validation(source: str, *, data_dir: str | Path | None = None, limit: i
     if path.suffix in (".jsonl", ".json") or path.exists():
         if not path.is_file():
             raise DataError(f"validation file not found: {path}")
-        return from_rows(f"validation:{path.stem}", read_jsonl(path), style=style, source=f"file:{path}",
-                         data_sha256=file_sha256(path), limit=limit, system_prompt=system_prompt,
-                         chat_template=chat_template)
+        return from_rows(
+            f"validation:{path.stem}",
+            read_jsonl(path),
+            style=style,
+            source=f"file:{path}",
+            data_sha256=file_sha256(path),
+            limit=limit,
+            system_prompt=system_prompt,
+            chat_template=chat_template,
+        )
     return load_benchmark(source, data_dir=data_dir, limit=limit)
 
 

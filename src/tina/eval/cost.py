@@ -49,26 +49,31 @@ def calibrate(opts, model_name: str, bench) -> float:
     server = Server(opts, model_name, [])
     items = bench.items(opts.seeds[0])[:CALIBRATION_PROBLEMS]
     template = bench.chat_template or opts.template
-    texts = [render_prompt(server.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
-             for it in items]
+    texts = [
+        render_prompt(server.tokenizer, it.text, system_prompt=bench.system_prompt, template=template) for it in items
+    ]
     ids = server.tokenizer(texts, add_special_tokens=False)["input_ids"]
     sampling = replace(eval_sampling(opts), max_new_tokens=min(opts.max_new_tokens, CALIBRATION_TOKENS))
     with server.serve(BASE) as engine:
         start = time.perf_counter()
-        rollout = engine.generate(ids, sampling, keys=[stream_key(opts.seeds[0], bench.name, i)
-                                                       for i in range(len(ids))])
+        rollout = engine.generate(
+            ids, sampling, keys=[stream_key(opts.seeds[0], bench.name, i) for i in range(len(ids))]
+        )
         seconds = time.perf_counter() - start
     return rollout.n_tokens / seconds if seconds else 0.0
 
 
-def dry_run(opts, model_name: str, adapters: list, include_base: bool, benches: list, validation, out: Path, *,
-            echo=print) -> dict:
+def dry_run(
+    opts, model_name: str, adapters: list, include_base: bool, benches: list, validation, out: Path, *, echo=print
+) -> dict:
     means, rate, engine = previous_measurements(out)
     source = f"measured by the earlier evaluation in {out} ({engine})" if rate else None
     if rate is None:
         rate = calibrate(replace(opts, progress=False), model_name, benches[0])
-        source = (f"measured now: {CALIBRATION_PROBLEMS} problems x {opts.samples} samples of {benches[0].name}, "
-                  f"at most {CALIBRATION_TOKENS} new tokens, --backend {opts.backend}")
+        source = (
+            f"measured now: {CALIBRATION_PROBLEMS} problems x {opts.samples} samples of {benches[0].name}, "
+            f"at most {CALIBRATION_TOKENS} new tokens, --backend {opts.backend}"
+        )
     n_models = len(adapters) + include_base
     rows, total_tokens = [], 0.0
     for bench in ([validation] if validation is not None else []) + benches:
@@ -77,22 +82,42 @@ def dry_run(opts, model_name: str, adapters: list, include_base: bool, benches: 
         per = means.get(bench.name)
         tokens = completions * (per if per else opts.max_new_tokens)
         total_tokens += tokens
-        rows.append({"benchmark": bench.name, "models": models, "problems": len(bench.rows),
-                     "completions": completions, "tokens_per_completion": per or opts.max_new_tokens,
-                     "length_source": "measured" if per else "upper bound (--max-new-tokens)",
-                     "tokens": tokens, "seconds": tokens / rate if rate else None})
-    echo(f"dry run: {n_models} model(s) x {len(benches)} benchmark(s) x {len(opts.seeds)} seed(s) x {opts.samples} "
-         f"sample(s); throughput {rate:.0f} tokens/s ({source})")
+        rows.append(
+            {
+                "benchmark": bench.name,
+                "models": models,
+                "problems": len(bench.rows),
+                "completions": completions,
+                "tokens_per_completion": per or opts.max_new_tokens,
+                "length_source": "measured" if per else "upper bound (--max-new-tokens)",
+                "tokens": tokens,
+                "seconds": tokens / rate if rate else None,
+            }
+        )
+    echo(
+        f"dry run: {n_models} model(s) x {len(benches)} benchmark(s) x {len(opts.seeds)} seed(s) x {opts.samples} "
+        f"sample(s); throughput {rate:.0f} tokens/s ({source})"
+    )
     echo("| benchmark | models | problems | completions | tokens/completion | tokens | time |")
     echo("|---|---|---|---|---|---|---|")
     for r in rows:
         length = f"{r['tokens_per_completion']:.0f} ({'measured' if r['length_source'] == 'measured' else 'max'})"
-        echo(f"| {r['benchmark']} | {r['models']} | {r['problems']} | {r['completions']} | {length} | "
-             f"{r['tokens']:.3g} | {_duration(r['seconds'])} |")
-    echo(f"total: {total_tokens:.3g} tokens, about {_duration(total_tokens / rate if rate else None)} on this engine "
-         "(lengths marked max are upper bounds)")
-    return {"dry_run": True, "tokens_per_second": rate, "throughput_source": source, "benchmarks": rows,
-            "total_tokens": total_tokens, "total_seconds": total_tokens / rate if rate else None}
+        echo(
+            f"| {r['benchmark']} | {r['models']} | {r['problems']} | {r['completions']} | {length} | "
+            f"{r['tokens']:.3g} | {_duration(r['seconds'])} |"
+        )
+    echo(
+        f"total: {total_tokens:.3g} tokens, about {_duration(total_tokens / rate if rate else None)} on this engine "
+        "(lengths marked max are upper bounds)"
+    )
+    return {
+        "dry_run": True,
+        "tokens_per_second": rate,
+        "throughput_source": source,
+        "benchmarks": rows,
+        "total_tokens": total_tokens,
+        "total_seconds": total_tokens / rate if rate else None,
+    }
 
 
 def _duration(seconds: float | None) -> str:

@@ -20,8 +20,17 @@ class Graded:
     truncated: np.ndarray | None = None  # [problems, samples] bool: hit max_new_tokens without an EOS
 
 
-def generate_and_grade(engine, prompts: list[str], golds: list[str], sampling: Sampling, *, task: str = "math",
-                       timeout: float = 5.0, batch_problems: int | None = None, progress=None) -> Graded:
+def generate_and_grade(
+    engine,
+    prompts: list[str],
+    golds: list[str],
+    sampling: Sampling,
+    *,
+    task: str = "math",
+    timeout: float = 5.0,
+    batch_problems: int | None = None,
+    progress=None,
+) -> Graded:
     """``sampling.n`` completions per prompt (rendered text, tokenised here once), graded against ``golds``; batched
     over problems.  A completion that hit the token limit is *unfinished* and never correct (tina.grading).
 
@@ -40,8 +49,14 @@ def generate_and_grade(engine, prompts: list[str], golds: list[str], sampling: S
         rollout = engine.generate(prompt_ids[i : i + step], sampling, keys=list(range(i, i + len(chunk))))
         n_tokens += rollout.n_tokens
         gold_rep = [g for g in golds[i : i + step] for _ in range(n)]
-        verdicts = grade_many(rollout.texts, gold_rep, task=task, timeout=timeout,
-                              finished=(~rollout.truncated).tolist(), prompts=[p for p in chunk for _ in range(n)])
+        verdicts = grade_many(
+            rollout.texts,
+            gold_rep,
+            task=task,
+            timeout=timeout,
+            finished=(~rollout.truncated).tolist(),
+            prompts=[p for p in chunk for _ in range(n)],
+        )
         lengths.extend(rollout.lengths.tolist())
         truncated.extend(rollout.truncated.tolist())
         for j in range(len(rollout.texts) // n):
@@ -53,5 +68,12 @@ def generate_and_grade(engine, prompts: list[str], golds: list[str], sampling: S
         if progress is not None:
             progress(len(rollout.texts) // n, rollout.n_tokens)
     shape = (len(prompts), n)
-    return Graded(completions, extracted, np.array(rows, dtype=float).reshape(shape), n_tokens, reasons,
-                  np.array(lengths, dtype=int).reshape(shape), np.array(truncated, dtype=bool).reshape(shape))
+    return Graded(
+        completions,
+        extracted,
+        np.array(rows, dtype=float).reshape(shape),
+        n_tokens,
+        reasons,
+        np.array(lengths, dtype=int).reshape(shape),
+        np.array(truncated, dtype=bool).reshape(shape),
+    )

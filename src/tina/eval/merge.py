@@ -13,8 +13,15 @@ from pathlib import Path
 from tina.errors import TinaError
 
 
-def merge_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, model: str | None = None,
-                     dtype: str = "auto", device: str = "cpu", echo=print) -> Path:
+def merge_checkpoint(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    *,
+    model: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    echo=print,
+) -> Path:
     """Merge ``checkpoint`` (a PEFT adapter folder) into its base model; write it to ``output_dir``.
 
     The base is ``model`` if given, else ``model.name_or_path`` of RUN/config.yaml next to the checkpoint, else the

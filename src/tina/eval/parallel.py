@@ -27,16 +27,27 @@ def run_data_parallel(opts, out: Path, *, echo=print) -> dict:
     procs = []
     gpus = torch.cuda.device_count()
     for i in range(n):
-        child = replace(opts, data_parallel=1, shard=(i, n), output_dir=str(out / "shards" / f"shard-{i}"),
-                        progress=False)
+        child = replace(
+            opts, data_parallel=1, shard=(i, n), output_dir=str(out / "shards" / f"shard-{i}"), progress=False
+        )
         env = dict(os.environ)
         if gpus >= n:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         code = "import json, sys; from tina.eval.parallel import child; sys.exit(child(json.loads(sys.argv[1])))"
         log = open(out / "shards" / f"shard-{i}.log", "w")
-        procs.append((i, subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(child))], env=env,
-                                          stdout=log, stderr=subprocess.STDOUT), log))
-    echo(f"data-parallel evaluation: {n} processes" + (f", one GPU each" if gpus >= n else " (no GPU per process)"))
+        procs.append(
+            (
+                i,
+                subprocess.Popen(
+                    [sys.executable, "-c", code, json.dumps(asdict(child))],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    echo(f"data-parallel evaluation: {n} processes" + (", one GPU each" if gpus >= n else " (no GPU per process)"))
     failed = []
     for i, proc, log in procs:
         if proc.wait() != 0:
@@ -44,9 +55,11 @@ def run_data_parallel(opts, out: Path, *, echo=print) -> dict:
         log.close()
     if failed:
         tail = (out / "shards" / f"shard-{failed[0]}.log").read_text().strip().splitlines()[-1:]
-        raise TinaError(f"data-parallel evaluation: shard(s) {', '.join(map(str, failed))} failed (see "
-                        f"{out / 'shards'}/shard-<i>.log: {' '.join(tail)[:300]}); what the others finished is kept "
-                        "-- rerun with --resume")
+        raise TinaError(
+            f"data-parallel evaluation: shard(s) {', '.join(map(str, failed))} failed (see "
+            f"{out / 'shards'}/shard-<i>.log: {' '.join(tail)[:300]}); what the others finished is kept "
+            "-- rerun with --resume"
+        )
     merge_samples([out / "shards" / f"shard-{i}" / "samples.jsonl" for i in range(n)], out / "samples.jsonl")
     first = json.loads((out / "shards" / "shard-0" / "results.json").read_text())
     merged = replace(opts, data_parallel=1, shard=None, resume=True, output_dir=str(out), data_parallel_of=n)

@@ -43,9 +43,10 @@ def regrade(rows: list[dict], *, timeout: float = 5.0) -> list[dict]:
     out = [dict(r) for r in rows]
     for task in sorted({r["task"] for r in out}):
         idx = [i for i, r in enumerate(out) if r["task"] == task]
-        verdicts = grade_many([out[i]["completion"] for i in idx], [out[i]["gold"] for i in idx], task=task,
-                              timeout=timeout)
-        for i, v in zip(idx, verdicts):
+        verdicts = grade_many(
+            [out[i]["completion"] for i in idx], [out[i]["gold"] for i in idx], task=task, timeout=timeout
+        )
+        for i, v in zip(idx, verdicts, strict=True):
             out[i].update(correct=v.correct, extracted=v.extracted, reason=v.reason)
     return out
 
@@ -58,8 +59,13 @@ def summary(rows: list[dict]) -> dict:
     """
     counts = Counter(r["correct"] for r in rows)
     n = len(rows)
-    return {"n": n, "correct": counts[True], "incorrect": counts[False], "ungradable": counts[None],
-            "accuracy": counts[True] / n if n else float("nan")}
+    return {
+        "n": n,
+        "correct": counts[True],
+        "incorrect": counts[False],
+        "ungradable": counts[None],
+        "accuracy": counts[True] / n if n else float("nan"),
+    }
 
 
 def format_summary(s: dict) -> str:
@@ -68,8 +74,10 @@ def format_summary(s: dict) -> str:
     >>> format_summary({"n": 4, "correct": 2, "incorrect": 1, "ungradable": 1, "accuracy": 0.5})
     'n=4 correct=2 incorrect=1 ungradable=1 accuracy=0.5000 (ungradable counts as incorrect)'
     """
-    return (f"n={s['n']} correct={s['correct']} incorrect={s['incorrect']} ungradable={s['ungradable']} "
-            f"accuracy={s['accuracy']:.4f} (ungradable counts as incorrect)")
+    return (
+        f"n={s['n']} correct={s['correct']} incorrect={s['incorrect']} ungradable={s['ungradable']} "
+        f"accuracy={s['accuracy']:.4f} (ungradable counts as incorrect)"
+    )
 
 
 def write_jsonl(rows: list[dict], handle) -> None:

@@ -94,36 +94,53 @@ def markdown(results: dict) -> str:
     ]
     compared = [lab for lab in labels if "vs_base" in results["results"][lab][benches[0]]]
     if compared:
-        out += ["## Paired difference vs base, in points [95% paired bootstrap CI]", "",
-                "| model | " + " | ".join(benches) + " |", "|---" * (len(benches) + 1) + "|"]
+        out += [
+            "## Paired difference vs base, in points [95% paired bootstrap CI]",
+            "",
+            "| model | " + " | ".join(benches) + " |",
+            "|---" * (len(benches) + 1) + "|",
+        ]
         for lab in compared:
             out.append(f"| {lab} | " + " | ".join(_diff(results["results"][lab][b]["vs_base"]) for b in benches) + " |")
         out.append("")
     ks = sorted({int(k) for lab in labels for b in benches for k in results["results"][lab][b]["pass_at_k"]})
-    out += ["## pass@k (unbiased, %) and bookkeeping", "",
-            "| model | benchmark | problems | samples/problem | " + " | ".join(f"pass@{k}" for k in ks)
-            + " | ungradable | truncated | mean tokens |",
-            "|---" * (len(ks) + 7) + "|"]
+    out += [
+        "## pass@k (unbiased, %) and bookkeeping",
+        "",
+        "| model | benchmark | problems | samples/problem | "
+        + " | ".join(f"pass@{k}" for k in ks)
+        + " | ungradable | truncated | mean tokens |",
+        "|---" * (len(ks) + 7) + "|",
+    ]
     for lab in labels:
         for b in benches:
             e = results["results"][lab][b]
             pk = " | ".join(_pct(e["pass_at_k"].get(str(k))) if str(k) in e["pass_at_k"] else "" for k in ks)
-            out.append(f"| {lab} | {b} | {e['n_problems']} | {e['n_samples']} | {pk} | {e['n_ungradable']} | "
-                       f"{_pct(e['truncated_fraction'])}% | {e['mean_completion_tokens']:.0f} |")
+            out.append(
+                f"| {lab} | {b} | {e['n_problems']} | {e['n_samples']} | {pk} | {e['n_ungradable']} | "
+                f"{_pct(e['truncated_fraction'])}% | {e['mean_completion_tokens']:.0f} |"
+            )
     out.append("")
     sel = results.get("selection")
     if sel:
-        out += [f"## Checkpoint selection: **{sel['chosen']}**", "",
-                f"Chosen on `{sel['name']}` ({sel['source']}, {sel['n_problems']} problems, prompt: {sel['prompt']}), "
-                f"by {sel['metric']}; ties go to the earliest checkpoint. Only the chosen checkpoint (and the base) "
-                f"were evaluated on the test benchmarks."
-                + (" **All checkpoints tied on the validation set: the choice carries no information.**"
-                   if sel.get("all_tied") else ""), "",
-                "| model | step | validation mean@n [95% CI] |", "|---|---|---|"]
+        out += [
+            f"## Checkpoint selection: **{sel['chosen']}**",
+            "",
+            f"Chosen on `{sel['name']}` ({sel['source']}, {sel['n_problems']} problems, prompt: {sel['prompt']}), "
+            f"by {sel['metric']}; ties go to the earliest checkpoint. Only the chosen checkpoint (and the base) "
+            f"were evaluated on the test benchmarks."
+            + (
+                " **All checkpoints tied on the validation set: the choice carries no information.**"
+                if sel.get("all_tied")
+                else ""
+            ),
+            "",
+            "| model | step | validation mean@n [95% CI] |",
+            "|---|---|---|",
+        ]
         for row in sel["scores"]:
             mark = " ←" if row["model"] == sel["chosen"] else ""
-            out.append(f"| {row['model']}{mark} | {row['step'] if row['step'] is not None else ''} | "
-                       f"{_cell(row)} |")
+            out.append(f"| {row['model']}{mark} | {row['step'] if row['step'] is not None else ''} | {_cell(row)} |")
         out.append("")
     out += ["## Protocol", ""]
     for lab in labels:
@@ -163,10 +180,19 @@ def plot_checkpoints(results: dict, path: Path) -> None:
     sel = results.get("selection")
     if sel:
         rows = sorted(((r["step"] or 0) if r["model"] != "base" else 0, r) for r in sel["scores"])
-        ax.errorbar([x for x, _ in rows], [100 * r["mean"] for _, r in rows],
-                    yerr=[[100 * (r["mean"] - r["ci95"][0]) for _, r in rows],
-                          [100 * (r["ci95"][1] - r["mean"]) for _, r in rows]],
-                    marker="s", linestyle="--", capsize=3, color="gray", label=f"{sel['name']} (selection)")
+        ax.errorbar(
+            [x for x, _ in rows],
+            [100 * r["mean"] for _, r in rows],
+            yerr=[
+                [100 * (r["mean"] - r["ci95"][0]) for _, r in rows],
+                [100 * (r["ci95"][1] - r["mean"]) for _, r in rows],
+            ],
+            marker="s",
+            linestyle="--",
+            capsize=3,
+            color="gray",
+            label=f"{sel['name']} (selection)",
+        )
         if sel["chosen_step"] is not None:
             ax.axvline(sel["chosen_step"], color="gray", alpha=0.4)
     ax.set_xlabel("checkpoint step (0 = base model)")

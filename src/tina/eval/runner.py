@@ -26,14 +26,14 @@ import re
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tina.errors import TinaError, did_you_mean
-from tina.rollout.base import Sampling
 from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_validation
+from tina.rollout.base import Sampling
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 MERGE_TOLERANCE = 1e-4  # merged vs unmerged: max |logit difference| / max |logit| on a probe batch
@@ -112,8 +112,10 @@ def adapter_candidates(paths: list[str]) -> list[Candidate]:
     names = Counter(p.name for p in folders)
     for p in folders:
         if not (p / "adapter_config.json").is_file() or not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
-            raise TinaError(f"--adapter {p}: expected a PEFT adapter folder (adapter_config.json and "
-                            f"{' or '.join(ADAPTER_WEIGHTS)})")
+            raise TinaError(
+                f"--adapter {p}: expected a PEFT adapter folder (adapter_config.json and "
+                f"{' or '.join(ADAPTER_WEIGHTS)})"
+            )
         label = p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}"
         seen[label] += 1
         if seen[label] > 1:
@@ -213,8 +215,9 @@ class AdapterSwitcher:
             if self.model is self.base:
                 from peft import PeftModel
 
-                self.model = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name,
-                                                       low_cpu_mem_usage=True)
+                self.model = PeftModel.from_pretrained(
+                    self.base, str(adapter), adapter_name=name, low_cpu_mem_usage=True
+                )
             else:
                 self.model.load_adapter(str(adapter), adapter_name=name, low_cpu_mem_usage=True)
         if self.active is not None:
@@ -245,8 +248,10 @@ class AdapterSwitcher:
                         plain = wrapped(input_ids=probe).logits.float()  # the base alone
                 merged = wrapped.merge_and_unload()
             if merged is not self.base:  # PEFT returns the wrapped model itself; anything else would be a copy
-                raise RuntimeError("PEFT merge_and_unload returned a new model; merged adapter switching needs it "
-                                   "in place (use merge=False)")
+                raise RuntimeError(
+                    "PEFT merge_and_unload returned a new model; merged adapter switching needs it "
+                    "in place (use merge=False)"
+                )
             self.base.eval()
             self.loaded_from = adapter
             with torch.no_grad():
@@ -254,14 +259,18 @@ class AdapterSwitcher:
                 error = float((self.base(input_ids=probe).logits.float() - reference).abs().max() / scale)
                 effect = float((reference - plain).abs().max() / scale)
             if error > MERGE_TOLERANCE:
-                raise TinaError(f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
-                                f"batch), above {MERGE_TOLERANCE:g}; evaluate it unmerged (drop --merge-adapters)")
+                raise TinaError(
+                    f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
+                    f"batch), above {MERGE_TOLERANCE:g}; evaluate it unmerged (drop --merge-adapters)"
+                )
             # an update smaller than the merge's rounding would pass the check above even if the merge dropped it
             if error > MERGE_SIGNAL_FRACTION * effect:
-                raise TinaError(f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
-                                f"batch), more than {MERGE_SIGNAL_FRACTION:g} x the adapter's own effect on them "
-                                f"({effect:.2e}): the update is too small to survive merging; evaluate it unmerged "
-                                "(drop --merge-adapters)")
+                raise TinaError(
+                    f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
+                    f"batch), more than {MERGE_SIGNAL_FRACTION:g} x the adapter's own effect on them "
+                    f"({effect:.2e}): the update is too small to survive merging; evaluate it unmerged "
+                    "(drop --merge-adapters)"
+                )
 
 
 @contextmanager
@@ -273,8 +282,10 @@ def _adapter_errors(adapter: Path):
         yield
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-        raise TinaError(f"cannot load adapter {adapter}: {' '.join(lines[:2])[:300]} (is it a complete PEFT "
-                        f"adapter of this base model?)") from None
+        raise TinaError(
+            f"cannot load adapter {adapter}: {' '.join(lines[:2])[:300]} (is it a complete PEFT "
+            f"adapter of this base model?)"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------- statistics
@@ -291,7 +302,7 @@ def summarize(correct: np.ndarray, *, seeds: list[int], samples: int, resamples:
     from tina.eval.stats import bootstrap_ci, mean_at_n, pass_at_k_all
 
     n_problems, n_samples = correct.shape
-    per_seed = {str(s): mean_at_n(correct[:, i * samples:(i + 1) * samples]) for i, s in enumerate(seeds)}
+    per_seed = {str(s): mean_at_n(correct[:, i * samples : (i + 1) * samples]) for i, s in enumerate(seeds)}
     return {
         "mean": mean_at_n(correct),
         "ci95": list(bootstrap_ci(correct, resamples=resamples, seed=0)),
@@ -329,8 +340,14 @@ def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
 
 
 # ---------------------------------------------------------------------------------------------------- the ledger
-def add_eval_cost(run_dir: str | Path, seconds: float, num_devices: int | None = None, *,
-                  label: str | None = None, extra: dict | None = None) -> dict | None:
+def add_eval_cost(
+    run_dir: str | Path,
+    seconds: float,
+    num_devices: int | None = None,
+    *,
+    label: str | None = None,
+    extra: dict | None = None,
+) -> dict | None:
     """Book ``seconds`` of evaluation into RUN/ledger.json, if the run has one; return the updated ledger.
 
     ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
@@ -411,8 +428,15 @@ def eval_sampling(opts: EvalOptions) -> Sampling:
     (1.0, True)
     """
     greedy = opts.temperature == 0
-    return Sampling(n=opts.samples, max_new_tokens=opts.max_new_tokens, temperature=1.0 if greedy else opts.temperature,
-                    top_p=1.0 if greedy else opts.top_p, top_k=0, greedy=greedy, seed=0)
+    return Sampling(
+        n=opts.samples,
+        max_new_tokens=opts.max_new_tokens,
+        temperature=1.0 if greedy else opts.temperature,
+        top_p=1.0 if greedy else opts.top_p,
+        top_k=0,
+        greedy=greedy,
+        seed=0,
+    )
 
 
 @dataclass
@@ -451,8 +475,10 @@ class Session:
         if key not in self._prompts:
             items = bench.items(seed)
             template = bench.chat_template or self.opts.template
-            texts = [render_prompt(self.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
-                     for it in items]
+            texts = [
+                render_prompt(self.tokenizer, it.text, system_prompt=bench.system_prompt, template=template)
+                for it in items
+            ]
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
             self._prompts[key] = (items, texts, [list(x) for x in ids])
         return self._prompts[key]
@@ -483,9 +509,11 @@ class Session:
                 self._write(cand, bench, phase, todo, done)
             lost = sum(self.samples.complete(self._key(cand, bench, phase, *u)) is None for u in todo)
             if lost:  # an engine that silently returns fewer groups must not turn into accuracy 0 (or a resume loop)
-                raise RuntimeError(f"the {engine.name} engine returned completions for {len(todo) - lost} of "
-                                   f"{len(todo)} problem(s) of {cand.label} on {bench.name}; what it returned is "
-                                   f"kept in samples.jsonl")
+                raise RuntimeError(
+                    f"the {engine.name} engine returned completions for {len(todo) - lost} of "
+                    f"{len(todo)} problem(s) of {cand.label} on {bench.name}; what it returned is "
+                    f"kept in samples.jsonl"
+                )
         return self._outcome(cand, bench, phase, units, time.perf_counter() - start, generated)
 
     def check_prompt_lengths(self, bench: Benchmark) -> None:
@@ -494,13 +522,16 @@ class Session:
         limit = getattr(self.server, "context_tokens", None)
         if not limit or not bench.rows:
             return
-        longest, seed, i = max((len(self.prompts(bench, s)[2][i]), s, i) for s in self.opts.seeds
-                               for i in range(len(bench.rows)))
+        longest, seed, i = max(
+            (len(self.prompts(bench, s)[2][i]), s, i) for s in self.opts.seeds for i in range(len(bench.rows))
+        )
         if longest >= limit:
-            raise TinaError(f"{bench.name}: the prompt of problem {bench.rows[i]['id']} is {longest} tokens, but the "
-                            f"{self.server.engine_name} engine serves at most {limit} tokens (prompt + completion) "
-                            "for this model; pass a larger --max-model-len (up to the model's context) or use "
-                            "--backend hf")
+            raise TinaError(
+                f"{bench.name}: the prompt of problem {bench.rows[i]['id']} is {longest} tokens, but the "
+                f"{self.server.engine_name} engine serves at most {limit} tokens (prompt + completion) "
+                "for this model; pass a larger --max-model-len (up to the model's context) or use "
+                "--backend hf"
+            )
 
     def _key(self, cand, bench, phase, seed, i):
         return (cand.label, bench.name, phase, seed, str(bench.rows[i]["id"]))
@@ -521,19 +552,33 @@ class Session:
             finished += (~rollout.truncated).tolist()
             prompts += [rendered[i]] * n
             where.append((seed, i, rollout))
-        verdicts = grade_many(texts, golds, task=bench.task, timeout=self.opts.grader_timeout, finished=finished,
-                              prompts=prompts)
+        verdicts = grade_many(
+            texts, golds, task=bench.task, timeout=self.opts.grader_timeout, finished=finished, prompts=prompts
+        )
         records, tokens = [], 0
         for u, (seed, i, rollout) in enumerate(where):
             item = self.prompts(bench, seed)[0][i]
             for j in range(n):
                 v = verdicts[u * n + j]
-                records.append({
-                    "model": cand.label, "benchmark": bench.name, "phase": phase, "problem_id": bench.rows[i]["id"],
-                    "seed": seed, "sample": j, "task": bench.task, "gold": item.gold, "completion": rollout.texts[j],
-                    "extracted": v.extracted, "correct": v.correct, "reason": v.reason,
-                    "tokens": int(rollout.lengths[j]), "truncated": bool(rollout.truncated[j]), **item.meta,
-                })
+                records.append(
+                    {
+                        "model": cand.label,
+                        "benchmark": bench.name,
+                        "phase": phase,
+                        "problem_id": bench.rows[i]["id"],
+                        "seed": seed,
+                        "sample": j,
+                        "task": bench.task,
+                        "gold": item.gold,
+                        "completion": rollout.texts[j],
+                        "extracted": v.extracted,
+                        "correct": v.correct,
+                        "reason": v.reason,
+                        "tokens": int(rollout.lengths[j]),
+                        "truncated": bool(rollout.truncated[j]),
+                        **item.meta,
+                    }
+                )
             tokens += rollout.n_tokens
         self.samples.add(records)
         self._tick(len(where), tokens)
@@ -597,8 +642,9 @@ def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
     if opts.samples < 1 or not opts.seeds:
         raise TinaError("--samples must be >= 1 and --seeds must name at least one seed")
     if opts.backend not in ("hf", "vllm"):
-        raise TinaError(f"--backend: unknown engine '{opts.backend}'{did_you_mean(opts.backend, ['hf', 'vllm'])}; "
-                        "choose hf or vllm")
+        raise TinaError(
+            f"--backend: unknown engine '{opts.backend}'{did_you_mean(opts.backend, ['hf', 'vllm'])}; choose hf or vllm"
+        )
     if opts.backend == "vllm":
         import importlib.util
 
@@ -609,8 +655,10 @@ def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
     if opts.backend == "vllm" and opts.merge_adapters:
         raise TinaError("--merge-adapters is for --backend hf; vLLM serves every checkpoint as a LoRA request")
     if opts.data_parallel > 1 and opts.select_on:
-        raise TinaError("--select-on with --data-parallel: select first (one process), then evaluate the chosen "
-                        "checkpoint with --adapter ... --data-parallel N")
+        raise TinaError(
+            "--select-on with --data-parallel: select first (one process), then evaluate the chosen "
+            "checkpoint with --adapter ... --data-parallel N"
+        )
     return str(model), adapters, include_base
 
 
@@ -624,10 +672,16 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     started = time.perf_counter()
     model_name, adapters, include_base = plan(opts)
     out = Path(opts.output_dir or (Path(opts.run) / "eval" if opts.run else "tina-eval"))
-    if not opts.overwrite and not opts.resume and not opts.dry_run and (
-            (out / "results.json").exists() or (out / "samples.jsonl").exists()):
-        raise TinaError(f"{out} already holds evaluation results; pass --resume to continue an interrupted one, "
-                        "--overwrite to replace it, or choose another --output-dir")
+    if (
+        not opts.overwrite
+        and not opts.resume
+        and not opts.dry_run
+        and ((out / "results.json").exists() or (out / "samples.jsonl").exists())
+    ):
+        raise TinaError(
+            f"{out} already holds evaluation results; pass --resume to continue an interrupted one, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
     benches = [load_benchmark(name, data_dir=opts.data_dir, limit=opts.limit) for name in opts.benchmarks]
     validation = _validation_set(opts, benches) if opts.select_on else None
     if opts.dry_run:
@@ -680,10 +734,16 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
         for cand in models_for_test:
             for bench in benches:
                 o = outcomes[(cand.label, bench.name)]
-                add_eval_cost(opts.run, o.seconds, label=f"tina eval: {cand.label} on {bench.name}",
-                              extra={"tokens": o.tokens_generated,
-                                     "tokens_per_second": round(o.tokens_generated / o.seconds, 2) if o.seconds else None,
-                                     "engine": server.engine_name})
+                add_eval_cost(
+                    opts.run,
+                    o.seconds,
+                    label=f"tina eval: {cand.label} on {bench.name}",
+                    extra={
+                        "tokens": o.tokens_generated,
+                        "tokens_per_second": round(o.tokens_generated / o.seconds, 2) if o.seconds else None,
+                        "engine": server.engine_name,
+                    },
+                )
         results["ledger"] = (Path(opts.run) / "ledger.json").is_file()
     report.write_all(out, results, plot=bool(opts.run))
     echo(report.markdown_table(results))
@@ -747,20 +807,32 @@ def protocol(opts: EvalOptions, model_name: str, server) -> dict:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else opts.dtype,
         "device": str(next(model.parameters()).device) if model is not None else "vllm",
         "engine": server.engine_name,
-        "adapters": ("merged into float32 weights, checked against the unmerged model (max relative logit "
-                     f"difference {MERGE_TOLERANCE:g}, and at most {MERGE_SIGNAL_FRACTION:g} x the adapter's own "
-                     "effect on the logits); base restored exactly between adapters")
-                    if opts.merge_adapters else "unmerged LoRA (never merged into the weights)",
+        "adapters": (
+            "merged into float32 weights, checked against the unmerged model (max relative logit "
+            f"difference {MERGE_TOLERANCE:g}, and at most {MERGE_SIGNAL_FRACTION:g} x the adapter's own "
+            "effect on the logits); base restored exactly between adapters"
+        )
+        if opts.merge_adapters
+        else "unmerged LoRA (never merged into the weights)",
         "chat_template": opts.template,
-        "chat_template_sha256": hashlib.sha256((getattr(server.tokenizer, "chat_template", None) or "").encode()
-                                               ).hexdigest(),
+        "chat_template_sha256": hashlib.sha256(
+            (getattr(server.tokenizer, "chat_template", None) or "").encode()
+        ).hexdigest(),
         "sampling": _sampling_protocol(opts, server),
-        "grader": {"name": "tina.grading", "source_sha256": grader_digest(), "timeout_seconds": opts.grader_timeout,
-                   "extraction": "lenient (boxed, then answer phrases, then the last math span, final answer part "
-                                 "only); hedged and unfinished (truncated or thinking never closed) answers are wrong",
-                   "ungradable": "counted as incorrect in mean/pass@k; reported as n_ungradable"},
-        "statistics": {"ci": "95% percentile bootstrap over problems", "resamples": opts.bootstrap_resamples,
-                       "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds", "bootstrap_seed": 0},
+        "grader": {
+            "name": "tina.grading",
+            "source_sha256": grader_digest(),
+            "timeout_seconds": opts.grader_timeout,
+            "extraction": "lenient (boxed, then answer phrases, then the last math span, final answer part "
+            "only); hedged and unfinished (truncated or thinking never closed) answers are wrong",
+            "ungradable": "counted as incorrect in mean/pass@k; reported as n_ungradable",
+        },
+        "statistics": {
+            "ci": "95% percentile bootstrap over problems",
+            "resamples": opts.bootstrap_resamples,
+            "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds",
+            "bootstrap_seed": 0,
+        },
         "versions": library_versions(),
     }
 
@@ -769,23 +841,34 @@ def _sampling_protocol(opts: EvalOptions, server) -> dict:
     """The sampling settings as run: the flags, what the engine applied, and where each completion's randomness is."""
     sampling = eval_sampling(opts)
     if server.backend == "vllm":
-        streams = ("vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
-                   "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
-                   "tina.eval.runner.stream_key), the same for every model, batch size (max_num_seqs) and process "
-                   "count, and after a resume; not the hf engine's streams")
+        streams = (
+            "vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
+            "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
+            "tina.eval.runner.stream_key), the same for every model, batch size (max_num_seqs) and process "
+            "count, and after a resume; not the hf engine's streams"
+        )
     else:
-        streams = ("batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
-                   "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
-                   "tina.eval.runner.stream_key), the same for every model, batch size and process count, and after "
-                   "a resume")
-    return {"samples": opts.samples, "seeds": list(opts.seeds), "temperature": opts.temperature,
-            "top_p": opts.top_p, "top_k": sampling.top_k, "max_new_tokens": opts.max_new_tokens,
-            "greedy": sampling.greedy, "batch_size": opts.batch_size,
-            "processors": sampling.protocol()["processors"],
-            "generation_config": "not applied: no repetition penalty, n-gram blocking, top-k or minimum length from "
-                                 "the model folder; only its end-of-sequence ids",
-            "eos_token_ids": server.eos_ids,
-            "streams": streams}
+        streams = (
+            "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
+            "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
+            "tina.eval.runner.stream_key), the same for every model, batch size and process count, and after "
+            "a resume"
+        )
+    return {
+        "samples": opts.samples,
+        "seeds": list(opts.seeds),
+        "temperature": opts.temperature,
+        "top_p": opts.top_p,
+        "top_k": sampling.top_k,
+        "max_new_tokens": opts.max_new_tokens,
+        "greedy": sampling.greedy,
+        "batch_size": opts.batch_size,
+        "processors": sampling.protocol()["processors"],
+        "generation_config": "not applied: no repetition penalty, n-gram blocking, top-k or minimum length from "
+        "the model folder; only its end-of-sequence ids",
+        "eos_token_ids": server.eos_ids,
+        "streams": streams,
+    }
 
 
 def weight_files(folder: str | Path) -> tuple[str, ...]:
@@ -794,19 +877,29 @@ def weight_files(folder: str | Path) -> tuple[str, ...]:
 
 def _validation_set(opts: EvalOptions, benches: list[Benchmark]) -> Benchmark:
     if opts.select_on in opts.benchmarks:
-        raise TinaError(f"--select-on {opts.select_on} is also a test benchmark: choosing a checkpoint on the test set "
-                        f"leaks; select on a held-out file (e.g. RUN/holdout.jsonl) or another benchmark")
+        raise TinaError(
+            f"--select-on {opts.select_on} is also a test benchmark: choosing a checkpoint on the test set "
+            f"leaks; select on a held-out file (e.g. RUN/holdout.jsonl) or another benchmark"
+        )
     style, system_prompt, template = "math", None, None
     if opts.select_prompt == "train":
         data = (read_run_config(opts.run).get("data") or {}) if opts.run else {}
         style, system_prompt, template = "raw", data.get("system_prompt"), data.get("template", "tokenizer")
-    val = load_validation(opts.select_on, data_dir=opts.data_dir, limit=opts.limit, style=style,
-                          system_prompt=system_prompt, chat_template=template)
+    val = load_validation(
+        opts.select_on,
+        data_dir=opts.data_dir,
+        limit=opts.limit,
+        style=style,
+        system_prompt=system_prompt,
+        chat_template=template,
+    )
     test_problems = {r.get("problem") or r.get("question") for b in benches for r in b.rows}
     overlap = [r["id"] for r in val.rows if (r.get("problem") or r.get("question")) in test_problems]
     if overlap:
-        raise TinaError(f"validation set {opts.select_on} shares {len(overlap)} problem(s) with the test benchmarks "
-                        f"(ids {', '.join(overlap[:5])}); selecting on them would leak")
+        raise TinaError(
+            f"validation set {opts.select_on} shares {len(overlap)} problem(s) with the test benchmarks "
+            f"(ids {', '.join(overlap[:5])}); selecting on them would leak"
+        )
     return val
 
 
@@ -816,17 +909,35 @@ def _select(session: Session, val: Benchmark, adapters: list[Candidate], include
     for cand in ([BASE] if include_base else []) + adapters:
         outcome = session.evaluate(cand, val, phase="selection")
         s = summarize(outcome.correct, seeds=opts.seeds, samples=opts.samples, resamples=opts.bootstrap_resamples)
-        rows.append({"model": cand.label, "step": cand.step, "mean": s["mean"], "ci95": s["ci95"],
-                     "n_problems": s["n_problems"], "n_samples": s["n_samples"], "n_ungradable": s["n_ungradable"]})
+        rows.append(
+            {
+                "model": cand.label,
+                "step": cand.step,
+                "mean": s["mean"],
+                "ci95": s["ci95"],
+                "n_problems": s["n_problems"],
+                "n_samples": s["n_samples"],
+                "n_ungradable": s["n_ungradable"],
+            }
+        )
         if cand.adapter is not None:
             scored.append((cand, s["mean"]))
     chosen = choose_checkpoint(scored)
     selection = {
-        "on": opts.select_on, "name": val.name, "source": val.source, "data_sha256": val.data_sha256,
-        "rows_sha256": val.rows_sha256, "n_problems": len(val.rows), "prompt": opts.select_prompt,
-        "prompt_template": val.template, "metric": "mean@n over samples x seeds",
-        "tie_break": "earliest checkpoint", "all_tied": len(scored) > 1 and len({m for _, m in scored}) == 1,
-        "scores": rows, "chosen": chosen.label, "chosen_step": chosen.step,
+        "on": opts.select_on,
+        "name": val.name,
+        "source": val.source,
+        "data_sha256": val.data_sha256,
+        "rows_sha256": val.rows_sha256,
+        "n_problems": len(val.rows),
+        "prompt": opts.select_prompt,
+        "prompt_template": val.template,
+        "metric": "mean@n over samples x seeds",
+        "tie_break": "earliest checkpoint",
+        "all_tied": len(scored) > 1 and len({m for _, m in scored}) == 1,
+        "scores": rows,
+        "chosen": chosen.label,
+        "chosen_step": chosen.step,
         "chosen_adapter": str(chosen.adapter),
     }
     return selection, chosen
@@ -845,16 +956,23 @@ def _assemble(opts, common, models, benches, outcomes, adapter_sha, session, sel
             s["seconds"] = round(o.seconds, 3)  # generation + grading in this session (device-seconds: x devices)
             s["tokens"] = o.n_tokens
             s["tokens_generated"] = o.tokens_generated
-            s["tokens_per_second"] = round(o.tokens_generated / o.seconds, 2) if o.seconds and o.tokens_generated \
-                else None
+            s["tokens_per_second"] = (
+                round(o.tokens_generated / o.seconds, 2) if o.seconds and o.tokens_generated else None
+            )
             items, prompts, _ = session.prompts(bench, opts.seeds[0])
             s["protocol"] = {
                 **common,
                 "adapter": str(cand.adapter) if cand.adapter else None,
                 "adapter_sha256": adapter_sha.get(cand.label),
-                "benchmark": {"name": bench.name, "source": bench.source, "data_sha256": bench.data_sha256,
-                              "rows_sha256": bench.rows_sha256, "n_rows": bench.n_total, "limit": bench.limit,
-                              "grader_task": bench.task},
+                "benchmark": {
+                    "name": bench.name,
+                    "source": bench.source,
+                    "data_sha256": bench.data_sha256,
+                    "rows_sha256": bench.rows_sha256,
+                    "n_rows": bench.n_total,
+                    "limit": bench.limit,
+                    "grader_task": bench.task,
+                },
                 "prompt_template": bench.template,
                 "gpqa_choice_order": "sorted by sha256('gpqa|{seed}|{id}|{i}')" if bench.task == "gpqa" else None,
                 "example_prompt": prompts[0] if prompts else None,
@@ -869,18 +987,30 @@ def _assemble(opts, common, models, benches, outcomes, adapter_sha, session, sel
             entry = res[cand.label][bench.name]
             mine = outcomes[(cand.label, bench.name)].correct
             if base:
-                entry["vs_base"] = paired(outcomes[(base, bench.name)].correct, mine, label=base,
-                                          resamples=opts.bootstrap_resamples)
+                entry["vs_base"] = paired(
+                    outcomes[(base, bench.name)].correct, mine, label=base, resamples=opts.bootstrap_resamples
+                )
             if previous is not None:
-                entry["vs_previous"] = paired(outcomes[(previous.label, bench.name)].correct, mine,
-                                              label=previous.label, resamples=opts.bootstrap_resamples)
+                entry["vs_previous"] = paired(
+                    outcomes[(previous.label, bench.name)].correct,
+                    mine,
+                    label=previous.label,
+                    resamples=opts.bootstrap_resamples,
+                )
         previous = cand
     return {
         "tina_eval_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "models": [{"label": c.label, "adapter": str(c.adapter) if c.adapter else None, "step": c.step,
-                    "adapter_sha256": adapter_sha.get(c.label)} for c in models],
+        "models": [
+            {
+                "label": c.label,
+                "adapter": str(c.adapter) if c.adapter else None,
+                "step": c.step,
+                "adapter_sha256": adapter_sha.get(c.label),
+            }
+            for c in models
+        ],
         "benchmarks": [b.name for b in benches],
         "averages": {c.label: float(np.mean([res[c.label][b.name]["mean"] for b in benches])) for c in models},
         "results": res,

@@ -19,15 +19,31 @@ from tina.errors import TinaError
 
 STATE_FILE = "eval_state.json"
 # Options that change what a unit holds: a resume must use the same ones.
-PROTOCOL_OPTIONS = ("model", "samples", "temperature", "top_p", "max_new_tokens", "template", "dtype", "backend",
-                    "merge_adapters", "data_dir", "select_prompt")
+PROTOCOL_OPTIONS = (
+    "model",
+    "samples",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "template",
+    "dtype",
+    "backend",
+    "merge_adapters",
+    "data_dir",
+    "select_prompt",
+)
 
 Key = tuple  # (model label, benchmark, phase, seed, problem_id)
 
 
 def unit_key(record: dict) -> Key:
-    return (record["model"], record["benchmark"], record.get("phase", "test"), int(record["seed"]),
-            str(record["problem_id"]))
+    return (
+        record["model"],
+        record["benchmark"],
+        record.get("phase", "test"),
+        int(record["seed"]),
+        str(record["problem_id"]),
+    )
 
 
 class SampleLog:
@@ -89,7 +105,9 @@ def check_state(out: Path, options: dict, *, resume: bool) -> None:
             previous = {}
         changed = [k for k in PROTOCOL_OPTIONS if k in previous and previous[k] != current[k]]
         if changed:
-            raise TinaError(f"--resume with different options than the evaluation in {out} "
-                            f"({', '.join(f'{k}: {previous[k]!r} -> {current[k]!r}' for k in changed)}); resume with "
-                            "the same options, or choose another --output-dir")
+            raise TinaError(
+                f"--resume with different options than the evaluation in {out} "
+                f"({', '.join(f'{k}: {previous[k]!r} -> {current[k]!r}' for k in changed)}); resume with "
+                "the same options, or choose another --output-dir"
+            )
     path.write_text(json.dumps({"options": current}, indent=2))

@@ -24,7 +24,6 @@ import torch
 from tina.errors import TinaError
 
 
-
 def check_adapters_fit(model_path: str, adapters: list, *, trust_remote_code: bool = False) -> None:
     """Every adapter's LoRA tensors must fit a module of the base (shapes from config.json; nothing is loaded)."""
     from safetensors import safe_open
@@ -47,22 +46,28 @@ def check_adapters_fit(model_path: str, adapters: list, *, trust_remote_code: bo
             with safe_open(str(weights), framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-            raise TinaError(f"cannot load adapter {cand.adapter}: {str(exc).splitlines()[0][:200]} (a damaged or "
-                            "incomplete adapter file)") from None
+            raise TinaError(
+                f"cannot load adapter {cand.adapter}: {str(exc).splitlines()[0][:200]} (a damaged or "
+                "incomplete adapter file)"
+            ) from None
         for key, shape in shapes.items():
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue
             name = key.removeprefix("base_model.model.").split(".lora_")[0]
             module = modules.get(name)
             if module is None or not hasattr(module, "in_features"):
-                raise TinaError(f"adapter {cand.adapter} does not fit {model_path}: it adapts '{name}', which this "
-                                "model does not have (trained on another base model?); pass the right --model")
+                raise TinaError(
+                    f"adapter {cand.adapter} does not fit {model_path}: it adapts '{name}', which this "
+                    "model does not have (trained on another base model?); pass the right --model"
+                )
             expected = module.in_features if ".lora_A." in key else module.out_features
             got = shape[1] if ".lora_A." in key else shape[0]
             if got != expected:
-                raise TinaError(f"adapter {cand.adapter} does not fit {model_path}: '{name}' has "
-                                f"{'in' if '.lora_A.' in key else 'out'} size {expected} here but {got} in the adapter "
-                                "(trained on another base model?); pass the right --model")
+                raise TinaError(
+                    f"adapter {cand.adapter} does not fit {model_path}: '{name}' has "
+                    f"{'in' if '.lora_A.' in key else 'out'} size {expected} here but {got} in the adapter "
+                    "(trained on another base model?); pass the right --model"
+                )
 
 
 def check_adapters_base(adapters: list, model_name: str, dtype: str | None, digest: str | None, *, warn) -> None:
@@ -79,12 +84,16 @@ def check_adapters_base(adapters: list, model_name: str, dtype: str | None, dige
             continue
         same_dtype = digest is not None and recorded.get("dtype") == dtype
         if same_dtype and recorded.get("base_weights_sha256") not in (None, digest):
-            raise TinaError(f"adapter {cand.adapter} was trained on {recorded.get('model')} (weights sha256 "
-                            f"{recorded['base_weights_sha256'][:12]}), but --model {model_name} has other weights "
-                            f"({digest[:12]}); pass --model {recorded.get('model')}")
+            raise TinaError(
+                f"adapter {cand.adapter} was trained on {recorded.get('model')} (weights sha256 "
+                f"{recorded['base_weights_sha256'][:12]}), but --model {model_name} has other weights "
+                f"({digest[:12]}); pass --model {recorded.get('model')}"
+            )
         if not same_dtype and recorded.get("model") not in (None, model_name):
-            warn(f"warning: adapter {cand.adapter} was trained on {recorded.get('model')}, evaluated on {model_name} "
-                 "(its weights could not be compared: another dtype or engine)")
+            warn(
+                f"warning: adapter {cand.adapter} was trained on {recorded.get('model')}, evaluated on {model_name} "
+                "(its weights could not be compared: another dtype or engine)"
+            )
 
 
 def adapter_rank(adapters: list) -> int:
@@ -111,12 +120,15 @@ class Server:
             from tina.eval.runner import AdapterSwitcher
             from tina.models import load_model_and_tokenizer
 
-            model, self.tokenizer = load_model_and_tokenizer(model_name, dtype=opts.dtype, device=opts.device,
-                                                             attn_implementation=opts.attn_implementation)
+            model, self.tokenizer = load_model_and_tokenizer(
+                model_name, dtype=opts.dtype, device=opts.device, attn_implementation=opts.attn_implementation
+            )
             if opts.merge_adapters and next(model.parameters()).dtype != torch.float32:
-                raise TinaError(f"--merge-adapters merges into {str(next(model.parameters()).dtype)[6:]} weights, "
-                                "which loses a low-learning-rate LoRA update to rounding; evaluate unmerged (the "
-                                "default) or pass --dtype float32")
+                raise TinaError(
+                    f"--merge-adapters merges into {str(next(model.parameters()).dtype)[6:]} weights, "
+                    "which loses a low-learning-rate LoRA update to rounding; evaluate unmerged (the "
+                    "default) or pass --dtype float32"
+                )
             self.model = model
             self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
             self.engine_version = None
@@ -128,10 +140,17 @@ class Server:
             check_backend("vllm", lora_rank=adapter_rank(adapters), model_path=self.path)
             self.model = None
             self.tokenizer = load_tokenizer(self.path)
-            self.engine = VLLMEngine(self.path, self.tokenizer, dtype=opts.dtype, lora_rank=adapter_rank(adapters),
-                                     max_model_len=opts.max_model_len,
-                                     gpu_memory_utilization=opts.gpu_memory_utilization, sleep=False, seed=0,
-                                     max_num_seqs=opts.batch_size)
+            self.engine = VLLMEngine(
+                self.path,
+                self.tokenizer,
+                dtype=opts.dtype,
+                lora_rank=adapter_rank(adapters),
+                max_model_len=opts.max_model_len,
+                gpu_memory_utilization=opts.gpu_memory_utilization,
+                sleep=False,
+                seed=0,
+                max_num_seqs=opts.batch_size,
+            )
             self._versions: dict[str, object] = {}
 
     @property
@@ -176,7 +195,8 @@ class Server:
         else:
             key = str(cand.adapter)
             if key not in self._versions:
-                self._versions[key] = AdapterVersion(len(self._versions) + 1, folder_digest(cand.adapter),
-                                                     str(cand.adapter))
+                self._versions[key] = AdapterVersion(
+                    len(self._versions) + 1, folder_digest(cand.adapter), str(cand.adapter)
+                )
             self.engine.load_adapter(self._versions[key])
         yield self.engine

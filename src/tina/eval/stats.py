@@ -61,8 +61,9 @@ def bootstrap_ci(correct, *, resamples: int = 2000, seed: int = 0, level: float 
     return _bootstrap_mean(per_problem, resamples, seed, level)
 
 
-def paired_bootstrap_ci(correct_a, correct_b, *, resamples: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap_ci(
+    correct_a, correct_b, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """(mean_b - mean_a, low, high) for two models on the same problems, resampling problems jointly.
 
     Pairing removes the between-problem variance that two independent intervals would double count.

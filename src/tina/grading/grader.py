@@ -404,7 +404,12 @@ def grade(
     Verdict(correct=True, extracted='\\frac12', reason='ok', source='boxed')
     """
     return grade_many(
-        [completion], [gold], task=task, timeout=timeout, finished=[finished], extraction=extraction,
+        [completion],
+        [gold],
+        task=task,
+        timeout=timeout,
+        finished=[finished],
+        extraction=extraction,
         prompts=None if prompt is None else [prompt],
     )[0]
 

@@ -4,8 +4,8 @@ Why a plain child process (``subprocess.Popen([python, -m, tina.grading._worker]
 ``multiprocessing`` pool: it is started by fork+exec, so nothing of the parent (torch threads, CUDA state, locks)
 is inherited -- the same guarantee as the "spawn" start method -- but unlike multiprocessing it does not re-import
 the parent's ``__main__`` (a training script), and it can be started from inside daemonic multiprocessing workers,
-which may not have multiprocessing children. Start-up (imports + a warm-up parse, about 0.4 s on a 2-core box) is paid once per
-worker; the worker is reused until it times out, crashes, or `shutdown` is called.
+which may not have multiprocessing children. Start-up (imports + a warm-up parse, about 0.4 s on a 2-core box) is
+paid once per worker; the worker is reused until it times out, crashes, or `shutdown` is called.
 
 Timeout policy (`run_batch`): a batch is sent in ONE frame; the worker answers item by item, in order. Each item
 gets `timeout` seconds, counted from the previous answer (or from the moment the batch was sent). When an item
@@ -217,7 +217,7 @@ def run_batch(items: list[tuple[Any, str, tuple]], timeout: float) -> dict[Any, 
                 results[pending[done][0]] = ("error", f"grader worker died: {exc}")
                 _discard_worker()
             except BaseException:
-                _kill_worker()  # interrupted mid-batch (Ctrl-C, protocol bug): its pipe state is unknown, never reuse it
+                _kill_worker()  # interrupted mid-batch (Ctrl-C, protocol bug): pipe state unknown, never reuse it
                 raise
             pending = pending[done + 1 :]
     return results

@@ -97,7 +97,11 @@ def grade_batch(batch: RewardBatch, *, timeout: float = 5.0, task: str = "math")
     finished = None if batch.truncated is None else [not t for t in batch.truncated]
     verdicts = list(
         grade_many(
-            list(batch.completions), list(batch.answers), task=task, timeout=timeout, finished=finished,
+            list(batch.completions),
+            list(batch.answers),
+            task=task,
+            timeout=timeout,
+            finished=finished,
             prompts=list(batch.prompts),
         )
     )

@@ -128,5 +128,5 @@ def score(batch: RewardBatch, specs: Sequence[RewardSpec]) -> tuple[list[float |
         if any(v is None for v in values):
             totals.append(None)
         else:
-            totals.append(sum(float(spec.weight) * v for spec, v in zip(specs, values)))  # type: ignore[operator]
+            totals.append(sum(float(spec.weight) * v for spec, v in zip(specs, values, strict=True)))  # type: ignore[operator]
     return totals, components

@@ -172,7 +172,7 @@ def cosine(
     if max_len <= 0:
         raise ConfigError(f"cosine: max_len must be positive, got {max_len}")
     out: list[float | None] = []
-    for text, correct in zip(batch.completions, correctness(batch, extraction)):
+    for text, correct in zip(batch.completions, correctness(batch, extraction), strict=True):
         if correct is None:
             out.append(None if ungradable == "exclude" else 1.0)
             continue
@@ -208,7 +208,7 @@ def length(batch: RewardBatch, *, extraction: str = "boxed", ungradable: str = "
     for group in batch.group_slices():
         lengths = [len(batch.completions[i]) for i in group]
         lo, hi = min(lengths), max(lengths)
-        for i, n in zip(group, lengths):
+        for i, n in zip(group, lengths, strict=True):
             if correct[i] is None:
                 continue
             if hi == lo:
@@ -254,7 +254,7 @@ def _targets(batch: RewardBatch, reward_name: str) -> list[int]:
         if target is None:
             tail = prompt[-80:].replace("\n", "\\n")
             raise RewardError(
-                f"reward '{reward_name}' needs a target length in the prompt (\"Think for N tokens.\" or \"Think for "
+                f'reward \'{reward_name}\' needs a target length in the prompt ("Think for N tokens." or "Think for '
                 f"maximum N tokens.\"), but prompt {i} has none (it ends with '...{tail}'). Use a prompt template "
                 "that appends the L1 length instruction, or drop this reward."
             )
@@ -265,7 +265,11 @@ def _targets(batch: RewardBatch, reward_name: str) -> list[int]:
 @needs_verdicts
 @param_choices(extraction=EXTRACTIONS, ungradable=UNGRADABLE_LENGTH, unit=UNITS)
 def length_l1_exact(
-    batch: RewardBatch, *, alpha: float = 0.0003, extraction: str = "boxed", unit: str = "tokens",
+    batch: RewardBatch,
+    *,
+    alpha: float = 0.0003,
+    extraction: str = "boxed",
+    unit: str = "tokens",
     ungradable: str = "exclude",
 ) -> list[float | None]:
     """L1-Exact: ``correct - alpha * |n_gold - n_y|``, n_gold from the prompt, n_y = generated tokens (EOS included).
@@ -284,7 +288,7 @@ def length_l1_exact(
     correct = _as_correct(correctness(batch, extraction), ungradable)
     targets = _targets(batch, "length_l1_exact")
     out: list[float | None] = []
-    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit)):
+    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit), strict=True):
         out.append(None if c is None else float(c) - alpha * abs(n_gold - n_y))
     return out
 
@@ -292,8 +296,13 @@ def length_l1_exact(
 @needs_verdicts
 @param_choices(extraction=EXTRACTIONS, ungradable=UNGRADABLE_LENGTH, unit=UNITS)
 def length_l1_max(
-    batch: RewardBatch, *, alpha: float = 0.0003, delta: float = 0.5, extraction: str = "boxed",
-    unit: str = "tokens", ungradable: str = "exclude",
+    batch: RewardBatch,
+    *,
+    alpha: float = 0.0003,
+    delta: float = 0.5,
+    extraction: str = "boxed",
+    unit: str = "tokens",
+    ungradable: str = "exclude",
 ) -> list[float | None]:
     """L1-Max: ``correct * clip(alpha * (n_gold - n_y) + delta, 0, 1)``; n_y = generated tokens (EOS included).
 
@@ -309,7 +318,7 @@ def length_l1_max(
     correct = _as_correct(correctness(batch, extraction), ungradable)
     targets = _targets(batch, "length_l1_max")
     out: list[float | None] = []
-    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit)):
+    for c, n_gold, n_y in zip(correct, targets, _lengths(batch, unit), strict=True):
         if c is None:
             out.append(None)
             continue

@@ -91,11 +91,7 @@ def reward_params(name: str) -> dict[str, Any]:
     params = list(_signature(fn, name).parameters.values())
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise ConfigError(f"reward '{name}' must take the batch as its first positional argument: fn(batch, **params)")
-    return {
-        p.name: p.default
-        for p in params[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return {p.name: p.default for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:

@@ -77,20 +77,37 @@ def token_logprobs(
     ``group_size``: rows come in contiguous groups of this many completions of the same prompt (shared prompt pass).
     """
     if completion_mask.shape[1] > 1 and bool((completion_mask[:, 1:] > completion_mask[:, :-1]).any()):
-        raise ValueError("token_logprobs: completion_mask has holes; it is the attention mask and must come from the "
-                         "completions' lengths -- pass the mask with holes as loss_mask")
+        raise ValueError(
+            "token_logprobs: completion_mask has holes; it is the attention mask and must come from the "
+            "completions' lengths -- pass the mask with holes as loss_mask"
+        )
     select = completion_mask if loss_mask is None else loss_mask  # [B, T]
     sampled = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     if lean and group_size > 1 and can_share_prompts(model, prompt_ids, group_size):
-        return _shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, select,
-                                       max_chunk_bytes, group_size, **sampled)
+        return _shared_prompt_logprobs(
+            model,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            select,
+            max_chunk_bytes,
+            group_size,
+            **sampled,
+        )
     width = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)  # [B, P+T]
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), logits_to_keep=width + 1, use_cache=False)
-    with selected_logprob_head(model, completion_ids, select, temperature, max_chunk_bytes, enabled=lean,
-                               top_k=top_k, top_p=top_p) as swapped:
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=width + 1,
+        use_cache=False,
+    )
+    with selected_logprob_head(
+        model, completion_ids, select, temperature, max_chunk_bytes, enabled=lean, top_k=top_k, top_p=top_p
+    ) as swapped:
         out = model(**kwargs).logits
     if swapped:
         return out  # [B, T]
@@ -171,15 +188,32 @@ class _HiddenOut(torch.nn.Module):
         return hidden
 
 
-def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, select, max_chunk_bytes,
-                            group_size, *, temperature, top_k, top_p):
+def _shared_prompt_logprobs(
+    model,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    select,
+    max_chunk_bytes,
+    group_size,
+    *,
+    temperature,
+    top_k,
+    top_p,
+):
     inner = _transformers_model(model)
     head = inner.get_output_embeddings()
     prompts, pmask = prompt_ids[::group_size], prompt_mask[::group_size]  # [B, P]: one row per prompt
     inner.set_output_embeddings(_HiddenOut())
     try:
-        out = model(input_ids=prompts, attention_mask=pmask, position_ids=position_ids_from_mask(pmask),
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=prompts,
+            attention_mask=pmask,
+            position_ids=position_ids_from_mask(pmask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
     finally:
         inner.set_output_embeddings(head)
     cache, last = returned_cache(out), out.logits  # last: [B, 1, H] hidden state that predicts completion token 0
@@ -187,12 +221,26 @@ def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, comp
     width = completion_ids.shape[1]
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)  # [N, P+T]
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=prompt_mask.device)[None]  # [N, T]
-    lean = _SelectedLogprobHead(head, completion_ids, select, temperature, max_chunk_bytes,
-                                prefix=last.repeat_interleave(group_size, 0), top_k=top_k, top_p=top_p)
+    lean = _SelectedLogprobHead(
+        head,
+        completion_ids,
+        select,
+        temperature,
+        max_chunk_bytes,
+        prefix=last.repeat_interleave(group_size, 0),
+        top_k=top_k,
+        top_p=top_p,
+    )
     inner.set_output_embeddings(lean)
     try:
-        return model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                     logits_to_keep=width, **{cache_argument(model): cache}).logits  # [N, T]
+        return model(
+            input_ids=completion_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=width,
+            **{cache_argument(model): cache},
+        ).logits  # [N, T]
     finally:
         inner.set_output_embeddings(head)
 
@@ -220,16 +268,18 @@ def _lean_head_ok(inner, head) -> bool:
 
 
 @contextmanager
-def selected_logprob_head(model, targets, mask, temperature, max_chunk_bytes, *, enabled: bool = True, top_k: int = 0,
-                          top_p: float = 1.0):
+def selected_logprob_head(
+    model, targets, mask, temperature, max_chunk_bytes, *, enabled: bool = True, top_k: int = 0, top_p: float = 1.0
+):
     """Within the block, ``model(...).logits`` is the [B, T] selected log-probs; yields whether the swap happened."""
     inner = _transformers_model(model)
     head = inner.get_output_embeddings() if enabled else None
     if head is None or not _lean_head_ok(inner, head):
         yield False
         return
-    inner.set_output_embeddings(_SelectedLogprobHead(head, targets, mask, temperature, max_chunk_bytes, top_k=top_k,
-                                                     top_p=top_p))
+    inner.set_output_embeddings(
+        _SelectedLogprobHead(head, targets, mask, temperature, max_chunk_bytes, top_k=top_k, top_p=top_p)
+    )
     try:
         yield True
     finally:
@@ -240,8 +290,18 @@ class _SelectedLogprobHead(torch.nn.Module):
     """Stands in for the output head for one forward: hidden [B, T+1, H] -> log-probs [B, T] of ``targets`` at the
     positions of ``mask`` (the loss mask; 0 elsewhere), under the sampled distribution (temperature, top-k, top-p)."""
 
-    def __init__(self, head: torch.nn.Linear, targets, mask, temperature: float, max_chunk_bytes: int, *,
-                 prefix: torch.Tensor | None = None, top_k: int = 0, top_p: float = 1.0):
+    def __init__(
+        self,
+        head: torch.nn.Linear,
+        targets,
+        mask,
+        temperature: float,
+        max_chunk_bytes: int,
+        *,
+        prefix: torch.Tensor | None = None,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ):
         super().__init__()
         self.head = head
         self.targets, self.mask = targets, mask  # [B, T]
@@ -259,8 +319,9 @@ class _SelectedLogprobHead(torch.nn.Module):
         targets = self.targets.reshape(-1).index_select(0, rows)  # [M]
         live = 3 if not self.top_k and self.top_p >= 1.0 else 10  # float32 [chunk, V] live (truncation: sort, index)
         chunk = max(1, self.max_chunk_bytes // (self.head.weight.shape[0] * 4 * live))
-        picked = _SelectedLogprob.apply(flat, self.head.weight, self.head.bias, targets, 1.0 / self.temperature,
-                                        chunk, self.top_k, self.top_p)  # [M]
+        picked = _SelectedLogprob.apply(
+            flat, self.head.weight, self.head.bias, targets, 1.0 / self.temperature, chunk, self.top_k, self.top_p
+        )  # [M]
         out = picked.new_zeros(keep.shape[0]).index_copy(0, rows, picked)  # [B*T]
         return out.view(self.mask.shape)
 
@@ -275,16 +336,16 @@ class _SelectedLogprob(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # [M]
         grad_h = torch.empty_like(hidden) if need_grad else None  # [M, H]
         for s in range(0, hidden.shape[0], chunk):
-            h, y = hidden[s:s + chunk], targets[s:s + chunk]
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
             logits = torch.nn.functional.linear(h, weight, bias).float() * inv_t  # [c, V]
             logits = sampled_support(logits, y, top_k, top_p)  # [c, V]: -inf outside the top-k / nucleus
             logz = torch.logsumexp(logits, dim=-1)  # [c]
-            out[s:s + chunk] = logits.gather(-1, y[:, None]).squeeze(-1) - logz
+            out[s : s + chunk] = logits.gather(-1, y[:, None]).squeeze(-1) - logz
             if need_grad:
                 probs = torch.exp(logits - logz[:, None])  # [c, V]
                 del logits
                 expected = probs.to(weight.dtype) @ weight  # [c, H]: E_p[W]
-                grad_h[s:s + chunk] = ((weight[y].float() - expected.float()) * inv_t).to(hidden.dtype)
+                grad_h[s : s + chunk] = ((weight[y].float() - expected.float()) * inv_t).to(hidden.dtype)
         if need_grad:
             ctx.save_for_backward(grad_h)
         return out

@@ -86,8 +86,9 @@ def _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, 
     return per_token, metrics
 
 
-def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
-              weights=None):
+def grpo_loss(
+    logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None, weights=None
+):
     """Per-sequence token mean, then mean over sequences.
 
     Worked example (on-policy, ratio 1, beta 0): two sequences with A = [1, -1], lengths [2, 1]::
@@ -100,24 +101,27 @@ def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2
     return LossOutput(per_seq.sum() / norm.n_seqs, metrics)
 
 
-def dr_grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
-                 weights=None):
+def dr_grpo_loss(
+    logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None, weights=None
+):
     """Sum of token losses / (sequences * max completion length) — Dr.GRPO's length-unbiased constant normaliser."""
     norm = norm or local_norm(mask)
     per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     return LossOutput((per_token * mask).sum() / (norm.n_seqs * norm.max_len), metrics)
 
 
-def dapo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.28, norm=None,
-              weights=None):
+def dapo_loss(
+    logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.28, norm=None, weights=None
+):
     """Token-level mean over every active token of the optimizer step; clip-higher via ``eps_high``."""
     norm = norm or local_norm(mask)
     per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
     return LossOutput((per_token * mask).sum() / max(1, norm.n_tokens), metrics)
 
 
-def bnpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None,
-              weights=None):
+def bnpo_loss(
+    logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, norm=None, weights=None
+):
     """Token-level mean within this micro-batch, averaged over the step's micro-batches."""
     norm = norm or local_norm(mask)
     per_token, metrics = _token_losses(logp, old_logp, adv, mask, ref_logp, beta, eps_low, eps_high, weights)
@@ -125,8 +129,9 @@ def bnpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=0.2
     return LossOutput((per_token * mask).sum() / max(tokens, 1) / norm.n_micro, metrics)
 
 
-def gspo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-4, eps_high=4e-4, norm=None,
-              weights=None):
+def gspo_loss(
+    logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, eps_low=3e-4, eps_high=4e-4, norm=None, weights=None
+):
     """GSPO: sequence-level ratio s_i = exp(mean_t(logp - old_logp)), clipped per sequence, mean over sequences.
 
     Worked example: one sequence, A = 1, token log-ratios [0.2, 0.0] -> s = exp(0.1) = 1.105 > 1 + eps_high, so the

@@ -9,8 +9,15 @@ from __future__ import annotations
 import math
 
 
-def lr_multiplier(step: int, *, total_steps: int, kind: str, warmup_steps: int = 0, min_ratio: float = 0.0,
-                  warmup_from_zero: bool = False) -> float:
+def lr_multiplier(
+    step: int,
+    *,
+    total_steps: int,
+    kind: str,
+    warmup_steps: int = 0,
+    min_ratio: float = 0.0,
+    warmup_from_zero: bool = False,
+) -> float:
     """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
 
     Warmup: step ``s < warmup_steps`` gets ``(s + 1) / warmup_steps``, so the first step already learns and the peak

@@ -117,11 +117,13 @@ def replace_adapter(model, state: dict[str, torch.Tensor], *, local: bool = Fals
                 target = p.to_local() if isinstance(p, DTensor) else p  # a view of this process's shard
                 new = state[key]
                 if isinstance(p, DTensor) and not local:  # this process's part of the full tensor (no communication)
-                    new = distribute_tensor(new.detach().to(target.device, p.dtype), p.device_mesh, p.placements,
-                                            src_data_rank=None).to_local()
+                    new = distribute_tensor(
+                        new.detach().to(target.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None
+                    ).to_local()
                 if tuple(new.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {tuple(new.shape)} does not fit the adapter's "
-                                     f"{tuple(target.shape)}")
+                    raise ValueError(
+                        f"{key}: shape {tuple(new.shape)} does not fit the adapter's {tuple(target.shape)}"
+                    )
                 old[key] = target.detach().clone()
                 target.copy_(new)
     finally:
@@ -225,6 +227,9 @@ def write_adapter(model, state: dict[str, torch.Tensor], path: Path) -> None:
     meta = json.loads((tmp / "adapter_config.json").read_text())
     meta["inference_mode"] = True
     (tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2))
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in state.items()},
+        str(tmp / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     tmp.rename(path)

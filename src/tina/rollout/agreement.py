@@ -52,12 +52,15 @@ def check_served(rollout: Rollout, handed: AdapterVersion | None, version: int) 
         problem = f"the engine served {name(served)} but was handed {name(handed)}"
     else:
         return
-    raise TinaError(f"step {version + 1}: stale adapter in the {rollout.engine} engine: {problem}; the rollouts would "
-                    "not come from the policy being trained, so the run stops here (the last checkpoint is intact)")
+    raise TinaError(
+        f"step {version + 1}: stale adapter in the {rollout.engine} engine: {problem}; the rollouts would "
+        "not come from the policy being trained, so the run stops here (the last checkpoint is intact)"
+    )
 
 
-def rollout_correction(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, *, mode: str,
-                       cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_correction(
+    trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, *, mode: str, cap: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance weights for the engine/trainer mismatch: (weights [B, T] (detached), keep mask [B, T]).
 
     ratio = pi_trainer / pi_engine of each sampled token (``token_*``) or of the whole sequence (``sequence_*``: the
@@ -144,9 +147,20 @@ def random_adapter(model, seed: int, scale: float = CANARY_SCALE) -> dict[str, t
     return out
 
 
-def canary(engine, model, handover, prompts: list[list[int]], *, tolerance: float, max_new_tokens: int = 16,
-           temperature: float = 1.0, logprob_fn=None, scale: float = CANARY_SCALE, top_k: int = 0,
-           top_p: float = 1.0) -> dict:
+def canary(
+    engine,
+    model,
+    handover,
+    prompts: list[list[int]],
+    *,
+    tolerance: float,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    logprob_fn=None,
+    scale: float = CANARY_SCALE,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> dict:
     """Start-up check that ``engine`` serves exactly the adapter it is handed.
 
     For the base model and two random adapters A and B: the engine samples ``prompts`` (seeded) and the trainer
@@ -182,14 +196,18 @@ def canary(engine, model, handover, prompts: list[list[int]], *, tolerance: floa
     if worst > tolerance:
         which = max(("base", "A", "B"), key=lambda k: results[k])
         served = "the base model" if which == "base" else f"a random adapter {which}"
-        raise TinaError(f"engine check at start-up failed: the {engine.name} engine's log-probs differ from the "
-                        f"trainer's by {results[which]:.3g} per token (mean) for {served}, "
-                        f"above rollout.canary_tolerance={tolerance:g}; the engine does not serve the model the "
-                        "trainer trains (wrong weights, adapter not applied, or another tokenizer/template)")
+        raise TinaError(
+            f"engine check at start-up failed: the {engine.name} engine's log-probs differ from the "
+            f"trainer's by {results[which]:.3g} per token (mean) for {served}, "
+            f"above rollout.canary_tolerance={tolerance:g}; the engine does not serve the model the "
+            "trainer trains (wrong weights, adapter not applied, or another tokenizer/template)"
+        )
     if results["A_vs_B"] <= max(tolerance, 5 * worst):
-        raise TinaError(f"engine check at start-up failed: serving adapter A instead of B changes the log-probs by "
-                        f"only {results['A_vs_B']:.3g} per token, not clearly more than the engine/trainer noise "
-                        f"({worst:.3g}); the {engine.name} engine may be ignoring adapters")
+        raise TinaError(
+            f"engine check at start-up failed: serving adapter A instead of B changes the log-probs by "
+            f"only {results['A_vs_B']:.3g} per token, not clearly more than the engine/trainer noise "
+            f"({worst:.3g}); the {engine.name} engine may be ignoring adapters"
+        )
     return results
 
 
@@ -241,8 +259,9 @@ def choose_probe(rollout: Rollout, tokens: int = PROBE_TOKENS) -> tuple[list[int
 
 
 @torch.no_grad()
-def score_with_model(model, prompts: list[list[int]], completions: list[list[int]], *, base: bool = False
-                     ) -> torch.Tensor:
+def score_with_model(
+    model, prompts: list[list[int]], completions: list[list[int]], *, base: bool = False
+) -> torch.Tensor:
     """[N, T] float32 log-probs (temperature 1, the full vocabulary) of each completion token given its prompt and
     the tokens before it, under ``model``'s adapter as it is now (``base``: the adapter disabled); 0 past each row's
     end, on the CPU.  Eval mode (no dropout, so no random number is drawn); the model's mode is restored."""
@@ -263,16 +282,31 @@ def score_with_model(model, prompts: list[list[int]], completions: list[list[int
     model.eval()
     try:
         with model.disable_adapter() if base else nullcontext():
-            logp = token_logprobs(model, prompt_ids.to(device), prompt_mask.to(device), completion_ids.to(device),
-                                  completion_mask.to(device), temperature=1.0)  # [N, T]
+            logp = token_logprobs(
+                model,
+                prompt_ids.to(device),
+                prompt_mask.to(device),
+                completion_ids.to(device),
+                completion_mask.to(device),
+                temperature=1.0,
+            )  # [N, T]
     finally:
         model.train(was_training)
     return (logp.float().cpu() * completion_mask).contiguous()  # [N, T]
 
 
-def probe_verdict(engine_logp: torch.Tensor, current: torch.Tensor, mask: torch.Tensor, *, noise: float, version: int,
-                  previous: torch.Tensor | None = None, previous_version: int | None = None,
-                  base: torch.Tensor | None = None, engine: str = "vllm") -> tuple[dict, str | None]:
+def probe_verdict(
+    engine_logp: torch.Tensor,
+    current: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    noise: float,
+    version: int,
+    previous: torch.Tensor | None = None,
+    previous_version: int | None = None,
+    base: torch.Tensor | None = None,
+    engine: str = "vllm",
+) -> tuple[dict, str | None]:
     """Does the engine serve the trainer's current adapter?  Decided on the content probe's log-probs ([N, T], 0
     where ``mask`` is 0): the engine's, the trainer's under the current adapter (v``version``), under the previous
     one it handed over (``previous``) and under the base model (``base``).  Returns (metrics, problem): a one-line
@@ -293,6 +327,7 @@ def probe_verdict(engine_logp: torch.Tensor, current: torch.Tensor, mask: torch.
     ... # doctest: +ELLIPSIS
     step 4: the vllm engine does not serve the trainer's adapter v3: ... of the previous adapter (v2), not clearly ...
     """
+
     def d(a, b):
         return float(((a.float() - b.float()).abs() * mask).sum() / mask.sum().clamp(min=1))
 
@@ -308,14 +343,19 @@ def probe_verdict(engine_logp: torch.Tensor, current: torch.Tensor, mask: torch.
             continue  # indistinguishable on the probe: this comparison cannot tell
         decided = True
         if problem is None and not 2 * d_cur < d_alt:
-            what = (f"the previous adapter (v{previous_version})" if label == "previous" else
-                    "the base model (adapter disabled)")
-            problem = (f"step {version + 1}: the {engine} engine does not serve the trainer's adapter v{version}: on "
-                       f"the content probe its log-probs are {d_cur:.3g} per token from the current adapter's and "
-                       f"{d_alt:.3g} from those of {what}, not clearly closer to the current one (the two differ by "
-                       f"{sep:.3g}; numerical noise <= {noise:.2g}); the rollouts would come from a stale or wrong "
-                       "adapter, so the run stops here (the last checkpoint is intact); if the engine is right and "
-                       "only noisier, raise rollout.canary_tolerance (the noise bound) or set "
-                       "rollout.check_engine=false")
+            what = (
+                f"the previous adapter (v{previous_version})"
+                if label == "previous"
+                else "the base model (adapter disabled)"
+            )
+            problem = (
+                f"step {version + 1}: the {engine} engine does not serve the trainer's adapter v{version}: on "
+                f"the content probe its log-probs are {d_cur:.3g} per token from the current adapter's and "
+                f"{d_alt:.3g} from those of {what}, not clearly closer to the current one (the two differ by "
+                f"{sep:.3g}; numerical noise <= {noise:.2g}); the rollouts would come from a stale or wrong "
+                "adapter, so the run stops here (the last checkpoint is intact); if the engine is right and "
+                "only noisier, raise rollout.canary_tolerance (the noise bound) or set "
+                "rollout.check_engine=false"
+            )
     metrics["rollout/probe_decided"] = 1.0 if decided else 0.0
     return metrics, problem

@@ -34,10 +34,16 @@ class Sampling:
 
     def protocol(self) -> dict:
         """What was sampled, for a results file: every setting that changes the completions."""
-        return {"n": self.n, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "greedy": self.greedy,
-                "processors": "temperature, top-k, top-p only (no repetition penalty, n-gram blocking or minimum "
-                              "length; the model folder's generation_config is not applied)"}
+        return {
+            "n": self.n,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "greedy": self.greedy,
+            "processors": "temperature, top-k, top-p only (no repetition penalty, n-gram blocking or minimum "
+            "length; the model folder's generation_config is not applied)",
+        }
 
 
 @dataclass(frozen=True)
@@ -76,36 +82,65 @@ class Rollout:
     def select(self, rows: list[int]) -> Rollout:
         """The completions at ``rows`` (any order), as a Rollout of their own."""
         idx = torch.tensor(rows, dtype=torch.long)
-        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.lengths[idx],
-                       self.truncated[idx], [self.texts[i] for i in rows],
-                       None if self.logprobs is None else self.logprobs[idx], self.adapter, self.engine)
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.completion_ids[idx],
+            self.lengths[idx],
+            self.truncated[idx],
+            [self.texts[i] for i in rows],
+            None if self.logprobs is None else self.logprobs[idx],
+            self.adapter,
+            self.engine,
+        )
 
     @staticmethod
     def concat(parts: list[Rollout]) -> Rollout:
         """One Rollout from several (prompts left-padded and completions right-padded to common widths)."""
+
         def pad(tensors, value, left=False):
             width = max(t.shape[1] for t in tensors)
-            return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
-                                                      value=value) for t in tensors])
+            return torch.cat(
+                [
+                    torch.nn.functional.pad(
+                        t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=value
+                    )
+                    for t in tensors
+                ]
+            )
+
         first = parts[0]  # padding ids are masked out (masks come from lengths), any valid id does
-        return Rollout(pad([p.prompt_ids for p in parts], 0, left=True),
-                       pad([p.prompt_mask for p in parts], 0, left=True),
-                       pad([p.completion_ids for p in parts], 0),
-                       torch.cat([p.lengths for p in parts]), torch.cat([p.truncated for p in parts]),
-                       [t for p in parts for t in p.texts],
-                       None if first.logprobs is None else pad([p.logprobs for p in parts], 0.0),
-                       first.adapter, first.engine)
+        return Rollout(
+            pad([p.prompt_ids for p in parts], 0, left=True),
+            pad([p.prompt_mask for p in parts], 0, left=True),
+            pad([p.completion_ids for p in parts], 0),
+            torch.cat([p.lengths for p in parts]),
+            torch.cat([p.truncated for p in parts]),
+            [t for p in parts for t in p.texts],
+            None if first.logprobs is None else pad([p.logprobs for p in parts], 0.0),
+            first.adapter,
+            first.engine,
+        )
 
     def rows(self, start: int, stop: int) -> Rollout:
         """The completions ``start:stop`` (e.g. one prompt's group) as a Rollout of their own."""
         sl = slice(start, stop)
-        return Rollout(self.prompt_ids[sl], self.prompt_mask[sl], self.completion_ids[sl], self.lengths[sl],
-                       self.truncated[sl], self.texts[sl], None if self.logprobs is None else self.logprobs[sl],
-                       self.adapter, self.engine)
+        return Rollout(
+            self.prompt_ids[sl],
+            self.prompt_mask[sl],
+            self.completion_ids[sl],
+            self.lengths[sl],
+            self.truncated[sl],
+            self.texts[sl],
+            None if self.logprobs is None else self.logprobs[sl],
+            self.adapter,
+            self.engine,
+        )
 
 
 class Engine(Protocol):
-    """A rollout engine: ``hf`` (:class:`tina.rollout.hf.HFEngine`) or ``vllm`` (:class:`tina.rollout.vllm.VLLMEngine`)."""
+    """A rollout engine: ``hf`` (:class:`tina.rollout.hf.HFEngine`) or ``vllm``
+    (:class:`tina.rollout.vllm.VLLMEngine`)."""
 
     name: str
 
@@ -151,8 +186,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         if p:
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
     return ids, mask
 
 

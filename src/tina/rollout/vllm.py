@@ -56,8 +56,10 @@ def lora_rank_slot(rank: int) -> int:
     for slot in LORA_RANKS:
         if rank <= slot:
             return slot
-    raise TinaError(f"lora.r: rank {rank} is above vLLM's maximum LoRA rank ({LORA_RANKS[-1]}); use a smaller "
-                    "lora.r or rollout.backend=hf")
+    raise TinaError(
+        f"lora.r: rank {rank} is above vLLM's maximum LoRA rank ({LORA_RANKS[-1]}); use a smaller "
+        "lora.r or rollout.backend=hf"
+    )
 
 
 def check_servable(model_path: str) -> None:
@@ -70,9 +72,10 @@ def check_servable(model_path: str) -> None:
 
     supported = set(ModelRegistry.get_supported_archs())
     if archs and not any(a in supported for a in archs):
-        raise TinaError(f"rollout.backend: vllm cannot serve {model_path} (architecture {', '.join(archs)} is not "
-                        "supported by this vLLM); use rollout.backend=hf")
-
+        raise TinaError(
+            f"rollout.backend: vllm cannot serve {model_path} (architecture {', '.join(archs)} is not "
+            "supported by this vLLM); use rollout.backend=hf"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ placement and sleep
@@ -122,8 +125,16 @@ class SleepPlan:
 BUDGET = 0.9  # share of the device that engine + trainer may plan for (allocator fragmentation, estimate error)
 
 
-def sleep_plan(*, allowed: bool, sleep_mode: bool, shares_device: bool, engine_share: float,
-               trainer_peak: float | None, trainer_resident: float | None, total: float | None) -> SleepPlan:
+def sleep_plan(
+    *,
+    allowed: bool,
+    sleep_mode: bool,
+    shares_device: bool,
+    engine_share: float,
+    trainer_peak: float | None,
+    trainer_resident: float | None,
+    total: float | None,
+) -> SleepPlan:
     """Sleep only when it is needed: each sleep copies the base weights to the host and back (every rollout).
 
     Awake, the engine holds ``engine_share x total`` (vLLM's ``gpu_memory_utilization``) for the whole run, next to the
@@ -146,42 +157,73 @@ def sleep_plan(*, allowed: bool, sleep_mode: bool, shares_device: bool, engine_s
     if known:
         budget, engine = BUDGET * total, engine_share * total
         together = engine + max(trainer_peak, trainer_resident)
-        arithmetic = (f"engine {engine_share:g} x {gib(total)} + trainer ~{gib(max(trainer_peak, trainer_resident))} "
-                      f"(estimate) = {gib(together)}")
+        arithmetic = (
+            f"engine {engine_share:g} x {gib(total)} + trainer ~{gib(max(trainer_peak, trainer_resident))} "
+            f"(estimate) = {gib(together)}"
+        )
         asleep_fits = engine + trainer_resident <= budget and trainer_peak <= budget
     if not shares_device:
         return SleepPlan(False, "the engine has a device of its own")
     if not allowed:
         if known and together > budget:
-            return SleepPlan(False, f"rollout.vllm_sleep=false, but {arithmetic} exceeds {BUDGET:.0%} of the device; "
-                                    "it may run out of memory", fits=False)
+            return SleepPlan(
+                False,
+                f"rollout.vllm_sleep=false, but {arithmetic} exceeds {BUDGET:.0%} of the device; "
+                "it may run out of memory",
+                fits=False,
+            )
         return SleepPlan(False, "rollout.vllm_sleep=false")
     if not known:
         return SleepPlan(True, "no memory estimate for this model: sleeping to be safe")
     if together <= budget:
-        return SleepPlan(False, f"{arithmetic} fits in {BUDGET:.0%} of {gib(total)}: the engine stays awake (no "
-                                "weight copies to the host and back every step)")
+        return SleepPlan(
+            False,
+            f"{arithmetic} fits in {BUDGET:.0%} of {gib(total)}: the engine stays awake (no "
+            "weight copies to the host and back every step)",
+        )
     reason = f"{arithmetic} exceeds {BUDGET:.0%} of {gib(total)}: the engine sleeps between rollout and update"
     if trainer_peak > budget:
-        reason += (f"; even so the trainer's ~{gib(trainer_peak)} peak may not fit: set train.max_tokens_per_pass "
-                   "(or train.gradient_checkpointing=true)")
+        reason += (
+            f"; even so the trainer's ~{gib(trainer_peak)} peak may not fit: set train.max_tokens_per_pass "
+            "(or train.gradient_checkpointing=true)"
+        )
     elif engine + trainer_resident > budget:
-        reason += (f"; even so the engine's {gib(engine)} next to the trainer's ~{gib(trainer_resident)} between steps "
-                   "may not fit: lower rollout.gpu_memory_utilization")
+        reason += (
+            f"; even so the engine's {gib(engine)} next to the trainer's ~{gib(trainer_resident)} between steps "
+            "may not fit: lower rollout.gpu_memory_utilization"
+        )
     return SleepPlan(True, reason, fits=asleep_fits)
 
 
-def recipe_sleep_plan(cfg, shape, *, total: float | None, sleep_mode: bool, shares_device: bool,
-                      weight_bytes: int, world_size: int = 1, fsdp: bool = False) -> SleepPlan:
+def recipe_sleep_plan(
+    cfg,
+    shape,
+    *,
+    total: float | None,
+    sleep_mode: bool,
+    shares_device: bool,
+    weight_bytes: int,
+    world_size: int = 1,
+    fsdp: bool = False,
+) -> SleepPlan:
     """:func:`sleep_plan` for a recipe: the trainer's memory estimated from the model's shape
     (:class:`tina.estimates.ModelShape`; None: unknown) for one of ``world_size`` processes."""
     from tina.estimates import estimate_trainer_memory
 
-    est = None if shape is None else estimate_trainer_memory(cfg, shape, weight_bytes=weight_bytes,
-                                                                world_size=world_size, fsdp=fsdp)
-    return sleep_plan(allowed=cfg.rollout.vllm_sleep, sleep_mode=sleep_mode, shares_device=shares_device,
-                      engine_share=cfg.rollout.gpu_memory_utilization, trainer_peak=None if est is None else est.peak,
-                      trainer_resident=None if est is None else est.resident, total=total)
+    est = (
+        None
+        if shape is None
+        else estimate_trainer_memory(cfg, shape, weight_bytes=weight_bytes, world_size=world_size, fsdp=fsdp)
+    )
+    return sleep_plan(
+        allowed=cfg.rollout.vllm_sleep,
+        sleep_mode=sleep_mode,
+        shares_device=shares_device,
+        engine_share=cfg.rollout.gpu_memory_utilization,
+        trainer_peak=None if est is None else est.peak,
+        trainer_resident=None if est is None else est.resident,
+        total=total,
+    )
 
 
 def describe_recipe_sleep(cfg) -> str | None:
@@ -198,8 +240,14 @@ def describe_recipe_sleep(cfg) -> str | None:
         total, where = nominal_gpu_bytes(cfg.cost.device_name), f"{cfg.cost.device_name} (cost.device_name)"
     config = _model_config(cfg.model.name_or_path, cfg.model.revision)
     shape = None if config is None else ModelShape.from_config(config)
-    plan = recipe_sleep_plan(cfg, shape, total=total, sleep_mode=total is not None, shares_device=True,
-                             weight_bytes=dtype_bytes(cfg.model.dtype))
+    plan = recipe_sleep_plan(
+        cfg,
+        shape,
+        total=total,
+        sleep_mode=total is not None,
+        shares_device=True,
+        weight_bytes=dtype_bytes(cfg.model.dtype),
+    )
     text = f"{plan.describe()} [on {where}, one process"
     if shape is None and total is not None:
         text += "; the model's config.json is not on this machine"
@@ -233,11 +281,26 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", lora_rank: int = 16,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.3, sleep: bool = False,
-                 sleep_reason: str | None = None, seed: int = 0, revision: str | None = None,
-                 trust_remote_code: bool = False, max_loras: int = 1, max_num_seqs: int | None = None,
-                 rank: int = 0, local_rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        *,
+        dtype: str = "auto",
+        lora_rank: int = 16,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.3,
+        sleep: bool = False,
+        sleep_reason: str | None = None,
+        seed: int = 0,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        max_loras: int = 1,
+        max_num_seqs: int | None = None,
+        rank: int = 0,
+        local_rank: int = 0,
+        world_size: int = 1,
+    ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: no spawned engine process
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU (ignored on a GPU)
         import vllm
@@ -249,13 +312,24 @@ class VLLMEngine:
         self.version = f"vllm {vllm.__version__}"
         on_gpu = torch.cuda.is_available()
         self.sleeps = bool(sleep) and on_gpu  # vLLM's sleep mode exists on CUDA only
-        self.sleep_reason = sleep_reason or ("asked to sleep" if self.sleeps else
-                                             "not asked to sleep" if on_gpu else "not on a CUDA GPU")
+        self.sleep_reason = sleep_reason or (
+            "asked to sleep" if self.sleeps else "not asked to sleep" if on_gpu else "not on a CUDA GPU"
+        )
         self.placement = engine_placement(world_size=world_size, local_rank=local_rank, cuda=on_gpu)
-        kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enable_lora=True,
-                      max_lora_rank=lora_rank_slot(lora_rank), max_loras=max_loras, enable_prefix_caching=True,
-                      generation_config="vllm", logprobs_mode="processed_logprobs", revision=revision,
-                      trust_remote_code=trust_remote_code)
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=seed,
+            enable_lora=True,
+            max_lora_rank=lora_rank_slot(lora_rank),
+            max_loras=max_loras,
+            enable_prefix_caching=True,
+            generation_config="vllm",
+            logprobs_mode="processed_logprobs",
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if max_num_seqs is not None:
@@ -273,8 +347,10 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:  # pydantic's ValidationError is a ValueError
             lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
-            raise TinaError(f"vLLM cannot serve {model_path}: {' '.join(lines[:4])[:400]} (the hf engine always "
-                            "works: rollout.backend=hf, or tina eval --backend hf)") from None
+            raise TinaError(
+                f"vLLM cannot serve {model_path}: {' '.join(lines[:4])[:400]} (the hf engine always "
+                "works: rollout.backend=hf, or tina eval --backend hf)"
+            ) from None
         finally:
             set_rng_state(saved)  # the trainer's random streams (dropout, ...) continue as if vLLM was not there
         self.adapter: AdapterVersion | None = None
@@ -320,19 +396,29 @@ class VLLMEngine:
         started = time.perf_counter()
         torch.cuda.empty_cache()  # the trainer's cached free blocks back to the driver: vLLM maps its memory anew
         if self.llm.wake_up() is False:  # vLLM returns whether every pool is resident again
-            raise TinaError("the vllm engine did not wake up fully (vLLM's wake_up returned False); set "
-                            "rollout.vllm_sleep=false, or lower rollout.gpu_memory_utilization")
+            raise TinaError(
+                "the vllm engine did not wake up fully (vLLM's wake_up returned False); set "
+                "rollout.vllm_sleep=false, or lower rollout.gpu_memory_utilization"
+            )
         self._asleep = False
         self.transitions["wake"] += 1
         self.transitions["seconds"] += time.perf_counter() - started
 
     def info(self) -> dict:
         """What the engine did with its states, for ``tina doctor`` (and a run's result)."""
-        out = {"engine": self.version, "device": self.placement.describe(),
-               "sleep mode": f"{'on' if self.sleeps else 'off'} ({self.sleep_reason})"}
+        out = {
+            "engine": self.version,
+            "device": self.placement.describe(),
+            "sleep mode": f"{'on' if self.sleeps else 'off'} ({self.sleep_reason})",
+        }
         if self.sleeps:
-            out.update({"sleeps": self.transitions["sleep"], "wake-ups": self.transitions["wake"],
-                        "seconds sleeping+waking": round(self.transitions["seconds"], 2)})
+            out.update(
+                {
+                    "sleeps": self.transitions["sleep"],
+                    "wake-ups": self.transitions["wake"],
+                    "seconds sleeping+waking": round(self.transitions["seconds"], 2),
+                }
+            )
         return out
 
     # ------------------------------------------------------------------------------------------------ calls
@@ -352,9 +438,11 @@ class VLLMEngine:
             raise ValueError("the vllm engine reads adapters from disk: publish them with a folder")
         found = folder_digest(adapter.path)
         if found != adapter.digest:
-            raise TinaError(f"the adapter folder handed to the vllm engine ({adapter.path}) does not hold the "
-                            f"trainer's adapter v{adapter.version} (digest {found[:12]} != {adapter.digest[:12]}): a "
-                            "stale or foreign adapter would be served; stopping")
+            raise TinaError(
+                f"the adapter folder handed to the vllm engine ({adapter.path}) does not hold the "
+                f"trainer's adapter v{adapter.version} (digest {found[:12]} != {adapter.digest[:12]}): a "
+                "stale or foreign adapter would be served; stopping"
+            )
         from vllm.lora.request import LoRARequest
 
         previous = self._request
@@ -365,9 +453,11 @@ class VLLMEngine:
                 self.llm.llm_engine.add_lora(request)
             except (ValueError, RuntimeError, OSError, KeyError) as exc:
                 lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
-                raise TinaError(f"vLLM cannot load the adapter {adapter.path}: {' '.join(lines[:2])[:300]} (vLLM "
-                                "serves LoRA on linear layers only, without bias, modules_to_save or DoRA; rank <= "
-                                f"{LORA_RANKS[-1]})") from None
+                raise TinaError(
+                    f"vLLM cannot load the adapter {adapter.path}: {' '.join(lines[:2])[:300]} (vLLM "
+                    "serves LoRA on linear layers only, without bias, modules_to_save or DoRA; rank <= "
+                    f"{LORA_RANKS[-1]})"
+                ) from None
             self._request = request
             self.adapter = adapter
             self.llm.reset_prefix_cache()  # cached prompt states of the previous version must not be reused
@@ -406,7 +496,7 @@ class VLLMEngine:
             where = {}
             saved = rng_state()
             try:
-                for k, (request, param) in enumerate(zip(requests, params)):
+                for k, (request, param) in enumerate(zip(requests, params, strict=True)):
                     param.output_kind = RequestOutputKind.FINAL_ONLY
                     rid = f"tina-{self._next_request}"
                     self._next_request += 1
@@ -433,8 +523,10 @@ class VLLMEngine:
         limit = getattr(getattr(self.llm, "model_config", None), "max_model_len", None)
         longest = max((len(p) for p in prompts), default=0)
         if limit is not None and longest >= limit:
-            raise TinaError(f"a prompt of {longest} tokens does not fit the vllm engine's max_model_len ({limit}): "
-                            "raise rollout.max_model_len (--max-model-len for tina eval) or shorten the prompts")
+            raise TinaError(
+                f"a prompt of {longest} tokens does not fit the vllm engine's max_model_len ({limit}): "
+                "raise rollout.max_model_len (--max-model-len for tina eval) or shorten the prompts"
+            )
 
     def _requests(self, prompts, sampling: Sampling, keys):
         from vllm import SamplingParams
@@ -442,16 +534,24 @@ class VLLMEngine:
 
         keys = list(range(len(prompts))) if keys is None else list(keys)
         requests, params = [], []
-        for prompt, key in zip(prompts, keys):
+        for prompt, key in zip(prompts, keys, strict=True):
             for j in range(sampling.n):
                 seed = None if sampling.greedy or sampling.seed is None else row_seed(sampling.seed, key, j)
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt)))
-                params.append(SamplingParams(
-                    n=1, seed=None if seed is None else seed & 0x7FFFFFFF,
-                    temperature=0.0 if sampling.greedy else sampling.temperature,
-                    top_p=1.0 if sampling.greedy else sampling.top_p, top_k=0 if sampling.greedy else sampling.top_k,
-                    max_tokens=sampling.max_new_tokens, logprobs=0, stop_token_ids=list(self.eos_ids),
-                    detokenize=False, skip_special_tokens=True))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        seed=None if seed is None else seed & 0x7FFFFFFF,
+                        temperature=0.0 if sampling.greedy else sampling.temperature,
+                        top_p=1.0 if sampling.greedy else sampling.top_p,
+                        top_k=0 if sampling.greedy else sampling.top_k,
+                        max_tokens=sampling.max_new_tokens,
+                        logprobs=0,
+                        stop_token_ids=list(self.eos_ids),
+                        detokenize=False,
+                        skip_special_tokens=True,
+                    )
+                )
         return requests, params
 
     def _rollout(self, prompts, completions, n: int) -> Rollout:
@@ -465,16 +565,28 @@ class VLLMEngine:
         for r, done in enumerate(completions):
             ids = list(done.token_ids)
             completion_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            logprobs[r, : len(ids)] = torch.tensor([step[t].logprob for t, step in zip(ids, done.logprobs)])
+            logprobs[r, : len(ids)] = torch.tensor(
+                [step[t].logprob for t, step in zip(ids, done.logprobs, strict=True)]
+            )
             lengths[r] = len(ids)
             truncated[r] = done.finish_reason == "length"
         self.stats_tokens += int(lengths.sum())
         prompt_ids, prompt_mask = left_pad([list(p) for p in prompts], self.pad_id)
-        texts = self.tokenizer.batch_decode([row[:k] for row, k in zip(completion_ids.tolist(), lengths.tolist())],
-                                            skip_special_tokens=True)
-        return Rollout(prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0), completion_ids,
-                       lengths, truncated, texts, logprobs, self.adapter if self._request is not None else None,
-                       self.name)
+        texts = self.tokenizer.batch_decode(
+            [row[:k] for row, k in zip(completion_ids.tolist(), lengths.tolist(), strict=True)],
+            skip_special_tokens=True,
+        )
+        return Rollout(
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+            completion_ids,
+            lengths,
+            truncated,
+            texts,
+            logprobs,
+            self.adapter if self._request is not None else None,
+            self.name,
+        )
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
         """[N, T] log-probs of each completion token given its prompt and the tokens before it, under the adapter
@@ -492,21 +604,26 @@ class VLLMEngine:
 
         if any(not p for p in prompts):
             raise ValueError("score needs a non-empty prompt for every row (the first token has no log-prob)")
-        full = [list(p) + list(c) for p, c in zip(prompts, completions)]
+        full = [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
         self._check_lengths(full, Sampling(max_new_tokens=1))
         params = SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         saved = rng_state()  # the trainer's random streams must not move
         try:
             with self.awake():
-                outputs = self.llm.generate([TokensPrompt(prompt_token_ids=f) for f in full], [params] * len(full),
-                                            lora_request=self._request, use_tqdm=False)
+                outputs = self.llm.generate(
+                    [TokensPrompt(prompt_token_ids=f) for f in full],
+                    [params] * len(full),
+                    lora_request=self._request,
+                    use_tqdm=False,
+                )
         finally:
             set_rng_state(saved)
         out = torch.zeros((len(full), max((len(c) for c in completions), default=0)))  # [N, T]
-        for r, (prompt, completion, done) in enumerate(zip(prompts, completions, outputs)):
+        for r, (prompt, completion, done) in enumerate(zip(prompts, completions, outputs, strict=True)):
             steps = done.prompt_logprobs  # one per prompt token: None for the first, then {token id: Logprob}
-            out[r, : len(completion)] = torch.tensor([steps[len(prompt) + i][t].logprob
-                                                      for i, t in enumerate(completion)])
+            out[r, : len(completion)] = torch.tensor(
+                [steps[len(prompt) + i][t].logprob for i, t in enumerate(completion)]
+            )
         return out
 
 
@@ -516,8 +633,10 @@ def _launcher_env(*, rank: int, local_rank: int) -> None:
     for key, value in (("RANK", rank), ("LOCAL_RANK", local_rank)):
         found = os.environ.setdefault(key, str(value))
         if found != str(value):
-            raise TinaError(f"the environment says {key}={found} but this training process is {key.lower()} {value}; "
-                            "launch with tina train --num-processes N, accelerate launch or torchrun")
+            raise TinaError(
+                f"the environment says {key}={found} but this training process is {key.lower()} {value}; "
+                "launch with tina train --num-processes N, accelerate launch or torchrun"
+            )
 
 
 def _eos_ids(model_path: str, tokenizer) -> list[int]:

@@ -28,6 +28,7 @@ def split(*, n_eval: int = 40, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows), each ``{"id", "problem", "answer"}``; the split is fixed by ``seed``."""
     order = list(range(len(PROBLEMS)))
     random.Random(seed).shuffle(order)
-    rows = [{"id": f"addition-{i}", "problem": problem_text(*PROBLEMS[i]), "answer": str(sum(PROBLEMS[i]))}
-            for i in order]
+    rows = [
+        {"id": f"addition-{i}", "problem": problem_text(*PROBLEMS[i]), "answer": str(sum(PROBLEMS[i]))} for i in order
+    ]
     return rows[n_eval:], rows[:n_eval]

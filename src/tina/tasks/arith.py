@@ -55,9 +55,7 @@ def split(*, n_eval: int = 256, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows), each ``{"id", "problem", "answer"}``; the split is fixed by ``seed``."""
     order = list(range(len(PROBLEMS)))
     random.Random(seed).shuffle(order)
-    rows = [
-        {"id": f"arith-{i}", "problem": problem_text(*PROBLEMS[i]), "answer": answer(*PROBLEMS[i])} for i in order
-    ]
+    rows = [{"id": f"arith-{i}", "problem": problem_text(*PROBLEMS[i]), "answer": answer(*PROBLEMS[i])} for i in order]
     return rows[n_eval:], rows[:n_eval]
 
 
