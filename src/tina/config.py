@@ -178,9 +178,10 @@ class TrainConfig:
     probe_prompt: str = AIME24_PROBE  # greedy completion logged to RUN/probes.jsonl at each checkpoint; "" = none
     probe_max_new_tokens: int = 512  # never more than rollout.max_new_tokens
     logprob_memory_mb: int = 256  # memory budget for one chunk of float32 logits in the log-prob pass
-    # prompt + completion tokens per forward/backward of the loss (whole prompt groups; None: a whole micro-batch).
-    # Bounds activation memory without changing the update (unlike train.batch_size / gradient_accumulation_steps).
-    max_tokens_per_pass: int | None = None
+    # prompt + completion tokens per forward/backward of the loss (whole prompt groups, at least one; null: a whole
+    # micro-batch).  Bounds activation memory without changing the update (unlike batch_size / accumulation).
+    # "auto": resolved once at start-up from the model's shape and the device (tina.estimates.auto_pass_tokens).
+    max_tokens_per_pass: int | str | None = "auto"
 
 
 @dataclass
@@ -399,7 +400,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        for member in inner[:-1]:  # the first member type that takes the value (int | str: 1024 or "auto")
+            try:
+                return _coerce(key, value, member)
+            except ConfigError:
+                pass
+        return _coerce(key, value, inner[-1])
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -564,7 +570,11 @@ def validate(cfg: Config) -> None:
     _positive("train.max_bad_steps", t.max_bad_steps)
     _positive("train.probe_max_new_tokens", t.probe_max_new_tokens)
     _positive("train.logprob_memory_mb", t.logprob_memory_mb)
-    if t.max_tokens_per_pass is not None:
+    if isinstance(t.max_tokens_per_pass, str) and t.max_tokens_per_pass != "auto":
+        raise ConfigError(
+            f"train.max_tokens_per_pass: expected a positive integer, auto or null, got {t.max_tokens_per_pass!r}"
+        )
+    if isinstance(t.max_tokens_per_pass, int):
         _positive("train.max_tokens_per_pass", t.max_tokens_per_pass)
     _positive("cost.num_devices", cfg.cost.num_devices)
     _positive("cost.usd_per_device_hour", cfg.cost.usd_per_device_hour, allow_zero=True)

@@ -289,25 +289,118 @@ def trainer_memory(
     )
 
 
-def pass_tokens(cfg, *, world_size: int = 1) -> tuple[int, int]:
+# train.max_tokens_per_pass: auto -- the activation memory one loss pass may hold.  On a CPU the pass size hardly
+# matters for speed past ~1k tokens (benchmarks/grpo_step.py), while every GiB is the user's RAM; on a GPU a quarter
+# of the device (the rest: weights, optimizer, logits chunks, a colocated engine, the allocator's slack).
+CPU_PASS_BUDGET = 1 * GIB
+GPU_PASS_FRACTION = 0.25
+
+
+def activation_bytes_per_token(cfg, shape: ModelShape, *, weight_bytes: int) -> float:
+    """Saved-for-backward bytes per prompt + completion token of one loss pass (:func:`trainer_memory`)."""
+    seq = cfg.rollout.max_model_len or (cfg.rollout.max_new_tokens + PROMPT_TOKENS)
+    targets = tuple(cfg.lora.target_modules)
+    one = trainer_memory(
+        shape,
+        weight_bytes=weight_bytes,
+        lora_params=0,
+        tokens=1,
+        seq=seq,
+        checkpointing=cfg.train.gradient_checkpointing,
+        lora_dropout=cfg.lora.dropout > 0,
+        lora_targets=targets,
+        eager_attention=cfg.model.attn_implementation == "eager",
+        on_gpu=False,
+    )
+    return one.activations
+
+
+def auto_pass_tokens(cfg, shape: ModelShape | None, *, weight_bytes: int, device_bytes: float | None) -> int | None:
+    """``train.max_tokens_per_pass: auto`` resolved: the tokens whose activations fit the pass budget
+    (:data:`CPU_PASS_BUDGET` on a CPU, ``device_bytes`` x :data:`GPU_PASS_FRACTION` on a GPU); None (one pass per
+    micro-batch) when the model's shape is unknown.
+
+    >>> s = ModelShape(layers=30, hidden=576, intermediate=1536, vocab=49152, heads=9, kv_heads=3, head_dim=64,
+    ...                tied=True)  # SmolLM2-135M
+    >>> from tina.config import load_config
+    >>> cfg = load_config("demo-smollm2", ["train.max_tokens_per_pass=auto", "train.gradient_checkpointing=false"])
+    >>> auto_pass_tokens(cfg, s, weight_bytes=4, device_bytes=None)  # float32 on a CPU: 1 GiB / ~1.36 MB per token
+    787
+    >>> auto_pass_tokens(cfg, s, weight_bytes=2, device_bytes=80 * GIB)  # bf16, an 80 GB GPU: 20 GiB
+    31435
+    """
+    if shape is None:
+        return None
+    budget = CPU_PASS_BUDGET if device_bytes is None else GPU_PASS_FRACTION * device_bytes
+    return max(1, int(budget // activation_bytes_per_token(cfg, shape, weight_bytes=weight_bytes)))
+
+
+def model_pass_tokens(cfg, model) -> int | None:
+    """``train.max_tokens_per_pass`` for ``model`` as a number (or None: whole micro-batches), ``auto`` resolved
+    from the model's config, its weights' dtype and its device (a GPU's total memory; a CPU's fixed budget)."""
+    limit = cfg.train.max_tokens_per_pass
+    if limit != "auto":
+        return limit
+    inner = getattr(model, "module", model)  # DDP
+    config = getattr(inner, "config", None)
+    shape = ModelShape.from_config(config.to_dict()) if hasattr(config, "to_dict") else None
+    frozen = next((p for p in inner.parameters() if not p.requires_grad), None)
+    if shape is None or frozen is None:
+        return None
+    device = frozen.device
+    total = None
+    if device.type == "cuda":
+        import torch
+
+        total = float(torch.cuda.get_device_properties(device).total_memory)
+    return auto_pass_tokens(cfg, shape, weight_bytes=frozen.element_size(), device_bytes=total)
+
+
+def pass_tokens(
+    cfg,
+    *,
+    world_size: int = 1,
+    shape: ModelShape | None = None,
+    weight_bytes: int = 2,
+    device_bytes: float | None = None,
+) -> tuple[int, int]:
     """(tokens in one forward/backward pass on one process, tokens per row): the process's share of a micro-batch,
     rows of ``rollout.max_model_len`` tokens (else ``max_new_tokens`` + PROMPT_TOKENS), cut to
-    ``train.max_tokens_per_pass`` (whole prompt groups, at least one)."""
+    ``train.max_tokens_per_pass`` (whole prompt groups, at least one; ``auto`` as :func:`auto_pass_tokens`)."""
     r, t = cfg.rollout, cfg.train
     seq = r.max_model_len or (r.max_new_tokens + PROMPT_TOKENS)
     rows = max(1, t.batch_size // world_size)
     tokens = rows * seq
-    if t.max_tokens_per_pass is not None:
+    limit = t.max_tokens_per_pass
+    if limit == "auto":
+        limit = auto_pass_tokens(cfg, shape, weight_bytes=weight_bytes, device_bytes=device_bytes)
+    if limit is not None:
         group = r.num_generations * seq
-        tokens = min(tokens, max(group, t.max_tokens_per_pass // group * group))
+        tokens = min(tokens, max(group, limit // group * group))
     return tokens, seq
 
 
 def estimate_trainer_memory(
-    cfg, shape: ModelShape, *, weight_bytes: int, world_size: int = 1, fsdp: bool = False, on_gpu: bool = True
+    cfg,
+    shape: ModelShape,
+    *,
+    weight_bytes: int,
+    world_size: int = 1,
+    fsdp: bool = False,
+    on_gpu: bool = True,
+    device_bytes: float | None = None,
 ) -> MemoryEstimate:
-    """:func:`trainer_memory` for a recipe (one process of ``world_size``)."""
-    tokens, seq = pass_tokens(cfg, world_size=world_size)
+    """:func:`trainer_memory` for a recipe (one process of ``world_size``); ``device_bytes``: the GPU's memory
+    (default: the nominal memory of ``cost.device_name``) for ``max_tokens_per_pass: auto``."""
+    if on_gpu and device_bytes is None:
+        device_bytes = nominal_gpu_bytes(cfg.cost.device_name)
+    tokens, seq = pass_tokens(
+        cfg,
+        world_size=world_size,
+        shape=shape,
+        weight_bytes=weight_bytes,
+        device_bytes=device_bytes if on_gpu else None,
+    )
     targets = tuple(cfg.lora.target_modules)
     return trainer_memory(
         shape,

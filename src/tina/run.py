@@ -196,6 +196,7 @@ class Run:
                 cfg, device=str(dist.device) if dist.enabled else None
             )
             self.device = next(self.model.parameters()).device
+            self.cfg = cfg = resolve_pass_tokens(cfg, self.model, say_it=self.main and progress)
             self.base_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.trainable, self.total = count_parameters(self.model)
             self.problems = render_prompts(rows, self.tokenizer, cfg)
@@ -884,6 +885,20 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def resolve_pass_tokens(cfg: Config, model, *, say_it: bool) -> Config:
+    """``train.max_tokens_per_pass: auto`` resolved once for this run's model and device (config.yaml keeps
+    ``auto``, so a resume on another device resolves again: the pass size never changes the update)."""
+    from tina.estimates import model_pass_tokens
+
+    if cfg.train.max_tokens_per_pass != "auto":
+        return cfg
+    tokens = model_pass_tokens(cfg, model)
+    if say_it:
+        where = "the model's shape is unknown: one pass per micro-batch" if tokens is None else f"{tokens:,} tokens"
+        say(f"loss pass: train.max_tokens_per_pass auto -> {where}")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_tokens_per_pass=tokens))
 
 
 def say(message: str) -> None:

@@ -30,6 +30,7 @@ import torch
 from tina import distributed
 from tina.config import Config
 from tina.errors import TinaError
+from tina.estimates import model_pass_tokens
 from tina.ledger import Ledger
 from tina.problems import Problem
 from tina.rewards import RewardBatch, RewardSpec, grade_batch, score
@@ -76,7 +77,7 @@ def train(
                 if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
                     rollout, scored = refill(engine, run, step, rollout, problems, scored)
                 run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
-            out = update(run.train_model, run.state.buffer, cfg, run.optimizer, run.ledger, run.dist)
+            out = update(run.train_model, run.state.buffer, run.cfg, run.optimizer, run.ledger, run.dist)
             run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
     result = run.result(keep_model=keep_model)
     result.engine_info = engine.info() if hasattr(engine, "info") else {}
@@ -409,7 +410,8 @@ def update(
     comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
-    passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, t.max_tokens_per_pass)]
+    limit = t.max_tokens_per_pass if t.max_tokens_per_pass != "auto" else model_pass_tokens(cfg, model)
+    passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, limit)]
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
             dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass

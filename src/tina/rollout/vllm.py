@@ -213,7 +213,9 @@ def recipe_sleep_plan(
     est = (
         None
         if shape is None
-        else estimate_trainer_memory(cfg, shape, weight_bytes=weight_bytes, world_size=world_size, fsdp=fsdp)
+        else estimate_trainer_memory(
+            cfg, shape, weight_bytes=weight_bytes, world_size=world_size, fsdp=fsdp, device_bytes=total
+        )
     )
     return sleep_plan(
         allowed=cfg.rollout.vllm_sleep,
