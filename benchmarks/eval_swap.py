@@ -168,7 +168,8 @@ def main() -> None:
     import torch
 
     from tina.eval.benchmarks import load_benchmark
-    from tina.eval.runner import BASE, Candidate, EvalOptions
+    from tina.eval.candidates import BASE, Candidate
+    from tina.eval.options import EvalOptions
     from tina.eval.serving import Server
     from tina.models import load_model_and_tokenizer
 

@@ -29,7 +29,7 @@ import torch
 from eval_util import LORA_TARGETS
 
 from tina.cli import main
-from tina.eval.runner import MERGE_SIGNAL_FRACTION, MERGE_TOLERANCE
+from tina.eval.swap import MERGE_SIGNAL_FRACTION, MERGE_TOLERANCE
 
 UPDATE = 1e-5  # ||B A * alpha/r|| / ||W|| for every adapted matrix
 LOGIT_TOLERANCE = 1e-6  # max |logit difference| / max |logit|, unmerged eval vs the direct PEFT model
@@ -150,7 +150,8 @@ def unmerged(tiny_update, tmp_path_factory):
 
 def test_a_unmerged_eval_serves_exactly_the_peft_model(tiny_update):
     """The very model object `tina eval` generates with (its Server, after serving the base first) vs PeftModel."""
-    from tina.eval.runner import BASE, Candidate, EvalOptions
+    from tina.eval.candidates import BASE, Candidate
+    from tina.eval.options import EvalOptions
     from tina.eval.serving import Server
 
     folder, base, tokenizer, prompts = tiny_update
@@ -174,7 +175,8 @@ def test_a_unmerged_eval_serves_exactly_the_peft_model(tiny_update):
 
 def test_a_unmerged_eval_verdicts_are_the_direct_models(tiny_update, unmerged):
     from tina.eval.benchmarks import load_benchmark
-    from tina.eval.runner import EvalOptions, eval_sampling, stream_key
+    from tina.eval.options import EvalOptions
+    from tina.eval.protocol import eval_sampling, stream_key
     from tina.grading import grade_many
     from tina.rollout import HFEngine
 

@@ -7,8 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from tina.eval.runner import BASE, Candidate, add_eval_cost, choose_checkpoint, summarize
-from tina.eval.stats import bootstrap_ci, mean_at_n, paired_bootstrap_ci, pass_at_k, pass_at_k_all
+from tina.eval.candidates import BASE, Candidate
+from tina.eval.selection import choose_checkpoint
+from tina.eval.stats import (
+    bootstrap_ci,
+    mean_at_n,
+    paired_bootstrap_ci,
+    pass_at_k,
+    pass_at_k_all,
+    summarize,
+)
+from tina.ledger import add_eval_cost
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ def previous_measurements(out: Path) -> tuple[dict, float | None, str | None]:
 
 def calibrate(opts, model_name: str, bench) -> float:
     """Tokens/s of the evaluation's own engine on the first problems of ``bench`` (at most 128 new tokens each)."""
-    from tina.eval.runner import BASE, eval_sampling, stream_key
+    from tina.eval.candidates import BASE
+    from tina.eval.protocol import eval_sampling, stream_key
     from tina.eval.serving import Server
     from tina.prompts import render_prompt
 

@@ -29,7 +29,7 @@ def merge_checkpoint(
     """
     from peft import PeftModel
 
-    from tina.eval.runner import base_model_for, sha256_files
+    from tina.eval.candidates import base_model_for, sha256_files
     from tina.models import base_weights_digest, load_model_and_tokenizer
 
     checkpoint, out = Path(checkpoint), Path(output_dir)

@@ -14,429 +14,39 @@ The flow, top to bottom (`run_eval`)::
 Every model sees the same prompts and the same per-problem random streams (seeded, batch-invariant sampling), so a
 paired comparison between two models is between two samples of the same problems; an adapter whose LoRA update is
 zero gives exactly the base model's completions, and ``--limit`` keeps the samples of the problems it keeps.
+
+The rooms: :mod:`~tina.eval.options` (what the user asks), :mod:`~tina.eval.candidates` (which models),
+:mod:`~tina.eval.swap` (one base served as each adapter), :mod:`~tina.eval.protocol` (seeds, streams, sampling and
+the record of them), :mod:`~tina.eval.selection` (``--select-on``), :mod:`~tina.eval.stats`; this module runs them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import platform
-import re
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tina.errors import TinaError, did_you_mean
-from tina.eval.benchmarks import TINA_SIX, Benchmark, load_benchmark, load_validation
-from tina.rollout.base import Sampling
-
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-MERGE_TOLERANCE = 1e-4  # merged vs unmerged: max |logit difference| / max |logit| on a probe batch
-MERGE_SIGNAL_FRACTION = 0.5  # ... and at most half the adapter's own effect (adapter vs base) on them: a merge
-#                              that lost the update (rounding) must not pass because the update itself is small
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-# ------------------------------------------------------------------------------------------------------ options
-@dataclass
-class EvalOptions:
-    """Everything `tina eval` takes (the CLI fills it from its flags; Python callers build it directly)."""
-
-    model: str | None = None  # hub id, folder or builtin:...; default: the run's / adapters' base model
-    adapters: list[str] = field(default_factory=list)
-    run: str | None = None  # evaluate every RUN/checkpoint-*
-    benchmarks: list[str] = field(default_factory=lambda: list(TINA_SIX))
-    samples: int = 1  # completions per problem and seed
-    seeds: list[int] = field(default_factory=lambda: [0])
-    temperature: float = 0.6  # 0 = greedy
-    top_p: float = 0.95
-    max_new_tokens: int = 32768
-    limit: int | None = None  # first N problems of each benchmark (and of the validation set)
-    batch_size: int = 64  # sequences decoded at once: hf rows per decode batch; vllm max_num_seqs
-    output_dir: str | None = None
-    data_dir: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    attn_implementation: str = "sdpa"
-    template: str = "tokenizer"  # chat template (tina.prompts.TEMPLATE_NAMES)
-    include_base: bool | None = None  # default: on with --run, off otherwise
-    merge_adapters: bool = False  # hf: fold each adapter into float32 weights (checked); default: unmerged
-    select_on: str | None = None  # validation JSONL or benchmark name
-    select_prompt: str = "eval"  # "eval": Tina's math prompt; "train": the run's training format
-    grader_timeout: float = 5.0
-    bootstrap_resamples: int = 2000
-    progress: bool = True
-    overwrite: bool = False
-    backend: str = "hf"  # hf | vllm
-    resume: bool = False  # continue an interrupted evaluation from its samples.jsonl
-    dry_run: bool = False  # print the expected token volume and time, generate nothing
-    data_parallel: int = 1  # processes (one per GPU), each on a shard of the problems; results merged
-    shard: tuple[int, int] | None = None  # (index, count): this process's share of the problems (set by data_parallel)
-    data_parallel_of: int = 0  # recorded in the protocol when results are merged from shards
-    gpu_memory_utilization: float = 0.9  # vllm
-    max_model_len: int | None = None  # vllm: prompt + completion tokens (None: the model's maximum)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One model to evaluate: the base (adapter None) or the base with one adapter."""
-
-    label: str
-    adapter: Path | None = None
-    step: int | None = None  # training step of a checkpoint-<step> folder
-
-
-BASE = Candidate("base")
-
-
-# ----------------------------------------------------------------------------------------------------- discovery
-def run_checkpoints(run_dir: str | Path) -> list[Candidate]:
-    """Every ``RUN/checkpoint-<step>/`` holding a PEFT adapter, oldest first."""
-    found = []
-    for path in Path(run_dir).glob("checkpoint-*"):
-        m = _CKPT.match(path.name)
-        if m and (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file():
-            found.append(Candidate(path.name, path, int(m.group(1))))
-    return sorted(found, key=lambda c: c.step)
-
-
-def adapter_candidates(paths: list[str]) -> list[Candidate]:
-    """Candidates for ``--adapter`` folders, labelled by folder name (``run/checkpoint-50`` if names collide)."""
-    out, seen = [], Counter()
-    folders = [Path(p) for p in paths]
-    names = Counter(p.name for p in folders)
-    for p in folders:
-        if not (p / "adapter_config.json").is_file() or not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
-            raise TinaError(
-                f"--adapter {p}: expected a PEFT adapter folder (adapter_config.json and "
-                f"{' or '.join(ADAPTER_WEIGHTS)})"
-            )
-        label = p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}"
-        seen[label] += 1
-        if seen[label] > 1:
-            label = f"{label}#{seen[label]}"
-        m = _CKPT.match(p.name)
-        out.append(Candidate(label, p, int(m.group(1)) if m else None))
-    return out
-
-
-def read_run_config(run_dir: str | Path) -> dict:
-    """RUN/config.yaml as a plain dict ({} when absent); read loosely, only a few keys are used."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TinaError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def base_model_for(adapter_dir: str | Path) -> str | None:
-    """The base model of an adapter: ``model.name_or_path`` of RUN/config.yaml next to it (portable: it keeps
-    ``builtin:`` names and hub ids), else ``base_model_name_or_path`` of its adapter_config.json."""
-    adapter_dir = Path(adapter_dir)
-    name = (read_run_config(adapter_dir.parent).get("model") or {}).get("name_or_path")
-    if name:
-        return str(name)
-    try:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return cfg.get("base_model_name_or_path")
-
-
-def sha256_files(folder: str | Path, names: tuple[str, ...] = ("adapter_config.json", *ADAPTER_WEIGHTS)) -> str:
-    """sha256 over those of the named files that exist in a folder (name, then bytes, for each): the identity of an
-    adapter."""
-    h = hashlib.sha256()
-    for name in names:
-        if not (Path(folder) / name).is_file():
-            continue
-        h.update(name.encode())
-        with open(Path(folder) / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------ adapter swapping
-class AdapterSwitcher:
-    """One base model in memory; adapters come and go in place -- the base is never reloaded.
-
-    ``with switcher.use(path_or_None) as model:`` gives the model with exactly that adapter applied (None: the base).
-    Two ways, the same results up to floating-point rounding:
-
-    * ``merge=False``: PEFT ``load_adapter`` / ``set_adapter`` / ``delete_adapter`` (the previous adapter is deleted
-      only once the new one is active); the base through PEFT's ``disable_adapter``.  The forward pass is the one
-      training used, LoRA matmuls included.
-    * ``merge=True``: the adapter is folded into the weights (PEFT ``merge_and_unload``), as Tina evaluated merged
-      checkpoints; before the next adapter (or the base) the weights are restored bit for bit from a CPU copy taken
-      at the first merge.  Generation runs at plain-model speed, for one CPU copy of the parameters.
-    """
-
-    def __init__(self, base, *, merge: bool = False):
-        self.base = base
-        self.merge = merge
-        self.model = base  # unmerged: becomes a PeftModel with the first adapter
-        self.active: str | None = None
-        self.loaded_from: Path | None = None
-        self._count = 0
-        self._pristine: dict | None = None  # merged: name -> CPU copy of every base parameter
-
-    @contextmanager
-    def use(self, adapter: Path | None):
-        adapter = Path(adapter) if adapter is not None else None
-        if self.merge:
-            if adapter != self.loaded_from:
-                self._merge_in(adapter)
-            yield self.base
-            return
-        if adapter is None:
-            context = self.model.disable_adapter() if self.model is not self.base else nullcontext()
-            with context:
-                yield self.model
-            return
-        if self.loaded_from != adapter:
-            self._swap(adapter)
-        yield self.model
-
-    def _swap(self, adapter: Path) -> None:
-        name = f"adapter{self._count}"
-        self._count += 1
-        with _adapter_errors(adapter):
-            if self.model is self.base:
-                from peft import PeftModel
-
-                self.model = PeftModel.from_pretrained(
-                    self.base, str(adapter), adapter_name=name, low_cpu_mem_usage=True
-                )
-            else:
-                self.model.load_adapter(str(adapter), adapter_name=name, low_cpu_mem_usage=True)
-        if self.active is not None:
-            self.model.set_adapter(name)
-            self.model.delete_adapter(self.active)
-        self.model.eval()
-        self.active, self.loaded_from = name, adapter
-
-    def _merge_in(self, adapter: Path | None) -> None:
-        import torch
-        from peft import PeftModel
-
-        if self._pristine is None:
-            self._pristine = {n: p.detach().to("cpu", copy=True) for n, p in self.base.named_parameters()}
-        elif self.loaded_from is not None:
-            with torch.no_grad():
-                for n, p in self.base.named_parameters():
-                    p.copy_(self._pristine[n])
-        self.loaded_from = None
-        if adapter is not None:
-            probe = torch.tensor([[5, 17, 42, 99, 7, 3, 11, 64]], device=next(self.base.parameters()).device)
-            probe = probe.clamp(max=self.base.config.vocab_size - 1)
-            with _adapter_errors(adapter):
-                wrapped = PeftModel.from_pretrained(self.base, str(adapter), low_cpu_mem_usage=True).eval()
-                with torch.no_grad():
-                    reference = wrapped(input_ids=probe).logits.float()  # base + adapter, unmerged
-                    with wrapped.disable_adapter():
-                        plain = wrapped(input_ids=probe).logits.float()  # the base alone
-                merged = wrapped.merge_and_unload()
-            if merged is not self.base:  # PEFT returns the wrapped model itself; anything else would be a copy
-                raise RuntimeError(
-                    "PEFT merge_and_unload returned a new model; merged adapter switching needs it "
-                    "in place (use merge=False)"
-                )
-            self.base.eval()
-            self.loaded_from = adapter
-            with torch.no_grad():
-                scale = reference.abs().max().clamp(min=1e-6)
-                error = float((self.base(input_ids=probe).logits.float() - reference).abs().max() / scale)
-                effect = float((reference - plain).abs().max() / scale)
-            if error > MERGE_TOLERANCE:
-                raise TinaError(
-                    f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
-                    f"batch), above {MERGE_TOLERANCE:g}; evaluate it unmerged (drop --merge-adapters)"
-                )
-            # an update smaller than the merge's rounding would pass the check above even if the merge dropped it
-            if error > MERGE_SIGNAL_FRACTION * effect:
-                raise TinaError(
-                    f"merging {adapter} changes the model's logits by {error:.2e} (relative, on a probe "
-                    f"batch), more than {MERGE_SIGNAL_FRACTION:g} x the adapter's own effect on them "
-                    f"({effect:.2e}): the update is too small to survive merging; evaluate it unmerged "
-                    "(drop --merge-adapters)"
-                )
-
-
-@contextmanager
-def _adapter_errors(adapter: Path):
-    """Loading an adapter that is missing, corrupt or made for another model is a one-line TinaError."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-        raise TinaError(
-            f"cannot load adapter {adapter}: {' '.join(lines[:2])[:300]} (is it a complete PEFT "
-            f"adapter of this base model?)"
-        ) from None
-
-
-# --------------------------------------------------------------------------------------------------- statistics
-def summarize(correct: np.ndarray, *, seeds: list[int], samples: int, resamples: int = 2000) -> dict:
-    """Statistics of one model on one benchmark from its correctness matrix [problems, seeds * samples].
-
-    Columns are grouped by seed (seed 0's samples first).  Ungradable entries (nan) count as incorrect and are
-    counted in ``n_ungradable``.
-
-    >>> s = summarize(np.array([[1.0, 0.0], [1.0, 1.0]]), seeds=[0], samples=2)
-    >>> s["mean"], s["pass_at_k"], s["n_samples"]
-    (0.75, {'1': 0.75, '2': 1.0}, 2)
-    """
-    from tina.eval.stats import bootstrap_ci, mean_at_n, pass_at_k_all
-
-    n_problems, n_samples = correct.shape
-    per_seed = {str(s): mean_at_n(correct[:, i * samples : (i + 1) * samples]) for i, s in enumerate(seeds)}
-    return {
-        "mean": mean_at_n(correct),
-        "ci95": list(bootstrap_ci(correct, resamples=resamples, seed=0)),
-        "pass_at_k": {str(k): v for k, v in pass_at_k_all(correct).items()},
-        "per_seed_mean": per_seed,
-        "n_problems": int(n_problems),
-        "n_samples": int(n_samples),  # completions per problem = samples x seeds
-        "n_completions": int(n_problems * n_samples),
-        "seeds": list(seeds),
-        "n_ungradable": int(np.isnan(correct).sum()),
-    }
-
-
-def paired(baseline: np.ndarray, other: np.ndarray, *, label: str, resamples: int = 2000) -> dict:
-    """Paired difference (other - baseline) with its 95% bootstrap CI over problems."""
-    from tina.eval.stats import paired_bootstrap_ci
-
-    diff, low, high = paired_bootstrap_ci(baseline, other, resamples=resamples, seed=0)
-    return {"baseline": label, "diff": diff, "ci95": [low, high]}
-
-
-def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
-    """The candidate with the highest validation score; ties go to the earliest (lowest step, then list order).
-
-    >>> a, b, c = (Candidate(f"checkpoint-{s}", step=s) for s in (1, 2, 3))
-    >>> choose_checkpoint([(c, 0.5), (a, 0.25), (b, 0.5)]).label
-    'checkpoint-2'
-    """
-    if not scores:
-        raise ValueError("no checkpoints to choose from")
-    order = {id(c): i for i, (c, _) in enumerate(scores)}
-    best = max(s for _, s in scores)
-    tied = [c for c, s in scores if s == best]
-    return min(tied, key=lambda c: (c.step if c.step is not None else math.inf, order[id(c)]))
-
-
-# ---------------------------------------------------------------------------------------------------- the ledger
-def add_eval_cost(
-    run_dir: str | Path,
-    seconds: float,
-    num_devices: int | None = None,
-    *,
-    label: str | None = None,
-    extra: dict | None = None,
-) -> dict | None:
-    """Book ``seconds`` of evaluation into RUN/ledger.json, if the run has one; return the updated ledger.
-
-    ``phases.evaluation`` and ``wall_seconds`` grow by ``seconds``, ``device_hours`` by
-    ``num_devices * seconds / 3600`` (default: the ledger's own ``num_devices``) and ``usd`` is recomputed as
-    ``device_hours * usd_per_device_hour``; ``evaluation`` holds the totals ``{"seconds", "device_hours", "usd",
-    "runs"}``.  The bookkeeping lives in `tina.ledger.add_eval_cost` (an append-only RUN/eval_costs.jsonl, so an
-    evaluation that runs beside a training process never overwrites its cost, nor the other way round).
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "ledger.json").write_text(json.dumps({"wall_seconds": 3600, "phases": {"evaluation": 0},
-    ...     "num_devices": 2, "device_hours": 2.0, "usd_per_device_hour": 1.5, "usd": 3.0}))
-    >>> add_eval_cost(d, 1800)["usd"]      # 2 devices x 0.5 h more at $1.5
-    4.5
-    """
-    from tina.ledger import add_eval_cost as book
-
-    return book(run_dir, seconds, num_devices, label=label, extra=extra)
-
+from tina.eval.benchmarks import Benchmark, load_benchmark
+from tina.eval.candidates import (
+    BASE,
+    Candidate,
+    adapter_candidates,
+    base_model_for,
+    read_run_config,
+    run_checkpoints,
+    sha256_files,
+)
+from tina.eval.options import EvalOptions
+from tina.eval.protocol import eval_sampling, protocol, stream_key
+from tina.eval.selection import select_checkpoint, validation_set
+from tina.eval.stats import paired, summarize
+from tina.ledger import add_eval_cost
 
 # ----------------------------------------------------------------------------------------------------- protocol
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import tina
-
-    out = {"tina": tina.__version__, "python": platform.python_version()}
-    for dist in ("transformers", "torch", "peft", "math-verify", "numpy", "datasets"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def grader_digest() -> str:
-    """sha256 of the grader's source files: a changed grader gives a different digest in results.json."""
-    import tina.grading
-
-    h = hashlib.sha256()
-    for path in sorted(Path(tina.grading.__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------- generation
-def benchmark_seed(seed: int, benchmark: str) -> int:
-    """The sampling seed of one benchmark under a user seed: ``row_seed(seed, first 7 bytes of sha256(name))``.
-
-    Every model gets the same streams on a benchmark (paired comparisons compare like with like), while problem i
-    of two benchmarks does not share its random stream.  Completion j of problem i draws from
-    ``row_seed(0, row_seed(benchmark_seed, i), j)`` (tina.rollout.sampling; :func:`stream_key`), whatever the batch
-    size, the engine's batching, the number of processes or an interruption.
-
-    >>> benchmark_seed(0, "aime24") == benchmark_seed(0, "aime24") != benchmark_seed(0, "aime25")
-    True
-    """
-    from tina.rollout.sampling import row_seed
-
-    return row_seed(seed, int.from_bytes(hashlib.sha256(benchmark.encode()).digest()[:7], "big"))
-
-
-def stream_key(seed: int, benchmark: str, problem: int) -> int:
-    """The key of problem ``problem`` of a benchmark under a user seed (one engine call can hold every seed)."""
-    from tina.rollout.sampling import row_seed
-
-    return row_seed(benchmark_seed(seed, benchmark), problem)
-
-
-def eval_sampling(opts: EvalOptions) -> Sampling:
-    """What every completion of an evaluation samples: exactly the flags (``--temperature 0``: greedy), nothing else.
-
-    Greedy decoding keeps temperature 1 inside the engine: it only scales the log-probabilities reported with the
-    tokens, and dividing the logits by 0 would turn them into inf/nan (whose argmax is garbage).
-
-    >>> eval_sampling(EvalOptions(temperature=0)).temperature, eval_sampling(EvalOptions(temperature=0)).greedy
-    (1.0, True)
-    """
-    greedy = opts.temperature == 0
-    return Sampling(
-        n=opts.samples,
-        max_new_tokens=opts.max_new_tokens,
-        temperature=1.0 if greedy else opts.temperature,
-        top_p=1.0 if greedy else opts.top_p,
-        top_k=0,
-        greedy=greedy,
-        seed=0,
-    )
 
 
 @dataclass
@@ -683,7 +293,7 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
             "--overwrite to replace it, or choose another --output-dir"
         )
     benches = [load_benchmark(name, data_dir=opts.data_dir, limit=opts.limit) for name in opts.benchmarks]
-    validation = _validation_set(opts, benches) if opts.select_on else None
+    validation = validation_set(opts, benches) if opts.select_on else None
     if opts.dry_run:
         from tina.eval.cost import dry_run
 
@@ -720,7 +330,7 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
             session.samples, session.bar = samples, bar
             selection = None
             if validation is not None:
-                selection, chosen = _select(session, validation, adapters, include_base, opts)
+                selection, chosen = select_checkpoint(session, validation, adapters, include_base, opts)
                 models_for_test = ([BASE] if include_base else []) + [chosen]
             outcomes = {(c.label, b.name): session.evaluate(c, b) for c in models_for_test for b in benches}
     finally:
@@ -791,156 +401,6 @@ def assemble_only(opts: EvalOptions, shard_results: dict, *, echo=print) -> dict
     echo(report.markdown_table(results))
     echo(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}")
     return results
-
-
-def protocol(opts: EvalOptions, model_name: str, server) -> dict:
-    """The protocol block shared by every (model, benchmark) entry of results.json."""
-    from tina.models import base_weights_digest, resolve_model_path
-
-    model = server.model
-    return {
-        "model": model_name,
-        "model_path": resolve_model_path(model_name) if model_name.startswith("builtin:") else model_name,
-        "model_revision": getattr(model.config, "_commit_hash", None) if model is not None else None,
-        "base_weights_sha256": base_weights_digest(model) if model is not None else None,
-        "base_files_sha256": None if model is not None else sha256_files(server.path, weight_files(server.path)),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else opts.dtype,
-        "device": str(next(model.parameters()).device) if model is not None else "vllm",
-        "engine": server.engine_name,
-        "adapters": (
-            "merged into float32 weights, checked against the unmerged model (max relative logit "
-            f"difference {MERGE_TOLERANCE:g}, and at most {MERGE_SIGNAL_FRACTION:g} x the adapter's own "
-            "effect on the logits); base restored exactly between adapters"
-        )
-        if opts.merge_adapters
-        else "unmerged LoRA (never merged into the weights)",
-        "chat_template": opts.template,
-        "chat_template_sha256": hashlib.sha256(
-            (getattr(server.tokenizer, "chat_template", None) or "").encode()
-        ).hexdigest(),
-        "sampling": _sampling_protocol(opts, server),
-        "grader": {
-            "name": "tina.grading",
-            "source_sha256": grader_digest(),
-            "timeout_seconds": opts.grader_timeout,
-            "extraction": "lenient (boxed, then answer phrases, then the last math span, final answer part "
-            "only); hedged and unfinished (truncated or thinking never closed) answers are wrong",
-            "ungradable": "counted as incorrect in mean/pass@k; reported as n_ungradable",
-        },
-        "statistics": {
-            "ci": "95% percentile bootstrap over problems",
-            "resamples": opts.bootstrap_resamples,
-            "pass_at_k": "unbiased (Chen et al. 2021) over samples x seeds",
-            "bootstrap_seed": 0,
-        },
-        "versions": library_versions(),
-    }
-
-
-def _sampling_protocol(opts: EvalOptions, server) -> dict:
-    """The sampling settings as run: the flags, what the engine applied, and where each completion's randomness is."""
-    sampling = eval_sampling(opts)
-    if server.backend == "vllm":
-        streams = (
-            "vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
-            "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
-            "tina.eval.runner.stream_key), the same for every model, batch size (max_num_seqs) and process "
-            "count, and after a resume; not the hf engine's streams"
-        )
-    else:
-        streams = (
-            "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
-            "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
-            "tina.eval.runner.stream_key), the same for every model, batch size and process count, and after "
-            "a resume"
-        )
-    return {
-        "samples": opts.samples,
-        "seeds": list(opts.seeds),
-        "temperature": opts.temperature,
-        "top_p": opts.top_p,
-        "top_k": sampling.top_k,
-        "max_new_tokens": opts.max_new_tokens,
-        "greedy": sampling.greedy,
-        "batch_size": opts.batch_size,
-        "processors": sampling.protocol()["processors"],
-        "generation_config": "not applied: no repetition penalty, n-gram blocking, top-k or minimum length from "
-        "the model folder; only its end-of-sequence ids",
-        "eos_token_ids": server.eos_ids,
-        "streams": streams,
-    }
-
-
-def weight_files(folder: str | Path) -> tuple[str, ...]:
-    return tuple(sorted(p.name for p in Path(folder).glob("*.safetensors")))
-
-
-def _validation_set(opts: EvalOptions, benches: list[Benchmark]) -> Benchmark:
-    if opts.select_on in opts.benchmarks:
-        raise TinaError(
-            f"--select-on {opts.select_on} is also a test benchmark: choosing a checkpoint on the test set "
-            f"leaks; select on a held-out file (e.g. RUN/holdout.jsonl) or another benchmark"
-        )
-    style, system_prompt, template = "math", None, None
-    if opts.select_prompt == "train":
-        data = (read_run_config(opts.run).get("data") or {}) if opts.run else {}
-        style, system_prompt, template = "raw", data.get("system_prompt"), data.get("template", "tokenizer")
-    val = load_validation(
-        opts.select_on,
-        data_dir=opts.data_dir,
-        limit=opts.limit,
-        style=style,
-        system_prompt=system_prompt,
-        chat_template=template,
-    )
-    test_problems = {r.get("problem") or r.get("question") for b in benches for r in b.rows}
-    overlap = [r["id"] for r in val.rows if (r.get("problem") or r.get("question")) in test_problems]
-    if overlap:
-        raise TinaError(
-            f"validation set {opts.select_on} shares {len(overlap)} problem(s) with the test benchmarks "
-            f"(ids {', '.join(overlap[:5])}); selecting on them would leak"
-        )
-    return val
-
-
-def _select(session: Session, val: Benchmark, adapters: list[Candidate], include_base: bool, opts: EvalOptions):
-    """Evaluate every checkpoint (and the base, for reference) on the validation set; choose the best."""
-    scored, rows = [], []
-    for cand in ([BASE] if include_base else []) + adapters:
-        outcome = session.evaluate(cand, val, phase="selection")
-        s = summarize(outcome.correct, seeds=opts.seeds, samples=opts.samples, resamples=opts.bootstrap_resamples)
-        rows.append(
-            {
-                "model": cand.label,
-                "step": cand.step,
-                "mean": s["mean"],
-                "ci95": s["ci95"],
-                "n_problems": s["n_problems"],
-                "n_samples": s["n_samples"],
-                "n_ungradable": s["n_ungradable"],
-            }
-        )
-        if cand.adapter is not None:
-            scored.append((cand, s["mean"]))
-    chosen = choose_checkpoint(scored)
-    selection = {
-        "on": opts.select_on,
-        "name": val.name,
-        "source": val.source,
-        "data_sha256": val.data_sha256,
-        "rows_sha256": val.rows_sha256,
-        "n_problems": len(val.rows),
-        "prompt": opts.select_prompt,
-        "prompt_template": val.template,
-        "metric": "mean@n over samples x seeds",
-        "tie_break": "earliest checkpoint",
-        "all_tied": len(scored) > 1 and len({m for _, m in scored}) == 1,
-        "scores": rows,
-        "chosen": chosen.label,
-        "chosen_step": chosen.step,
-        "chosen_adapter": str(chosen.adapter),
-    }
-    return selection, chosen
 
 
 def _assemble(opts, common, models, benches, outcomes, adapter_sha, session, selection) -> dict:

@@ -117,7 +117,7 @@ class Server:
         self.path = resolve_model_path(model_name)
         check_adapters_fit(self.path, adapters)
         if self.backend == "hf":
-            from tina.eval.runner import AdapterSwitcher
+            from tina.eval.swap import AdapterSwitcher
             from tina.models import load_model_and_tokenizer
 
             model, self.tokenizer = load_model_and_tokenizer(

@@ -85,3 +85,38 @@ def _bootstrap_mean(values: np.ndarray, resamples: int, seed: int, level: float)
     means = values[idx].mean(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def summarize(correct: np.ndarray, *, seeds: list[int], samples: int, resamples: int = 2000) -> dict:
+    """Statistics of one model on one benchmark from its correctness matrix [problems, seeds * samples].
+
+    Columns are grouped by seed (seed 0's samples first).  Ungradable entries (nan) count as incorrect and are
+    counted in ``n_ungradable``.
+
+    >>> s = summarize(np.array([[1.0, 0.0], [1.0, 1.0]]), seeds=[0], samples=2)
+    >>> s["mean"], s["pass_at_k"], s["n_samples"]
+    (0.75, {'1': 0.75, '2': 1.0}, 2)
+    """
+    from tina.eval.stats import bootstrap_ci, mean_at_n, pass_at_k_all
+
+    n_problems, n_samples = correct.shape
+    per_seed = {str(s): mean_at_n(correct[:, i * samples : (i + 1) * samples]) for i, s in enumerate(seeds)}
+    return {
+        "mean": mean_at_n(correct),
+        "ci95": list(bootstrap_ci(correct, resamples=resamples, seed=0)),
+        "pass_at_k": {str(k): v for k, v in pass_at_k_all(correct).items()},
+        "per_seed_mean": per_seed,
+        "n_problems": int(n_problems),
+        "n_samples": int(n_samples),  # completions per problem = samples x seeds
+        "n_completions": int(n_problems * n_samples),
+        "seeds": list(seeds),
+        "n_ungradable": int(np.isnan(correct).sum()),
+    }
+
+
+def paired(baseline: np.ndarray, other: np.ndarray, *, label: str, resamples: int = 2000) -> dict:
+    """Paired difference (other - baseline) with its 95% bootstrap CI over problems."""
+    from tina.eval.stats import paired_bootstrap_ci
+
+    diff, low, high = paired_bootstrap_ci(baseline, other, resamples=resamples, seed=0)
+    return {"baseline": label, "diff": diff, "ci95": [low, high]}
