@@ -175,7 +175,7 @@ def test_tiny_gguf_converts_once_into_a_plain_folder(tiny_gguf, own_cache, monke
 
     # Second use: a cache hit that neither converts nor re-reads the file.
     monkeypatch.setattr(tg, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
-    monkeypatch.setattr(tg.hashlib, "sha256", lambda *a: pytest.fail("hashed twice"))
+    monkeypatch.setattr(tg, "sha256_file", lambda *a, **k: pytest.fail("hashed twice"))
     assert resolve_model_path(str(tiny_gguf)) == str(folder)
 
 

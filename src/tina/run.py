@@ -29,7 +29,6 @@ import os
 import random
 import shlex
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -53,8 +52,10 @@ from tina.checkpoint import (
     set_rng_state,
 )
 from tina.config import Config
+from tina.console import say
 from tina.errors import TinaError
-from tina.ledger import Ledger, adopt_untracked_eval, atomic_write_text, read_eval_costs, read_ledger
+from tina.files import append_jsonl, atomic_write_text, read_jsonl
+from tina.ledger import Ledger, adopt_untracked_eval, read_eval_costs, read_ledger
 from tina.models import attach_lora, base_weights_digest, count_parameters, load_model_and_tokenizer
 from tina.problems import PromptSampler, load_problems, render_prompts
 from tina.rewards import RewardSpec
@@ -869,24 +870,6 @@ def step_record(
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
 
 
-def append_jsonl(path: Path, obj: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(obj) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a half-written last line (a killed process) is dropped."""
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def resolve_pass_tokens(cfg: Config, model, *, say_it: bool) -> Config:
     """``train.max_tokens_per_pass: auto`` resolved once for this run's model and device (config.yaml keeps
     ``auto``, so a resume on another device resolves again: the pass size never changes the update)."""
@@ -899,12 +882,6 @@ def resolve_pass_tokens(cfg: Config, model, *, say_it: bool) -> Config:
         where = "the model's shape is unknown: one pass per micro-batch" if tokens is None else f"{tokens:,} tokens"
         say(f"loss pass: train.max_tokens_per_pass auto -> {where}")
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_tokens_per_pass=tokens))
-
-
-def say(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message, file=sys.stderr)
 
 
 def progress_bar(start: int, total: int, *, enabled: bool):

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tina.errors import DataError, TinaError, did_you_mean
+from tina.files import sha256_file
 from tina.prompts import GPQA_PROMPT, MATH_EVAL_PROMPT, format_gpqa, format_math_eval
 
 LETTERS = "ABCD"
@@ -232,14 +233,6 @@ def rows_digest(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def from_rows(
     name: str,
     rows: list[dict],
@@ -287,7 +280,7 @@ def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int 
                 f"drop --data-dir to read it from the hub ({spec.hub})"
             )
         return from_rows(
-            name, read_jsonl(path), style=spec.style, source=f"file:{path}", data_sha256=file_sha256(path), limit=limit
+            name, read_jsonl(path), style=spec.style, source=f"file:{path}", data_sha256=sha256_file(path), limit=limit
         )
     from tina.data.loading import load_rows
 
@@ -338,7 +331,7 @@ def load_validation(
             read_jsonl(path),
             style=style,
             source=f"file:{path}",
-            data_sha256=file_sha256(path),
+            data_sha256=sha256_file(path),
             limit=limit,
             system_prompt=system_prompt,
             chat_template=chat_template,

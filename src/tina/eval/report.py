@@ -25,7 +25,7 @@ def clean(value):
 
 
 def write_all(out: Path, results: dict, *, plot: bool) -> None:
-    from tina.ledger import atomic_write_text
+    from tina.files import atomic_write_text
 
     out = Path(out)
     atomic_write_text(out / "results.json", json.dumps(clean(results), indent=2, ensure_ascii=False) + "\n")

@@ -103,7 +103,7 @@ def make_engine(
         world_size=world_size,
     )
     if rank == 0:
-        from tina.run import say
+        from tina.console import say
 
         say(f"vllm engine on {placement.describe()}; {plan.describe()}")
     return engine, AdapterHandover(Path(run_dir) / ".engine" / f"rank{rank}")
@@ -132,9 +132,9 @@ def start_up_check(engine, run, handover) -> dict:
     Every process runs it with its own engine.  Under FSDP it runs inside ``run.dist.gathered(model)`` (as
     ``tina.train.open_engine`` calls it): the random adapters are written into the shards and gathered again, and the
     trained adapter is put back bit for bit (tina.rollout.adapters.replace_adapter)."""
+    from tina.console import say
     from tina.rl.logprobs import token_logprobs
     from tina.rollout.agreement import canary
-    from tina.run import say
 
     cfg, model = run.cfg, run.model
     device = run.device
