@@ -148,8 +148,8 @@ def run_demo(
 ) -> dict:
     from tina.eval.stats import bootstrap_ci, mean_at_n, paired_bootstrap_ci
     from tina.models import cpu_has_native_bf16, load_model_and_tokenizer, resolve_model_path
-    from tina.report import detect_phase_transition
     from tina.train import train
+    from tina.transitions import detect_phase_transition
 
     start = time.perf_counter()
     recipe, headline = demo_recipe(model)

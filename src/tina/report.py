@@ -3,143 +3,27 @@
 Reads what a run wrote (config.yaml, metrics.jsonl, ledger.json, probes.jsonl, checkpoint-*/, and RUN/eval/results.json
 from ``tina eval --run RUN --output-dir RUN/eval`` when it exists) and writes ``RUN/report.md`` and ``RUN/plots/*.png``.
 
-Phase transition (Tina §5: format reward and completion length turn sharply while accuracy drifts smoothly; the best
-checkpoint tends to lie just before or around the turn) is found with :func:`detect_phase_transition`:
-
-1. smooth the series with a centred moving average of ``w = n // 15`` points (rounded up to odd; none for short runs);
-2. for every break ``b`` leaving at least ``m = max(3, n // 10)`` points on each side, fit one straight line to the
-   points before ``b`` and another to those from ``b`` on (least squares, on the smoothed series), and keep the ``b``
-   with the smallest total squared error (SSE);
-3. ``strength = 1 - SSE(two lines) / SSE(one line)``: the share of the smoothed series' misfit to a straight line
-   that the break explains (0 = no better than one line, 1 = two lines fit perfectly);
-   ``effect = max |two-line fit - one-line fit| / noise``, with ``noise`` the step-to-step noise of the smoothed series
-   (robust: 1.4826 * MAD of first differences / sqrt(2), divided by sqrt(w));
-4. the transition is **clear** when strength >= 0.6 and effect >= 3, **weak** when strength >= 0.4 and effect >= 2,
-   otherwise there is **no clear transition** (a straight trend or flat noise gives a small strength).
-
-On synthetic data (see tests) a kink or jump is found within a few steps; flat noise and straight trends are "none".
-This is a heuristic for reading curves, not a hypothesis test.
+Phase transitions: :mod:`tina.transitions`; plots: :mod:`tina.plots`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tina.errors import TinaError
 from tina.files import atomic_write_text, read_jsonl
-
-CLEAR = (0.6, 3.0)  # (strength, effect) thresholds
-WEAK = (0.4, 2.0)
-
-
-# ------------------------------------------------------------------------------------------------ change point
-@dataclass
-class Transition:
-    """Where a series turns: the first step of the second segment, and how convincing the turn is."""
-
-    step: float | None
-    strength: float  # 1 - SSE(two lines) / SSE(one line), smoothed series
-    effect: float  # largest gap between the two fits, in units of the smoothed series' noise
-    label: str  # "clear" | "weak" | "none"
-    slope_before: float = 0.0
-    slope_after: float = 0.0
-    window: int = 1
-    fit: tuple | None = None  # (steps, two-line fit values) for plotting
-    note: str = ""  # why there is no verdict (too few steps, constant series)
-
-    @property
-    def found(self) -> bool:
-        return self.label != "none"
-
-    def describe(self, what: str, unit: str = "") -> str:
-        if self.note:
-            return f"{what}: no transition to look for ({self.note})"
-        if not self.found:
-            return (
-                f"{what}: no clear transition (strength {self.strength:.2f}, effect {self.effect:.1f}; "
-                f"a straight line fits about as well)"
-            )
-        per = f" {unit}/step" if unit else "/step"
-        return (
-            f"{what}: {self.label} transition at step {self.step:g} (strength {self.strength:.2f}, effect "
-            f"{self.effect:.1f}); slope {self.slope_before:+.3g}{per} before, {self.slope_after:+.3g}{per} after"
-        )
-
-
-def moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average; the window shrinks at the ends (no padding bias).
-
-    >>> moving_average(np.array([0., 0., 3., 0., 0.]), 3).tolist()
-    [0.0, 1.0, 1.0, 1.0, 0.0]
-    """
-    if window <= 1:
-        return y.astype(float).copy()
-    half = window // 2
-    csum = np.concatenate([[0.0], np.cumsum(y, dtype=float)])
-    idx = np.arange(len(y))
-    lo, hi = np.maximum(0, idx - half), np.minimum(len(y), idx + half + 1)
-    return (csum[hi] - csum[lo]) / (hi - lo)
-
-
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(slope, intercept, SSE) of the least-squares line."""
-    a = np.vstack([x, np.ones_like(x)]).T
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    r = y - a @ coef
-    return float(coef[0]), float(coef[1]), float(r @ r)
-
-
-def detect_phase_transition(steps, values, *, window: int | None = None, min_segment: int | None = None) -> Transition:
-    """Two-segment piecewise-linear change point of a series (see the module docstring for the method).
-
-    >>> x = np.arange(1, 101); y = np.where(x < 40, 0.1 + 0.02 * x, 0.88)
-    >>> t = detect_phase_transition(x, y); (t.label, abs(t.step - 40) <= 3)
-    ('clear', True)
-    >>> detect_phase_transition(x, 0.5 + 0.001 * x).label
-    'none'
-    """
-    pts = [
-        (float(s), float(v)) for s, v in zip(steps, values, strict=True) if v is not None and math.isfinite(float(v))
-    ]
-    x = np.array([p[0] for p in pts])
-    y = np.array([p[1] for p in pts])
-    n = len(y)
-    m = min_segment or max(3, n // 10)
-    w = window or max(1, (n // 15) | 1)
-    if n < 2 * m + 1:
-        return Transition(None, 0.0, 0.0, "none", window=w, note=f"{n} steps; at least {2 * m + 1} are needed")
-    if np.ptp(y) <= 1e-12 * max(1.0, float(np.abs(y).max())):
-        return Transition(None, 0.0, 0.0, "none", window=w, note="the series is constant")
-    s = moving_average(y, w)
-    slope1, icpt1, sse1 = _line(x, s)
-    best = None
-    for b in range(m, n - m + 1):
-        left, right = _line(x[:b], s[:b]), _line(x[b:], s[b:])
-        total = left[2] + right[2]
-        if best is None or total < best[0]:
-            best = (total, b, left, right)
-    sse2, b, left, right = best
-    strength = max(0.0, 1.0 - sse2 / sse1) if sse1 > 1e-18 else 0.0
-    fit2 = np.concatenate([left[0] * x[:b] + left[1], right[0] * x[b:] + right[1]])
-    gap = float(np.max(np.abs(fit2 - (slope1 * x + icpt1))))
-    d = np.diff(y)
-    noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2) / math.sqrt(w)
-    effect = gap / noise if noise > 0 else (math.inf if gap > 0 else 0.0)
-    if strength >= CLEAR[0] and effect >= CLEAR[1]:
-        label = "clear"
-    elif strength >= WEAK[0] and effect >= WEAK[1]:
-        label = "weak"
-    else:
-        label = "none"
-    return Transition(
-        float(x[b]) if label != "none" else None, strength, effect, label, left[0], right[0], w, (x, fit2)
-    )
+from tina.plots import fmt_seconds, plot_accuracy, plot_cost, plot_metric
+from tina.transitions import (
+    FORMAT_REWARDS,
+    Transition,
+    detect_phase_transition,
+    primary_transition,
+    series,
+    transitions,
+)
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -284,206 +168,15 @@ def read_eval(path: Path) -> tuple[dict | None, str | None]:
 
 
 # -------------------------------------------------------------------------------------------------------- plots
-def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [
-        (m["step"], m[key])
-        for m in metrics
-        if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool) and math.isfinite(m[key])
-    ]
-    return [p[0] for p in pts], [float(p[1]) for p in pts]
-
-
-def _figure(title: str, xlabel: str, ylabel: str, size=(8, 4.5)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size, dpi=110)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    return fig, ax
-
-
-def _legend(ax) -> None:
-    """Legend below the axes, so it never hides a curve."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(
-            handles,
-            labels,
-            fontsize=8,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.16),
-            ncol=2 if len(handles) > 2 else len(handles),
-            frameon=False,
-        )
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _mark(ax, transition: Transition | None, best_step: int | None, *, what: str = "") -> None:
-    if transition is not None and transition.found:
-        ax.axvline(
-            transition.step,
-            color="tab:red",
-            linestyle="--",
-            linewidth=1.2,
-            label=f"phase transition{f' ({what})' if what else ''}: step {transition.step:g} "
-            f"({transition.label}, strength {transition.strength:.2f})",
-        )
-    if best_step is not None:
-        ax.axvline(
-            best_step, color="tab:green", linestyle=":", linewidth=1.5, label=f"best checkpoint: step {best_step}"
-        )
-
-
-def plot_metric(
-    path: Path,
-    metrics: list[dict],
-    keys: dict[str, str],
-    *,
-    title: str,
-    ylabel: str,
-    transition: Transition | None = None,
-    best_step: int | None = None,
-    what: str = "",
-    show_fit: Transition | None = None,
-    smooth: bool = True,
-) -> Path | None:
-    """One figure: each key raw (thin) and smoothed (thick) per step, transition and best checkpoint marked."""
-    series = {label: _series(metrics, key) for key, label in keys.items()}
-    series = {k: v for k, v in series.items() if v[0]}
-    if not series:
-        return None
-    fig, ax = _figure(title, "optimizer step", ylabel)
-    n = max(len(v[0]) for v in series.values())
-    w = max(1, (n // 15) | 1) if smooth else 1
-    for i, (label, (x, y)) in enumerate(series.items()):
-        color = f"C{i}"
-        if w > 1:
-            ax.plot(x, y, color=color, alpha=0.3, linewidth=0.8)
-            ax.plot(x, moving_average(np.array(y), w), color=color, linewidth=1.8, label=f"{label} ({w}-step mean)")
-        else:
-            ax.plot(x, y, color=color, linewidth=1.5, marker="." if n < 40 else None, label=label)
-    if show_fit is not None and show_fit.found and show_fit.fit is not None:
-        fx, fy = show_fit.fit
-        b = int(np.searchsorted(fx, show_fit.step))
-        ax.plot(fx[:b], fy[:b], color="black", linewidth=1, alpha=0.7, label="two-segment fit")
-        ax.plot(fx[b:], fy[b:], color="black", linewidth=1, alpha=0.7)
-    _mark(ax, transition, best_step, what=what)
-    _legend(ax)
-    return _save(fig, path)
-
-
-def plot_cost(path: Path, metrics: list[dict], ledger: dict | None) -> Path | None:
-    x, usd = _series(metrics, "usd")
-    _, hours = _series(metrics, "device_hours")
-    priced = bool(usd) and usd[-1] > 0
-    y, ylabel = (usd, "cumulative training cost (USD)") if priced else (hours, "cumulative device-hours")
-    if not y:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
-    ax.plot(x, y, color="tab:purple", linewidth=1.8)
-    led = ledger or {}
-    ax.set_title(
-        f"Training cost over the run ({led.get('num_devices', 1)} x {led.get('device_name', 'device')}"
-        + (f" at ${led.get('usd_per_device_hour', 0):g}/device-hour)" if priced else ")")
-    )
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if ledger and ledger.get("phases"):
-        phases = {k: v for k, v in ledger["phases"].items() if v > 0}
-        total = sum(phases.values()) or 1.0
-        names = list(phases)[::-1]
-        bx.barh(names, [phases[k] / 60 for k in names], color="tab:gray")
-        for i, k in enumerate(names):
-            bx.text(phases[k] / 60, i, f" {100 * phases[k] / total:.0f}%", va="center", fontsize=8)
-        bx.set_xlabel("wall time (minutes)")
-        bx.set_title(f"Where the time went ({_fmt_seconds(total)} in all)")
-        bx.grid(alpha=0.3, axis="x")
-    else:
-        bx.axis("off")
-    return _save(fig, path)
-
-
-def plot_accuracy(path: Path, run: Run, transition: Transition | None, usd_at: dict[int, float]) -> Path | None:
-    if not run.eval:
-        return None
-    priced = any(usd_at.values())
-    title = "Accuracy per checkpoint (95% CI bars)" + ("; training $ to reach each along the bottom" if priced else "")
-    fig, ax = _figure(title, "checkpoint step (0 = base model)", "accuracy (%)")
-    for i, (name, rows) in enumerate(run.eval["curves"].items()):
-        xs = [r[0] for r in rows]
-        ys = [100 * r[1] for r in rows]
-        err = None
-        if all(r[2] is not None for r in rows):
-            err = [[100 * (r[1] - r[2]) for r in rows], [100 * (r[3] - r[1]) for r in rows]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=1.2, label=name, color=f"C{i}")
-    steps = sorted({r[0] for rows in run.eval["curves"].values() for r in rows})
-    for step in steps:
-        if usd_at.get(step):
-            ax.text(
-                step,
-                0.02,
-                f"${usd_at[step]:.2f}",
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                fontsize=7,
-                color="tab:purple",
-            )
-    best = run.eval.get("best")
-    _mark(ax, transition, best[0] if best else None)
-    _legend(ax)
-    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def _fmt_seconds(s: float) -> str:
-    return f"{s / 3600:.2f} h" if s >= 3600 else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s")
 
 
 def _fence(text: str) -> str:
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}text\n{text}\n{ticks}"
-
-
-FORMAT_REWARDS = ("reward/format", "reward/boxed_number", "reward/tag_count")  # the "format" of the paper's story
-
-
-def transitions(metrics: list[dict]) -> dict[str, Transition]:
-    """Change points of the format reward(s) the run has and of the completion length."""
-    out = {}
-    for key in (*FORMAT_REWARDS, "completion_length"):
-        x, y = _series(metrics, key)
-        if x:
-            out[key] = detect_phase_transition(x, y)
-    return out
-
-
-def primary_transition(found: dict[str, Transition]) -> tuple[str | None, Transition | None]:
-    """The strongest clear (else weak) transition among the format reward(s) and completion length."""
-    ranked = sorted(((t.label == "clear", t.strength, k) for k, t in found.items() if t.found), reverse=True)
-    if not ranked:
-        return None, None
-    key = ranked[0][2]
-    return key, found[key]
 
 
 def write_report(
@@ -621,7 +314,7 @@ def _cost_section(run: Run) -> list[str]:
     out = [
         "## Cost",
         "",
-        f"{_fmt_seconds(wall)} of wall time on {led.get('num_devices', 1)} x {led.get('device_name', '?')} = "
+        f"{fmt_seconds(wall)} of wall time on {led.get('num_devices', 1)} x {led.get('device_name', '?')} = "
         f"**{led.get('device_hours', 0):.4f} device-hours**, **${led.get('usd', 0):.4f}** at "
         f"${led.get('usd_per_device_hour', 0):g}/device-hour"
         + (
@@ -637,7 +330,7 @@ def _cost_section(run: Run) -> list[str]:
         "|---|---|---|",
     ]
     for k, v in (led.get("phases") or {}).items():
-        out.append(f"| {k} | {_fmt_seconds(v)} | {100 * v / wall if wall else 0:.1f}% |")
+        out.append(f"| {k} | {fmt_seconds(v)} | {100 * v / wall if wall else 0:.1f}% |")
     return out + [""]
 
 
@@ -650,7 +343,7 @@ def _transition_section(run: Run, found: dict[str, Transition], primary) -> list
         out.append(f"- {t.describe(*units[k])}")
     if not found:
         out.append("- no format reward or completion length in metrics.jsonl")
-    x, y = _series(run.metrics, "reward/accuracy")
+    x, y = series(run.metrics, "reward/accuracy")
     if x:
         out.append(f"- for comparison, {detect_phase_transition(x, y).describe('accuracy reward')}")
     out.append("")

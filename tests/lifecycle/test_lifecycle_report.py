@@ -11,8 +11,9 @@ from lifecycle_util import OVERRIDES
 
 from tina import cli
 from tina.config import load_config
-from tina.report import detect_phase_transition, moving_average, read_eval
+from tina.report import read_eval
 from tina.train import train
+from tina.transitions import detect_phase_transition, moving_average
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
