@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from tina.cache import build_atomic, cache_dir
+from tina.console import quiet_transformers
 from tina.errors import TinaError
 from tina.files import sha256_file
 
@@ -78,7 +80,6 @@ def smollm2_gguf() -> Path:
 
 def resolve_gguf(name_or_path: str | Path) -> Path:
     """The cached safetensors folder of a GGUF file, converting it on first use (about 20-40 s for SmolLM2-135M)."""
-    from tina.tiny import _build_atomic, cache_dir
 
     path = Path(name_or_path).expanduser()
     if not path.is_file():
@@ -92,12 +93,11 @@ def resolve_gguf(name_or_path: str | Path) -> Path:
     if (folder / "model.safetensors").is_file():
         return folder
     info = check_gguf(path)
-    return _build_atomic(folder, lambda tmp: convert_gguf(path, tmp, info=info))
+    return build_atomic(folder, lambda tmp: convert_gguf(path, tmp, info=info))
 
 
 def file_sha256(path: Path) -> str:
     """sha256 of the file, remembered by (path, size, mtime) so that an unchanged file is hashed only once."""
-    from tina.tiny import cache_dir
 
     index_file = cache_dir() / "gguf" / "sha256.json"
     stat = path.stat()
@@ -196,8 +196,6 @@ def convert_gguf(path: Path, out: Path, *, info: dict | None = None) -> Path:
     """Load ``path`` with transformers' GGUF loader (de-quantised, float32) and save it to ``out`` as a plain
     checkpoint: the quantisation marker is dropped so that ``save_pretrained`` writes safetensors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tina.models import quiet_transformers
 
     quiet_transformers()
     started = time.perf_counter()

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from tina.console import quiet_transformers
 from tina.errors import ConfigError, TinaError
 
 # PEFT still calls transformers' deprecated gradient-checkpointing names; the warning is not actionable for users.
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def quiet_transformers() -> None:
-    """Keep transformers' own per-load progress bars and advisory warnings out of our output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tina.transitions import Transition, moving_average, series
-
-if TYPE_CHECKING:
-    from tina.report import Run
 
 
 def _figure(title: str, xlabel: str, ylabel: str, size=(8, 4.5)):
@@ -142,20 +138,23 @@ def plot_cost(path: Path, metrics: list[dict], ledger: dict | None) -> Path | No
     return _save(fig, path)
 
 
-def plot_accuracy(path: Path, run: Run, transition: Transition | None, usd_at: dict[int, float]) -> Path | None:
-    if not run.eval:
+def plot_accuracy(
+    path: Path, evals: dict | None, transition: Transition | None, usd_at: dict[int, float]
+) -> Path | None:
+    """Accuracy by checkpoint from ``tina eval`` results (``Run.eval``), the transition and the cost marked."""
+    if not evals:
         return None
     priced = any(usd_at.values())
     title = "Accuracy per checkpoint (95% CI bars)" + ("; training $ to reach each along the bottom" if priced else "")
     fig, ax = _figure(title, "checkpoint step (0 = base model)", "accuracy (%)")
-    for i, (name, rows) in enumerate(run.eval["curves"].items()):
+    for i, (name, rows) in enumerate(evals["curves"].items()):
         xs = [r[0] for r in rows]
         ys = [100 * r[1] for r in rows]
         err = None
         if all(r[2] is not None for r in rows):
             err = [[100 * (r[1] - r[2]) for r in rows], [100 * (r[3] - r[1]) for r in rows]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=1.2, label=name, color=f"C{i}")
-    steps = sorted({r[0] for rows in run.eval["curves"].values() for r in rows})
+    steps = sorted({r[0] for rows in evals["curves"].values() for r in rows})
     for step in steps:
         if usd_at.get(step):
             ax.text(
@@ -167,7 +166,7 @@ def plot_accuracy(path: Path, run: Run, transition: Transition | None, usd_at: d
                 fontsize=7,
                 color="tab:purple",
             )
-    best = run.eval.get("best")
+    best = evals.get("best")
     _mark(ax, transition, best[0] if best else None)
     _legend(ax)
     return _save(fig, path)

@@ -250,7 +250,7 @@ def write_report(
             plots.append(p)
     for p in (
         plot_cost(plots_dir / "cost.png", run.metrics, run.ledger),
-        plot_accuracy(plots_dir / "accuracy.png", run, tr, usd_at),
+        plot_accuracy(plots_dir / "accuracy.png", run.eval, tr, usd_at),
     ):
         if p:
             plots.append(p)

@@ -81,10 +81,10 @@ def model_folder(shape: str, *, seed: int = 0, root: str | Path | None = None) -
     """The folder of a synthetic model of ``shape`` (built once, then reused): ``$TINA_CACHE_DIR/synthetic/...``."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}")
-    from tina.tiny import _build_atomic, cache_dir
+    from tina.cache import build_atomic, cache_dir
 
     folder = Path(root) if root is not None else cache_dir() / "synthetic"
-    return _build_atomic(folder / shape_key(shape, seed), lambda tmp: build_model_folder(tmp, shape, seed=seed))
+    return build_atomic(folder / shape_key(shape, seed), lambda tmp: build_model_folder(tmp, shape, seed=seed))
 
 
 def build_model_folder(folder: str | Path, shape: str, *, seed: int = 0) -> Path:

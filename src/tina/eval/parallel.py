@@ -19,7 +19,9 @@ from pathlib import Path
 from tina.errors import TinaError
 
 
-def run_data_parallel(opts, out: Path, *, echo=print) -> dict:
+def run_data_parallel(opts, out: Path, *, assemble, echo=print) -> dict:
+    """Run ``opts.data_parallel`` shard processes (one GPU each when there are enough), merge their samples and
+    ``assemble`` the results from them (:func:`tina.eval.runner.assemble_only`, handed in: no import circle)."""
     import torch
 
     n = opts.data_parallel
@@ -33,7 +35,7 @@ def run_data_parallel(opts, out: Path, *, echo=print) -> dict:
         env = dict(os.environ)
         if gpus >= n:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
-        code = "import json, sys; from tina.eval.parallel import child; sys.exit(child(json.loads(sys.argv[1])))"
+        code = "import json, sys; from tina.eval.cli import shard_child; sys.exit(shard_child(json.loads(sys.argv[1])))"
         log = open(out / "shards" / f"shard-{i}.log", "w")
         procs.append(
             (
@@ -63,9 +65,7 @@ def run_data_parallel(opts, out: Path, *, echo=print) -> dict:
     merge_samples([out / "shards" / f"shard-{i}" / "samples.jsonl" for i in range(n)], out / "samples.jsonl")
     first = json.loads((out / "shards" / "shard-0" / "results.json").read_text())
     merged = replace(opts, data_parallel=1, shard=None, resume=True, output_dir=str(out), data_parallel_of=n)
-    from tina.eval.runner import assemble_only
-
-    return assemble_only(merged, first, echo=echo)
+    return assemble(merged, first, echo=echo)
 
 
 def merge_samples(parts: list[Path], target: Path) -> None:
@@ -73,13 +73,3 @@ def merge_samples(parts: list[Path], target: Path) -> None:
         for part in parts:
             if part.is_file():
                 fh.write(part.read_text(encoding="utf-8"))
-
-
-def child(options: dict) -> int:
-    """Entry point of one shard's process."""
-    from tina.cli import run_guarded
-    from tina.eval.runner import EvalOptions, run_eval
-
-    options["shard"] = tuple(options["shard"])
-    opts = EvalOptions(**options)
-    return run_guarded("eval", lambda: run_eval(opts, echo=lambda *_: None) and 0)

@@ -301,7 +301,7 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
     if opts.data_parallel > 1:
         from tina.eval.parallel import run_data_parallel
 
-        return run_data_parallel(opts, out, echo=echo)
+        return run_data_parallel(opts, out, assemble=assemble_only, echo=echo)
 
     from tina.eval.serving import Server
 

@@ -4,7 +4,7 @@ then evaluate only it on the test benchmarks; ties go to the earliest checkpoint
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tina.errors import TinaError
 from tina.eval.benchmarks import Benchmark, load_validation
@@ -12,8 +12,11 @@ from tina.eval.candidates import BASE, Candidate, read_run_config
 from tina.eval.options import EvalOptions
 from tina.eval.stats import summarize
 
-if TYPE_CHECKING:
-    from tina.eval.runner import Session
+
+class Evaluates(Protocol):
+    """What selection needs of an evaluation session (:class:`tina.eval.runner.Session`)."""
+
+    def evaluate(self, cand: Candidate, bench: Benchmark, *, phase: str): ...
 
 
 def choose_checkpoint(scores: list[tuple[Candidate, float]]) -> Candidate:
@@ -60,7 +63,7 @@ def validation_set(opts: EvalOptions, benches: list[Benchmark]) -> Benchmark:
 
 
 def select_checkpoint(
-    session: Session, val: Benchmark, adapters: list[Candidate], include_base: bool, opts: EvalOptions
+    session: Evaluates, val: Benchmark, adapters: list[Candidate], include_base: bool, opts: EvalOptions
 ):
     """Evaluate every checkpoint (and the base, for reference) on the validation set; choose the best."""
     scored, rows = [], []
