@@ -398,6 +398,20 @@ def read_original(path: str | Path) -> tuple[dict, str]:
     return raw, text
 
 
+@dataclass
+class _Original:
+    """The original recipe being converted, and the notes the conversion collects."""
+
+    raw: dict
+    text: str
+    source: str
+    notes: list[str]
+    tina_style: bool
+
+    def unsupported(self, key: str, why: str) -> None:
+        raise ConfigError(f"{self.source}: {key}: {self.raw[key]!r} is not supported by tina ({why})")
+
+
 def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_processes: int | None = None) -> Imported:
     """Convert a parsed original recipe (``text`` is its raw text, read for the stop-step comment)."""
     unknown = [k for k in raw if k not in MAPPED and _dropped_reason(k) is None]
@@ -406,15 +420,42 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         raise ConfigError(
             f"{source}: unknown key '{key}'{_suggest(key)}; tina refuses to guess (TRL would have ignored it silently)"
         )
-    get = raw.get
     notes: list[str] = []
     dropped = [k for k in raw if k not in MAPPED and not _dropped_reason(k).startswith(("read as", "checked"))]
     tina_style = any(k.startswith(("model_post_train_", "rl_post_train_")) for k in raw)
 
-    def unsupported(key: str, why: str) -> None:
-        raise ConfigError(f"{source}: {key}: {raw[key]!r} is not supported by tina ({why})")
+    o = _Original(raw, text, source, notes, tina_style)
 
-    # ------------------------------------------------------------------------------------------------------- model
+    model, lora = _model(o), _lora(o)
+    data, tina_name = _data(o)
+    rollout, algorithm = _rollout(o), _algorithm(o)
+    rewards = _rewards(raw, source, tina_style, tina_name, notes, dropped)
+    train, nproc, missing_max_steps = _train(o, data, rollout, algorithm, num_processes)
+    cost: dict[str, Any] = {"num_devices": nproc}
+    if tina_style:
+        cost.update(
+            device_name="NVIDIA L40S",
+            usd_per_device_hour=1.0,
+            seconds_per_step=30.0,
+            estimate_note="Tina's hardware and price; 30 s/step from the paper's Table 1 (an estimate)",
+        )
+    recipe = {
+        "model": model,
+        "lora": lora,
+        "data": data,
+        "rollout": rollout,
+        "algorithm": algorithm,
+        "rewards": rewards,
+        "train": train,
+        "cost": cost,
+    }
+    recipe = {k: v for k, v in recipe.items() if v}
+    return Imported(recipe, notes, dropped, source, missing_max_steps)
+
+
+def _model(o: _Original) -> dict[str, Any]:
+    """model: the name (Tina's short names expanded), revision, dtype, attention."""
+    get, source, notes, tina_style = o.raw.get, o.source, o.notes, o.tina_style
     model: dict[str, Any] = {}
     name = get("model_name_or_path")
     if name is None:
@@ -441,8 +482,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         model["attn_implementation"] = str(get("attn_implementation"))
     if get("trust_remote_code") is not None:
         model["trust_remote_code"] = _bool("trust_remote_code", get("trust_remote_code"))
+    return model
 
-    # -------------------------------------------------------------------------------------------------------- lora
+
+def _lora(o: _Original) -> dict[str, Any]:
+    """lora: rank, alpha, dropout, targets; what tina cannot train is refused."""
+    raw, get, notes, unsupported = o.raw, o.raw.get, o.notes, o.unsupported
     if get("use_peft") is False:
         unsupported("use_peft", "it trains LoRA adapters only, not all weights")
     if get("use_peft") is None:
@@ -465,8 +510,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         lora["target_modules"] = (
             ["all-linear"] if targets == "all-linear" else [str(t) for t in _list("lora_target_modules", targets)]
         )
+    return lora
 
-    # -------------------------------------------------------------------------------------------------------- data
+
+def _data(o: _Original) -> tuple[dict[str, Any], str | None]:
+    """data: the dataset (Tina's table or a hub id), its adapter, prompt and template; and Tina's dataset name."""
+    get, source, notes, tina_style, unsupported = o.raw.get, o.source, o.notes, o.tina_style, o.unsupported
     data: dict[str, Any] = {}
     tina_name = None
     if get("dataset_mixture") is not None:
@@ -510,8 +559,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         data["l1_mode"] = tina_name.removeprefix("l1_")
         data["l1_target_range"] = [100, 4000]
         notes.append("L1 targets drawn uniformly from 100..4000 per problem, as Tina's grpo.py did")
+    return data, tina_name
 
-    # ----------------------------------------------------------------------------------------------------- rollout
+
+def _rollout(o: _Original) -> dict[str, Any]:
+    """rollout: group size, token budget, sampling, the engine (vLLM when the original used it)."""
+    raw, get, unsupported = o.raw, o.raw.get, o.unsupported
     for key, why in (
         ("generation_batch_size", "TRL >= 0.18 generation batching"),
         ("steps_per_generation", "TRL >= 0.18 generation batching"),
@@ -535,8 +588,12 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         rollout["backend"] = "vllm"
         _copy_present(raw, rollout, _float, {"vllm_gpu_memory_utilization": "gpu_memory_utilization"})
         _copy_present(raw, rollout, _int, {"vllm_max_model_len": "max_model_len"})
+    return rollout
 
-    # --------------------------------------------------------------------------------------------------- algorithm
+
+def _algorithm(o: _Original) -> dict[str, Any]:
+    """algorithm: the objective (TRL's loss_type / GSPO level / Tina's bnpo rule), KL, clipping, scaling."""
+    raw, get, source, notes, tina_style, unsupported = o.raw, o.raw.get, o.source, o.notes, o.tina_style, o.unsupported
     if get("sync_ref_model"):
         unsupported("sync_ref_model", "the reference is always the base model")
     if get("delta") is not None:
@@ -576,11 +633,14 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     _copy_present(raw, algorithm, _float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
     _copy_present(raw, algorithm, _int, {"num_iterations": "num_iterations"})
     _copy_present(raw, algorithm, _bool, {"mask_truncated_completions": "mask_truncated_completions"})
+    return algorithm
 
-    # ----------------------------------------------------------------------------------------------------- rewards
-    rewards = _rewards(raw, source, tina_style, tina_name, notes, dropped)
 
-    # ------------------------------------------------------------------------------------------------------- train
+def _train(
+    o: _Original, data: dict, rollout: dict, algorithm: dict, num_processes: int | None
+) -> tuple[dict[str, Any], int, str | None]:
+    """train: batch over processes, accumulation, steps (or epochs x rows), schedule, optimiser, saving."""
+    raw, get, source, notes, tina_style, unsupported = o.raw, o.raw.get, o.source, o.notes, o.tina_style, o.unsupported
     train: dict[str, Any] = {}
     nproc = num_processes if num_processes is not None else (2 if tina_style else 1)
     if num_processes is None:
@@ -621,7 +681,7 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
     max_steps = get("max_steps")
     if max_steps is not None and _int("max_steps", max_steps) > 0:
         train["max_steps"] = _int("max_steps", max_steps)
-        stop = _stop_from_comment(text)
+        stop = _stop_from_comment(o.text)
         if stop is not None and 0 < stop < train["max_steps"]:
             train["stop_step"] = stop
             notes.append(f"stop_step {stop} from the max_steps comment (the schedule runs over {train['max_steps']})")
@@ -689,27 +749,7 @@ def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_pro
         trackers = get("report_to")
         trackers = [trackers] if isinstance(trackers, str) else _list("report_to", trackers)
         train["report_to"] = [t for t in trackers if t in ("tensorboard", "wandb")]
-
-    cost: dict[str, Any] = {"num_devices": nproc}
-    if tina_style:
-        cost.update(
-            device_name="NVIDIA L40S",
-            usd_per_device_hour=1.0,
-            seconds_per_step=30.0,
-            estimate_note="Tina's hardware and price; 30 s/step from the paper's Table 1 (an estimate)",
-        )
-    recipe = {
-        "model": model,
-        "lora": lora,
-        "data": data,
-        "rollout": rollout,
-        "algorithm": algorithm,
-        "rewards": rewards,
-        "train": train,
-        "cost": cost,
-    }
-    recipe = {k: v for k, v in recipe.items() if v}
-    return Imported(recipe, notes, dropped, source, missing_max_steps)
+    return train, nproc, missing_max_steps
 
 
 def _adapter_for(source: str) -> str:

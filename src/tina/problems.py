@@ -92,9 +92,10 @@ def render_prompts(rows: list[dict], tokenizer, cfg: Config) -> list[Problem]:
             l1_target=target,
         )
         out.append(Problem(row["id"], row["problem"], row["answer"], text))
-    ids = tokenizer([p.prompt for p in out], add_special_tokens=False)["input_ids"] if out and tokenizer else []
-    for problem, prompt_ids in zip(out, ids, strict=True):
-        problem.prompt_ids = list(prompt_ids)
+    if out and tokenizer is not None:  # without a tokenizer (tina check) the prompts stay text
+        ids = tokenizer([p.prompt for p in out], add_special_tokens=False)["input_ids"]
+        for problem, prompt_ids in zip(out, ids, strict=True):
+            problem.prompt_ids = list(prompt_ids)
     return out
 
 
