@@ -5,8 +5,8 @@ Builds a run of C LoRA checkpoints (rank r on all linear layers; seeded A and B,
 changes by ``--update`` of its norm -- small, as training leaves it, so the checkpoints still answer and completions
 end at different lengths) on ``--model`` (default builtin:tiny-arith), then evaluates the base + the C checkpoints on
 the demo's held-out ``arith`` problems (P problems x S samples, at most T new tokens, Tina's T=0.6 / top-p 0.95,
-seeded) through `tina.eval.runner.Session` and `tina.eval.serving.Server` -- the code `tina eval` runs -- with every
-engine present: ``hf`` always, ``vllm`` when it is importable (``--engines`` to choose).
+seeded) through `tina.eval.runner.Session` and `tina.eval.serving.open_server` -- the code `tina eval` runs -- with
+every engine present: ``hf`` always, ``vllm`` when it is importable (``--engines`` to choose).
 
 Measured, per engine (best of ``--repeats`` passes; modes interleaved within an engine so load from other processes
 hits them alike):
@@ -170,7 +170,7 @@ def main() -> None:
     from tina.eval.benchmarks import load_benchmark
     from tina.eval.candidates import BASE, Candidate
     from tina.eval.options import EvalOptions
-    from tina.eval.serving import Server
+    from tina.eval.serving import open_server
     from tina.models import load_model_and_tokenizer
 
     if args.threads:
@@ -211,7 +211,7 @@ def main() -> None:
             for extra, _ in modes.values():
                 key = "merged" if extra else "plain"
                 if key not in probes:
-                    probes[key] = Probe(Server(replace(opts, backend=engine, **extra), args.model, cands))
+                    probes[key] = Probe(open_server(replace(opts, backend=engine, **extra), args.model, cands))
             # warm-up: kernels, the grader worker, every adapter once
             one_pass(probes["plain"], replace(opts, backend=engine), [BASE] + cands, bench, tmp)
             walls = {m: [] for m in modes}

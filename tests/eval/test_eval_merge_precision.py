@@ -152,7 +152,7 @@ def test_a_unmerged_eval_serves_exactly_the_peft_model(tiny_update):
     """The very model object `tina eval` generates with (its Server, after serving the base first) vs PeftModel."""
     from tina.eval.candidates import BASE, Candidate
     from tina.eval.options import EvalOptions
-    from tina.eval.serving import Server
+    from tina.eval.serving import open_server
 
     folder, base, tokenizer, prompts = tiny_update
     ids, mask = probe_batch(tokenizer, prompts)
@@ -162,7 +162,7 @@ def test_a_unmerged_eval_serves_exactly_the_peft_model(tiny_update):
     assert effect > 10 * LOGIT_TOLERANCE, effect  # so the tolerance can tell the adapter from no adapter
 
     opts = EvalOptions(model="builtin:tiny-arith", dtype="float32", device="cpu", benchmarks=["arith"])
-    server = Server(opts, "builtin:tiny-arith", [Candidate("checkpoint-1", folder, 1)])
+    server = open_server(opts, "builtin:tiny-arith", [Candidate("checkpoint-1", folder, 1)])
     with server.serve(BASE) as engine:
         assert relative(logits_of(engine.model, ids, mask), plain) <= LOGIT_TOLERANCE  # the base, adapter off
     with server.serve(Candidate("checkpoint-1", folder, 1)) as engine:

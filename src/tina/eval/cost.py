@@ -44,10 +44,10 @@ def calibrate(opts, model_name: str, bench) -> float:
     """Tokens/s of the evaluation's own engine on the first problems of ``bench`` (at most 128 new tokens each)."""
     from tina.eval.candidates import BASE
     from tina.eval.protocol import eval_sampling, stream_key
-    from tina.eval.serving import Server
+    from tina.eval.serving import open_server
     from tina.prompts import render_prompt
 
-    server = Server(opts, model_name, [])
+    server = open_server(opts, model_name, [])
     items = bench.items(opts.seeds[0])[:CALIBRATION_PROBLEMS]
     template = bench.chat_template or opts.template
     texts = [

@@ -303,11 +303,11 @@ def run_eval(opts: EvalOptions, *, echo=print) -> dict:
 
         return run_data_parallel(opts, out, assemble=assemble_only, echo=echo)
 
-    from tina.eval.serving import Server
+    from tina.eval.serving import open_server
 
     out.mkdir(parents=True, exist_ok=True)
     check_state(out, {**asdict(opts), "model": model_name}, resume=opts.resume)
-    server = Server(opts, model_name, adapters)
+    server = open_server(opts, model_name, adapters)
     common = protocol(opts, model_name, server)
     from tina.eval.serving import check_adapters_base
 

@@ -106,87 +106,105 @@ def adapter_rank(adapters: list) -> int:
     return max(ranks)
 
 
-class Server:
-    """The base model once, and a context that serves one candidate (base or adapter) through an engine."""
+def open_server(opts, model_name: str, adapters: list):
+    """The server of ``opts.backend``: the base model once, and ``serve(cand)`` for each candidate."""
+    from tina.models import resolve_model_path
 
-    def __init__(self, opts, model_name: str, adapters: list):
-        from tina.models import resolve_model_path
+    path = resolve_model_path(model_name)
+    check_adapters_fit(path, adapters)
+    return (HFServer if opts.backend == "hf" else VLLMServer)(opts, model_name, path, adapters)
 
-        self.opts = opts
-        self.backend = opts.backend
-        self.path = resolve_model_path(model_name)
-        check_adapters_fit(self.path, adapters)
-        if self.backend == "hf":
-            from tina.eval.swap import AdapterSwitcher
-            from tina.models import load_model_and_tokenizer
 
-            model, self.tokenizer = load_model_and_tokenizer(
-                model_name, dtype=opts.dtype, device=opts.device, attn_implementation=opts.attn_implementation
+class HFServer:
+    """The live transformers model: adapters swapped on it (PEFT, or merged in place and restored exactly)."""
+
+    backend = "hf"
+    context_tokens = None  # prompt + completion tokens served: no hard limit
+
+    def __init__(self, opts, model_name: str, path, adapters: list):
+        from tina.eval.swap import AdapterSwitcher
+        from tina.models import load_model_and_tokenizer
+
+        self.opts, self.path = opts, path
+        model, self.tokenizer = load_model_and_tokenizer(
+            model_name, dtype=opts.dtype, device=opts.device, attn_implementation=opts.attn_implementation
+        )
+        if opts.merge_adapters and next(model.parameters()).dtype != torch.float32:
+            raise TinaError(
+                f"--merge-adapters merges into {str(next(model.parameters()).dtype)[6:]} weights, "
+                "which loses a low-learning-rate LoRA update to rounding; evaluate unmerged (the "
+                "default) or pass --dtype float32"
             )
-            if opts.merge_adapters and next(model.parameters()).dtype != torch.float32:
-                raise TinaError(
-                    f"--merge-adapters merges into {str(next(model.parameters()).dtype)[6:]} weights, "
-                    "which loses a low-learning-rate LoRA update to rounding; evaluate unmerged (the "
-                    "default) or pass --dtype float32"
-                )
-            self.model = model
-            self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
-            self.engine_version = None
-        else:
-            from tina.models import load_tokenizer
-            from tina.rollout.engines import check_backend
-            from tina.rollout.vllm import VLLMEngine
+        self.model = model
+        self.switcher = AdapterSwitcher(model, merge=opts.merge_adapters)
+        self.engine_version = None
 
-            check_backend("vllm", lora_rank=adapter_rank(adapters), model_path=self.path)
-            self.model = None
-            self.tokenizer = load_tokenizer(self.path)
-            self.engine = VLLMEngine(
-                self.path,
-                self.tokenizer,
-                dtype=opts.dtype,
-                lora_rank=adapter_rank(adapters),
-                max_model_len=opts.max_model_len,
-                gpu_memory_utilization=opts.gpu_memory_utilization,
-                sleep=False,
-                seed=0,
-                max_num_seqs=opts.batch_size,
-            )
-            self._versions: dict[str, object] = {}
+    @property
+    def eos_ids(self) -> list[int]:
+        """The ids that end a completion: the only thing taken from the model folder's generation_config."""
+        from tina.rollout.base import eos_token_ids
+
+        return eos_token_ids(self.model, self.tokenizer)
+
+    @property
+    def engine_name(self) -> str:
+        import transformers
+
+        return f"hf (transformers {transformers.__version__}, tina decode loop)"
+
+    @contextmanager
+    def serve(self, cand):
+        """Within the block, an engine that generates with exactly ``cand`` (the base, or base + its adapter)."""
+        from tina.rollout import HFEngine
+
+        with self.switcher.use(cand.adapter) as model:
+            yield HFEngine(model, self.tokenizer, max_batch_rows=self.opts.batch_size)
+
+
+class VLLMServer:
+    """One vLLM engine: the base loaded once, every checkpoint a LoRA request (a new version per folder)."""
+
+    backend = "vllm"
+    model = None  # the weights live in the engine
+
+    def __init__(self, opts, model_name: str, path, adapters: list):
+        from tina.models import load_tokenizer
+        from tina.rollout.engines import check_backend
+        from tina.rollout.vllm import VLLMEngine
+
+        check_backend("vllm", lora_rank=adapter_rank(adapters), model_path=path)
+        self.opts, self.path = opts, path
+        self.tokenizer = load_tokenizer(path)
+        self.engine = VLLMEngine(
+            path,
+            self.tokenizer,
+            dtype=opts.dtype,
+            lora_rank=adapter_rank(adapters),
+            max_model_len=opts.max_model_len,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            sleep=False,
+            seed=0,
+            max_num_seqs=opts.batch_size,
+        )
+        self._versions: dict[str, object] = {}
 
     @property
     def context_tokens(self) -> int | None:
-        """Prompt + completion tokens the engine serves (vLLM's max_model_len; None: no hard limit, hf)."""
-        if self.backend == "hf":
-            return None
+        """Prompt + completion tokens the engine serves (vLLM's max_model_len)."""
         config = getattr(self.engine.llm, "model_config", None)
         return getattr(config, "max_model_len", None)
 
     @property
     def eos_ids(self) -> list[int]:
-        """The ids that end a completion: the only thing taken from the model folder's generation_config."""
-        if self.backend == "hf":
-            from tina.rollout.base import eos_token_ids
-
-            return eos_token_ids(self.model, self.tokenizer)
         return list(self.engine.eos_ids)
 
     @property
     def engine_name(self) -> str:
-        if self.backend == "hf":
-            import transformers
-
-            return f"hf (transformers {transformers.__version__}, tina decode loop)"
         return f"vllm ({self.engine.version})"
 
     @contextmanager
     def serve(self, cand):
-        """Within the block, an engine that generates with exactly ``cand`` (the base, or base + its adapter)."""
-        if self.backend == "hf":
-            from tina.rollout import HFEngine
-
-            with self.switcher.use(cand.adapter) as model:
-                yield HFEngine(model, self.tokenizer, max_batch_rows=self.opts.batch_size)
-            return
+        """Within the block, the engine serving exactly ``cand`` (the base, or base + its adapter)."""
         from tina.rollout import AdapterVersion
         from tina.rollout.adapters import folder_digest
 
