@@ -373,9 +373,9 @@ def test_the_adapter_fsdp_hands_the_engine_has_peft_names_and_loads_with_peft(fs
     the logits of an unsharded model holding the same adapter."""
     from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
+    from tina.build import build_model
     from tina.config import load_config
     from tina.models import load_model_and_tokenizer
-    from tina.run import build_model
 
     out, _ = fsdp_handover
     served = out / "on" / ".engine" / "rank0" / "v2"  # published for the probe after step 2

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tina import cli
+from tina.build import build_model
 from tina.config import load_config
 from tina.errors import ConfigError
 from tina.ledger import Ledger
@@ -17,7 +18,6 @@ from tina.models import load_model_and_tokenizer
 from tina.rl.logprobs import token_logprobs
 from tina.rl.losses import LOSSES
 from tina.rl.masks import mask_from_lengths
-from tina.run import build_model
 from tina.train import MicroBatch, train, update
 
 BASE = {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tina.run import Trackers, window_mean
+from tina.records import window_mean
+from tina.trackers import Windowed
 
 
 class _Recorder:
@@ -18,7 +19,7 @@ class _Recorder:
 
 
 def test_trackers_get_one_averaged_record_per_logging_window():
-    trackers = Trackers([], None, {}, every=3)
+    trackers = Windowed([], None, {}, every=3)
     trackers._impl = _Recorder()  # as if TensorBoard / W&B were configured
     for step in range(1, 8):
         trackers.log({"step": step, "reward": float(step), "usd": 0.1 * step, "skipped": False, "note": None})

@@ -24,14 +24,8 @@ import copy
 import dataclasses
 import errno
 import json
-import math
-import os
-import random
 import shlex
-import signal
-import threading
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +34,15 @@ import torch
 
 from tina import config as cfgmod
 from tina import distributed
+from tina.build import (
+    advance_schedule,
+    build_model,
+    make_optimizer,
+    make_scheduler,
+    render_probe,
+    resolve_pass_tokens,
+    seed_everything,
+)
 from tina.checkpoint import (
     clean_partial,
     latest_valid_checkpoint,
@@ -56,13 +59,14 @@ from tina.console import say
 from tina.errors import TinaError
 from tina.files import append_jsonl, atomic_write_text, read_jsonl
 from tina.ledger import Ledger, adopt_untracked_eval, read_eval_costs, read_ledger
-from tina.models import attach_lora, base_weights_digest, count_parameters, load_model_and_tokenizer
+from tina.models import base_weights_digest, count_parameters
 from tina.problems import PromptSampler, load_problems, render_prompts
+from tina.records import postfix, step_record
 from tina.rewards import RewardSpec
-from tina.rl.schedule import lr_multiplier, warmup_steps_for
 from tina.rollout import Sampling
+from tina.signals import GracefulStop
+from tina.trackers import Windowed, check_available
 
-WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd")  # the rest of a record is reproducible
 # Keys that may differ when a run is resumed: none of them changes which prompts, samples or updates a step sees.
 RESUMABLE_CHANGES = (
     "train.stop_step",
@@ -84,8 +88,6 @@ RESUMABLE_CHANGES = (
     "eval.",
 )
 BASE_FILE = "tina_base.json"  # in every checkpoint: the base model's name, dtype and weights digest
-SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
-# dynamic/rounds: summed over processes (a count); dynamic/groups_with_signal: a share (mean)
 
 
 @dataclass
@@ -172,7 +174,7 @@ class Run:
         self.resume_cmd = resume_command(self.run_dir)
         point = None
         if self.main:
-            check_trackers(t.report_to)  # a missing tracker package fails before anything is loaded
+            check_available(t.report_to)  # a missing tracker package fails before anything is loaded
             with self.writing("config.yaml"):
                 point = prepare_run_dir(self.run_dir, cfg, resume=resume)
         self.start_step = int(dist.sum([point[0] if point else 0])[0])  # every process resumes from main's choice
@@ -211,7 +213,7 @@ class Run:
             if point and dist.optimizer_format != "torch":  # sharded/partitioned state: loaded into the wrapped one
                 dist.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
             self.probe_ids = render_probe(cfg, self.tokenizer)
-            self.trackers = Trackers(
+            self.trackers = Windowed(
                 t.report_to if self.main else [],
                 self.run_dir,
                 cfgmod.to_dict(cfg),
@@ -583,72 +585,6 @@ def micro_batch_state(mb) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
-def seed_everything(seed: int) -> None:
-    import numpy as np
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def build_model(cfg: Config, device: str | None = None):
-    """(PEFT model with a fresh or initial LoRA adapter, tokenizer, digest of the base weights)."""
-    m, lc, t = cfg.model, cfg.lora, cfg.train
-    model, tokenizer = load_model_and_tokenizer(
-        m.name_or_path,
-        revision=m.revision,
-        dtype=m.dtype,
-        attn_implementation=m.attn_implementation,
-        trust_remote_code=m.trust_remote_code,
-        device=device or t.device,
-    )
-    digest = base_weights_digest(model)
-    model = attach_lora(
-        model,
-        r=lc.r,
-        alpha=lc.alpha,
-        dropout=lc.dropout,
-        target_modules=lc.target_modules,
-        bias=lc.bias,
-        init_adapter=lc.init_adapter,
-    )
-    if t.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.train()
-    return model, tokenizer, digest
-
-
-def make_optimizer(model, t: cfgmod.TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(
-        params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay
-    )
-
-
-def make_scheduler(optimizer, t: cfgmod.TrainConfig):
-    warmup = warmup_steps_for(t.max_steps, t.warmup_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_multiplier(
-            step,
-            total_steps=t.max_steps,
-            kind=t.lr_scheduler,
-            warmup_steps=warmup,
-            min_ratio=t.min_lr_ratio,
-            warmup_from_zero=t.warmup_from_zero,
-        ),
-    )
-
-
-def advance_schedule(scheduler) -> None:
-    """scheduler.step(), without torch's warning when the first step was skipped (no optimizer.step() yet)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-        scheduler.step()
 
 
 def resume_command(run_dir: Path) -> str:
@@ -718,183 +654,7 @@ def start_logs(run_dir: Path, history: list[dict], holdout: list[dict], start_st
         )
 
 
-def render_probe(cfg: Config, tokenizer) -> list[int] | None:
-    """The probe prompt rendered like a training prompt and tokenised, or None when ``train.probe_prompt`` is empty."""
-    from tina.prompts import render_prompt
-
-    text = cfg.train.probe_prompt.strip()
-    if not text:
-        return None
-    d = cfg.data
-    prompt = render_prompt(
-        tokenizer,
-        text,
-        system_prompt=d.system_prompt,
-        template=d.template,
-        l1_mode=d.l1_mode if d.l1_target else None,
-        l1_target=d.l1_target,
-    )
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
-# --------------------------------------------------------------------------------------------------- stop, errors
-class GracefulStop:
-    """SIGINT/SIGTERM during the loop: the first asks it to stop after the current step (it checkpoints and returns);
-    a second one aborts at once with KeyboardInterrupt.  Installed only in the main thread; restored on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.reason: str | None = None
-        self._previous: dict = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.reason is not None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        return False
-
-    def _handle(self, signum, frame) -> None:
-        if self.reason is not None:
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-        os.write(
-            2, f"\n{self.reason}: finishing this step and saving a checkpoint (Ctrl-C again aborts at once)\n".encode()
-        )
-
-
-def check_trackers(names: list[str]) -> None:
-    if names:
-        from tina.trackers import check_available
-
-        check_available(names)
-
-
-class Trackers:
-    """Optional trackers (train.report_to), imported only when asked for; a no-op otherwise.
-
-    They receive one record every ``every`` steps (``train.logging_steps``): the mean of the window's numeric metrics
-    (the step number and running totals -- seconds, dollars -- are the window's last).  metrics.jsonl keeps every
-    step regardless."""
-
-    def __init__(self, names: list[str], run_dir: Path, config: dict, *, start_step: int = 0, every: int = 1):
-        self._impl = None
-        self.every, self._window = every, []
-        if names:
-            from tina.trackers import Trackers as Impl
-
-            self._impl = Impl(names, run_dir, config, start_step=start_step)
-
-    def log(self, record: dict) -> None:
-        if self._impl is None:
-            return
-        self._window.append(record)
-        if record["step"] % self.every == 0:
-            self._impl.log(window_mean(self._window))
-            self._window = []
-
-    def close(self) -> None:
-        if self._impl is not None:
-            if self._window:
-                self._impl.log(window_mean(self._window))
-            self._impl.close()
-
-
-LAST_IN_WINDOW = ("step", "seconds", "device_hours", "usd", "learning_rate")
-
-
-def window_mean(records: list[dict]) -> dict:
-    """One record for a logging window: numeric metrics averaged (None skipped), running totals from the last.
-
-    >>> window_mean([{"step": 1, "reward": 0.5, "usd": 1.0}, {"step": 2, "reward": 1.0, "usd": 2.0}])
-    {'step': 2, 'reward': 0.75, 'usd': 2.0}
-    """
-    out: dict = {}
-    for key in records[-1]:
-        if key in LAST_IN_WINDOW:
-            out[key] = records[-1][key]
-            continue
-        values = [
-            r.get(key) for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
-        ]
-        if values:
-            out[key] = sum(values) / len(values)
-        elif key in records[-1]:
-            out[key] = records[-1][key]
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------- records
-def step_record(
-    step: int,
-    rollout_metrics: list[dict],
-    out: dict,
-    lr: float,
-    step_seconds: float,
-    ledger: Ledger,
-    dist: distributed.Dist | None = None,
-) -> dict:
-    """One metrics.jsonl line: each rollout metric's (sum, count) pooled over micro-batches and processes; ledger
-    token counts grow by the step's totals over every process."""
-    dist = dist or distributed.Dist()
-    rec: dict = {"step": step}
-    keys = list(rollout_metrics[0])
-    flat = []
-    for k in keys:
-        flat += [sum(m[k][0] for m in rollout_metrics if k in m), sum(m[k][1] for m in rollout_metrics if k in m)]
-    flat = dist.sum(flat)
-    for i, k in enumerate(keys):
-        total, count = flat[2 * i], flat[2 * i + 1]
-        if k in SUMMED_METRICS:
-            rec[k] = int(total)
-        else:
-            rec[k] = total / count if count else None
-    rec.update(out)
-    ledger.tokens_generated += int(rec.get("tokens", 0) or 0)
-    ledger.tokens_trained += int(rec.pop("tokens_trained", 0) or 0)
-    rec["learning_rate"] = lr
-    rec["seconds"] = round(ledger.wall_seconds, 3)  # training wall time so far (all sessions), as in the ledger
-    rec["step_seconds"] = round(step_seconds, 3)
-    rec["device_hours"] = round(ledger.device_hours, 9)
-    rec["usd"] = round(ledger.usd, 9)
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
-
-
-def resolve_pass_tokens(cfg: Config, model, *, say_it: bool) -> Config:
-    """``train.max_tokens_per_pass: auto`` resolved once for this run's model and device (config.yaml keeps
-    ``auto``, so a resume on another device resolves again: the pass size never changes the update)."""
-    from tina.estimates import model_pass_tokens
-
-    if cfg.train.max_tokens_per_pass != "auto":
-        return cfg
-    tokens = model_pass_tokens(cfg, model)
-    if say_it:
-        where = "the model's shape is unknown: one pass per micro-batch" if tokens is None else f"{tokens:,} tokens"
-        say(f"loss pass: train.max_tokens_per_pass auto -> {where}")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_tokens_per_pass=tokens))
-
-
 def progress_bar(start: int, total: int, *, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
-
-
-def postfix(rec: dict) -> str:
-    parts = [f"reward={rec['reward']:.3f}" if rec.get("reward") is not None else "reward=n/a"]
-    if rec.get("reward/accuracy") is not None:
-        parts.append(f"acc={rec['reward/accuracy']:.2f}")
-    if rec.get("completion_length") is not None:
-        parts.append(f"len={rec['completion_length']:.0f}")
-    parts.append(f"${rec['usd']:.4f}" if rec.get("usd") else f"{rec.get('device_hours', 0):.4f} dev-h")
-    return " ".join(parts)

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from tina.errors import TinaError
+from tina.records import window_mean
 
 INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
 
@@ -92,3 +93,31 @@ class Trackers:
             else:
                 writer.finish()
         self._writers = []
+
+
+class Windowed:
+    """Optional trackers (train.report_to), imported only when asked for; a no-op otherwise.
+
+    They receive one record every ``every`` steps (``train.logging_steps``): the mean of the window's numeric metrics
+    (the step number and running totals -- seconds, dollars -- are the window's last).  metrics.jsonl keeps every
+    step regardless."""
+
+    def __init__(self, names: list[str], run_dir: Path, config: dict, *, start_step: int = 0, every: int = 1):
+        self._impl = None
+        self.every, self._window = every, []
+        if names:
+            self._impl = Trackers(names, run_dir, config, start_step=start_step)
+
+    def log(self, record: dict) -> None:
+        if self._impl is None:
+            return
+        self._window.append(record)
+        if record["step"] % self.every == 0:
+            self._impl.log(window_mean(self._window))
+            self._window = []
+
+    def close(self) -> None:
+        if self._impl is not None:
+            if self._window:
+                self._impl.log(window_mean(self._window))
+            self._impl.close()

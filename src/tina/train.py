@@ -222,7 +222,7 @@ def score_rollout(
     keep = valid & ~rollout.truncated if a.mask_truncated_completions else valid
     verdicts = batch.verdicts or []
     groups, n = len(problems), len(totals)
-    metrics = {  # (sum, count): averaged over every process of the step by tina.run.step_record
+    metrics = {  # (sum, count): averaged over every process of the step by tina.records.step_record
         "reward": _sum_count(totals),
         "reward_std": (stats.reward_std * groups, groups),
         **{f"reward/{name}": _sum_count(vals) for name, vals in components.items()},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tina.run import WALL_TIME_FIELDS
+from tina.records import WALL_TIME_FIELDS
 
 # builtin:tiny-random with a length reward: group rewards differ, so every step really changes the adapter.
 OVERRIDES = [

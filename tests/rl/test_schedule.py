@@ -77,8 +77,8 @@ def test_tinas_stretched_schedule_stops_with_the_learning_rate_still_high():
 
 def test_the_trainers_lambda_scheduler_follows_the_multiplier():
     """make_scheduler wires lr_multiplier into torch's LambdaLR: lr before optimizer step k is peak * m(k)."""
+    from tina.build import make_scheduler
     from tina.config import load_config
-    from tina.run import make_scheduler
 
     cfg = load_config("tina-limr")  # 1e-6 peak, schedule over 360 steps, warmup 36, floor 0.1, stop at 180
     param = torch.nn.Parameter(torch.zeros(1))

@@ -16,11 +16,11 @@ from tina.config import load_config
 from tina.errors import TinaError
 from tina.files import read_jsonl
 from tina.models import attach_lora, load_model_and_tokenizer
+from tina.records import WALL_TIME_FIELDS
 from tina.rl.logprobs import token_logprobs
 from tina.rollout import AdapterVersion, HFEngine, Rollout
 from tina.rollout.agreement import choose_probe, probe_noise, probe_verdict
 from tina.rollout.base import left_pad
-from tina.run import WALL_TIME_FIELDS
 from tina.train import train
 
 ONES = torch.ones(1, 4)
