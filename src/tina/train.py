@@ -410,7 +410,7 @@ def update(
     comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
-    limit = t.max_tokens_per_pass if t.max_tokens_per_pass != "auto" else model_pass_tokens(cfg, model)
+    limit = model_pass_tokens(cfg, model)  # the number itself, or auto resolved (a run hands update it resolved)
     passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, limit)]
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
