@@ -383,7 +383,10 @@ def test_vllm_rollouts_are_corrected_here_not_in_tina():
     from tina.train import rollout_correction_mode
 
     cfg = load_config("tina-open-rs3", ["rollout.backend=vllm"])
-    assert rollout_correction_mode(cfg, "vllm") == "token_truncate"
+    assert rollout_correction_mode(cfg) == "token_truncate"
     exact = load_config("tina-open-rs3", ["rollout.backend=vllm", "algorithm.rollout_correction=none"])
-    assert rollout_correction_mode(exact, "vllm") == "none"
-    assert rollout_correction_mode(cfg, "hf") == "none"  # the hf engine is the trainer's own model
+    assert rollout_correction_mode(exact) == "none"
+    assert rollout_correction_mode(load_config("tina-open-rs3")) == "none"  # the hf engine is the trainer's own model
+    # ... unless it runs in rollout workers: their own weights, and with max_staleness an older adapter
+    workers = load_config("tina-open-rs3", ["rollout.devices=[cpu]", "rollout.max_staleness=1"])
+    assert rollout_correction_mode(workers) == "token_truncate"

@@ -4,6 +4,7 @@ scaling uses the whole step; one engine call per step; the ledger counts every p
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -246,7 +247,8 @@ def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch
     with pytest.raises(Seen):
         update(layer, [mb], c, torch.optim.SGD(layer.parameters(), lr=0.1), Ledger())
     assert seen == [(0.7, 5, 0.9) if at_temperature else (1.0, 0, 1.0)]
-    assert rollout_correction_mode(c, "vllm") == ("token_truncate" if at_temperature else "none")
+    on_vllm = replace(c, rollout=replace(c.rollout, backend="vllm"))
+    assert rollout_correction_mode(on_vllm) == ("token_truncate" if at_temperature else "none")
     at_one = load_config(
         {
             **BASE,
@@ -254,7 +256,8 @@ def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch
             "rollout": {"num_generations": 2, "max_new_tokens": 8, "top_p": 0.9},
         }
     )
-    assert not comparable_with_engine(at_one) and rollout_correction_mode(at_one, "vllm") == "none"
+    at_one = replace(at_one, rollout=replace(at_one.rollout, backend="vllm"))
+    assert not comparable_with_engine(at_one) and rollout_correction_mode(at_one) == "none"
 
 
 def test_micro_batch_pieces_carry_both_masks():

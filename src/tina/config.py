@@ -19,6 +19,7 @@ The resolved config (:func:`to_dict`) is itself a valid recipe: ``tina train RUN
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,6 +114,15 @@ class RolloutConfig:
     # stop when engine and trainer log-probs of the sampled tokens differ more than this per token (mean over a
     # micro-batch; typical: ~1e-6 in float32, ~0.02 in bfloat16); None: only log rollout/logp_diff_*
     max_logp_diff: float | None = 0.25
+    # Rollout workers (tina.rollout.worker): [] = the engine lives in the training process (the synchronous loop);
+    # one device per worker process, e.g. [cuda:1] or [cpu]: each loads its own base model and engine (the backend
+    # above) and reads the trainer's adapter versions from disk; a step's prompts are split between them
+    devices: list[str] = field(default_factory=list)
+    # Rollouts may come from an adapter this many updates older than the one being trained (0: the synchronous loop;
+    # 1: one-step-off -- step s+1 is generated with v(s) while the trainer computes v(s+1)); needs rollout.devices.
+    # The engine's log-probs of the version that generated each completion feed the rollout correction
+    max_staleness: int = 0
+    worker_threads: int | None = None  # CPU threads of each worker process (None: torch's default)
 
 
 @dataclass
@@ -447,6 +457,28 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 # -------------------------------------------------------------------------------------------------------- validation
+def check_workers(cfg: Config) -> None:
+    """``rollout.devices``, ``max_staleness`` and ``worker_threads``: values that cannot work, in one line."""
+    r = cfg.rollout
+    _positive("rollout.max_staleness", r.max_staleness, allow_zero=True)
+    if r.worker_threads is not None:
+        _positive("rollout.worker_threads", r.worker_threads)
+    for d in r.devices:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", str(d)):
+            raise ConfigError(f"rollout.devices: '{d}' is not a device; name one per worker, e.g. [cuda:1] or [cpu]")
+    if r.max_staleness and not r.devices:
+        raise ConfigError(
+            f"rollout.max_staleness: {r.max_staleness} needs rollout workers that generate while the trainer "
+            "learns; name their devices, e.g. rollout.devices=[cuda:1] (or [cpu])"
+        )
+    if r.max_staleness and cfg.algorithm.num_iterations > r.max_staleness:
+        raise ConfigError(
+            f"rollout.max_staleness: {r.max_staleness} is below algorithm.num_iterations "
+            f"({cfg.algorithm.num_iterations}): a batch is trained that many steps, so the next one could never be "
+            f"generated ahead; use max_staleness >= {cfg.algorithm.num_iterations} or 0"
+        )
+
+
 def _choice(key: str, value: str | None, choices: typing.Iterable[str]) -> None:
     choices = list(choices)
     if value not in choices:
@@ -518,6 +550,7 @@ def validate(cfg: Config) -> None:
             f"got {cfg.rollout.num_generations}"
         )
     _positive("rollout.max_new_tokens", cfg.rollout.max_new_tokens)
+    check_workers(cfg)
     _positive("rollout.temperature", cfg.rollout.temperature)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")

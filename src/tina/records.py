@@ -8,7 +8,8 @@ import math
 from tina import distributed
 from tina.ledger import Ledger
 
-WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd")  # the rest of a record is reproducible
+# timings; the rest of a record is reproducible
+WALL_TIME_FIELDS = ("seconds", "step_seconds", "device_hours", "usd", "rollout/wait_s", "rollout/worker_s")
 SUMMED_METRICS = ("ungradable", "grader_timeouts", "tokens")  # totals over the step; the others are means
 # dynamic/rounds: summed over processes (a count); dynamic/groups_with_signal: a share (mean)
 LAST_IN_WINDOW = ("step", "seconds", "device_hours", "usd", "learning_rate")

@@ -135,6 +135,8 @@ class Run:
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.engine = self.handover = None  # the rollout engine (attach_engine); the probe generates through it too
+        self.ahead = None  # rollouts generated ahead by workers (tina.ahead.RolloutsAhead), when rollout.devices
+        self.restored_ahead: list[dict] = []  # ... as a resumed checkpoint holds them
         self.published = None  # the adapter version last handed to the engine
         # the content check of the served adapter (check_content): the probe (prompt, completion token ids), the
         # trainer's probe log-probs under the base and under the last adapter version checked, this step's metrics
@@ -171,6 +173,13 @@ class Run:
                 f"{dist.world_size} processes; use a multiple of "
                 f"{dist.world_size * cfg.rollout.num_generations} completions"
             )
+        if cfg.rollout.devices and dist.world_size > 1:
+            from tina.errors import ConfigError
+
+            raise ConfigError(
+                f"rollout.devices: rollout workers serve one training process, and this run has {dist.world_size}; "
+                "train in one process (no accelerate launch), or leave rollout.devices empty"
+            )
         self.resume_cmd = resume_command(self.run_dir)
         point = None
         if self.main:
@@ -185,7 +194,7 @@ class Run:
                 adopt_untracked_eval(self.run_dir, prior)
         # the devices this run uses (cost.num_devices only feeds the estimate printed before a run)
         self.ledger = Ledger(
-            num_devices=dist.world_size,
+            num_devices=dist.world_size + sum(d.startswith("cuda") for d in cfg.rollout.devices),  # + GPU workers
             usd_per_device_hour=cfg.cost.usd_per_device_hour,
             device_name=cfg.cost.device_name,
             prior=prior,
@@ -277,26 +286,47 @@ class Run:
         (adapters handed over through a folder: vllm) when ``rollout.check_engine``; the ``hf`` engine *is* the
         trainer's model -- nothing can go stale, and the check would compare the model with itself.  Eval mode and
         no gradients: no random number is drawn and training is unchanged."""
-        if not self.cfg.rollout.check_engine or self.handover is None or self.handover.folder is None:
+        if not self.checks_content():
             return
-        from tina.rollout.agreement import choose_probe, probe_noise, probe_verdict, score_with_model
+        from tina.rollout.agreement import choose_probe
 
         if self.probe is None:  # the same probe on every process (its trainer log-probs are then the same too)
             self.probe = self.dist.all_gather_object(choose_probe(rollout))[0]
+        current = self.trainer_probe()  # [1, T]
+        with self.ledger.phase("logprob"):
+            served = self.engine.score([self.probe[0]], [self.probe[1]]).float()  # [1, T]
+        self.judge_probe(step, served, current)
+
+    def checks_content(self) -> bool:
+        """Whether the content probe runs: engines with their own weights (a folder handover), check_engine on."""
+        return self.cfg.rollout.check_engine and self.handover is not None and self.handover.folder is not None
+
+    def trainer_probe(self) -> torch.Tensor:
+        """[1, T] the trainer's log-probs of the probe under the adapter as it is now (the base's scored once)."""
+        from tina.rollout.agreement import score_with_model
+
         prompts, completions = [self.probe[0]], [self.probe[1]]
         with self.ledger.phase("logprob"):
             if self.probe_base is None:  # the base never changes: scored once
                 self.probe_base = score_with_model(self.model, prompts, completions, base=True)  # [1, T]
-            current = score_with_model(self.model, prompts, completions)  # [1, T]
-            served = self.engine.score(prompts, completions).float()  # [1, T]
-        previous = self.probe_previous if self.probe_previous is not None and self.probe_previous[0] != step else None
+            return score_with_model(self.model, prompts, completions)  # [1, T]
+
+    def judge_probe(self, version: int, served: torch.Tensor, current: torch.Tensor) -> None:
+        """The content verdict for adapter v``version``: the engine's probe log-probs (``served``) against the
+        trainer's under that version (``current``), the previous version judged and the base; a wrong one stops the
+        run on every process in one line.  Versions are judged in increasing order."""
+        from tina.rollout.agreement import probe_noise, probe_verdict
+
+        previous = (
+            self.probe_previous if self.probe_previous is not None and self.probe_previous[0] != version else None
+        )
         noise = self.cfg.rollout.canary_tolerance or probe_noise(next(self.model.parameters()).dtype)
         metrics, problem = probe_verdict(
             served,
             current,
             torch.ones_like(current),
             noise=noise,
-            version=step,
+            version=version,
             previous=None if previous is None else previous[1],
             previous_version=None if previous is None else previous[0],
             base=self.probe_base,
@@ -305,10 +335,10 @@ class Run:
         if self.dist.broadcast_flag(problem is not None):  # every process stops at once
             raise TinaError(
                 problem
-                or f"step {step + 1}: another process's {self.engine.name} engine does not "
+                or f"adapter v{version}: another process's {self.engine.name} engine does not "
                 "serve the trainer's adapter (see its error); the run stops here"
             )
-        self.probe_previous, self.probe_metrics = (step, current), metrics
+        self.probe_previous, self.probe_metrics = (version, current), metrics
 
     def steps(self):
         """Step indices from the resume point to the last step; ends early after a graceful stop."""
@@ -449,6 +479,8 @@ class Run:
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
             "buffer": [micro_batch_state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
+            # rollouts generated ahead (rollout.max_staleness): the resumed run trains on exactly these
+            "ahead": self.ahead.state() if self.ahead is not None else [],
             "content_probe": None
             if self.probe is None
             else {  # check_content goes on after a resume as before
@@ -540,6 +572,7 @@ class Run:
             )
             for mb in ts.get("buffer", [])
         ]
+        self.restored_ahead = list(ts.get("ahead") or [])
         return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
 
     def abort_bad_steps(self, step: int):

@@ -60,28 +60,40 @@ def train(
     """
     check_engine_available(cfg)  # vLLM missing / a model or LoRA rank it cannot serve: one line, before any loading
     run = Run.open(cfg, run_dir, resume=resume, progress=progress, started_at=started_at)
-    engine = open_engine(cfg, run)  # hf | vllm; checked against the trainer at start-up (the canary)
-    with run:
-        for step in run.steps():
-            step_start = time.perf_counter()
-            if step % cfg.algorithm.num_iterations == 0 or not run.state.buffer:
-                drawn = run.draw(step)
-                problems = [run.problems[i] for i, _ in drawn]
-                # FSDP: full weights for the rollout (no per-token collectives); a sleeping vLLM engine wakes once
-                with run.dist.gathered(run.model), engine.awake():
-                    engine.load_adapter(run.publish(step))  # the adapter after `step` updates: a fresh version
-                    rollout = generate(engine, problems, [k for _, k in drawn], cfg, run.ledger)
-                    check_served(rollout, run.published, step)  # ... and it served that very adapter (its version)
-                    run.check_content(step, rollout)  # ... and its content: a fixed probe scored by both sides
-                scored = score_rollout(rollout, problems, cfg, run.specs, run.ledger, run.dist)
-                if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
-                    rollout, scored = refill(engine, run, step, rollout, problems, scored)
-                run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
-            out = update(run.train_model, run.state.buffer, run.cfg, run.optimizer, run.ledger, run.dist)
-            run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
+    engine = open_engine(cfg, run)  # hf | vllm, here or in worker processes; checked against the trainer (the canary)
+    try:
+        with run:
+            for step in run.steps():
+                step_start = time.perf_counter()
+                if step % cfg.algorithm.num_iterations == 0 or not run.state.buffer:
+                    # workers: generated ahead by an adapter at most rollout.max_staleness updates old
+                    drawn, rollout, lag = run.ahead.take(step) if run.ahead else (*rollout_step(engine, run, step), {})
+                    problems = [run.problems[i] for i, _ in drawn]
+                    scored = score_rollout(rollout, problems, cfg, run.specs, run.ledger, run.dist)
+                    scored.metrics.update(lag)
+                    if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
+                        rollout, scored = refill(engine, run, step, rollout, problems, scored)
+                    run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
+                out = update(run.train_model, run.state.buffer, run.cfg, run.optimizer, run.ledger, run.dist)
+                run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
+    finally:
+        close_engine(engine)
     result = run.result(keep_model=keep_model)
     result.engine_info = engine.info() if hasattr(engine, "info") else {}
     return result
+
+
+def rollout_step(engine, run: Run, step: int) -> tuple[list[tuple[int, int]], Rollout]:
+    """The synchronous rollout of ``step``: draw its prompts, hand the engine the current adapter, generate, check."""
+    drawn = run.draw(step)
+    problems = [run.problems[i] for i, _ in drawn]
+    # FSDP: full weights for the rollout (no per-token collectives); a sleeping vLLM engine wakes once
+    with run.dist.gathered(run.model), engine.awake():
+        engine.load_adapter(run.publish(step))  # the adapter after `step` updates: a fresh version
+        rollout = generate(engine, problems, [k for _, k in drawn], run.cfg, run.ledger)
+        check_served(rollout, run.published, step)  # ... and it served that very adapter (its version)
+        run.check_content(step, rollout)  # ... and its content: a fixed probe scored by both sides
+    return drawn, rollout
 
 
 # ------------------------------------------------------------------------------------------------------ the engine
@@ -98,12 +110,39 @@ def open_engine(cfg: Config, run: Run):
     """The rollout engine of ``rollout.backend`` with its adapter handover, checked against the trainer (the canary)."""
     from tina.rollout.engines import make_engine, start_up_check
 
-    engine, handover = make_engine(cfg, run.model, run.tokenizer, run_dir=run.run_dir, rank=run.dist.rank)
-    run.attach_engine(engine, handover)
-    if cfg.rollout.check_engine:
-        with run.ledger.phase("setup"), run.dist.gathered(run.model):
-            start_up_check(engine, run, handover)
+    with run.ledger.phase("setup"):
+        engine, handover = make_engine(cfg, run.model, run.tokenizer, run_dir=run.run_dir, rank=run.dist.rank)
+    try:
+        run.attach_engine(engine, handover)
+        if cfg.rollout.devices:
+            from tina.ahead import RolloutsAhead
+
+            check_worker_base(engine, run)
+            run.ahead = RolloutsAhead(run, engine)
+        if cfg.rollout.check_engine:
+            with run.ledger.phase("setup"), run.dist.gathered(run.model):
+                start_up_check(engine, run, handover)
+    except BaseException:
+        close_engine(engine)
+        raise
     return engine
+
+
+def check_worker_base(workers, run: Run) -> None:
+    """Rollout workers must hold the trainer's base weights (a worker that loaded other weights stops the run)."""
+    other = workers.base_digests() - {run.digest_before}
+    if other:
+        raise TinaError(
+            f"a rollout worker loaded other base weights (sha256 {sorted(other)[0][:12]}) than the trainer "
+            f"({run.digest_before[:12]}); both read {run.cfg.model.name_or_path}: is the model folder changing?"
+        )
+
+
+def close_engine(engine) -> None:
+    """Stop an engine's processes (rollout workers); engines in this process have nothing to close."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 # ------------------------------------------------------------------------------------------------------ one step
@@ -178,8 +217,14 @@ def generate(engine, problems: list[Problem], keys: list[int], cfg: Config, ledg
 
     ``keys`` name each prompt's random stream (its position in the run's global prompt order), so the completions do
     not depend on batch composition, on micro-batching or on how many processes share the step."""
+    with ledger.phase("generation"):
+        return engine.generate([p.prompt_ids for p in problems], sampling_of(cfg), keys=keys)
+
+
+def sampling_of(cfg: Config) -> Sampling:
+    """What a training rollout samples: exactly the recipe's settings, keyed by ``train.seed``."""
     r = cfg.rollout
-    sampling = Sampling(
+    return Sampling(
         n=r.num_generations,
         max_new_tokens=r.max_new_tokens,
         temperature=r.temperature,
@@ -187,8 +232,6 @@ def generate(engine, problems: list[Problem], keys: list[int], cfg: Config, ledg
         top_k=r.top_k,
         seed=cfg.train.seed,
     )
-    with ledger.phase("generation"):
-        return engine.generate([p.prompt_ids for p in problems], sampling, keys=keys)
 
 
 def score_rollout(
@@ -309,7 +352,7 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
     loss_mask = completion_mask * scored.keep[:, None].float()  # [N, T]
     rows = rollout.completion_ids.shape[0]
     per = rows // cfg.train.gradient_accumulation_steps
-    correction = rollout_correction_mode(cfg, rollout.engine)
+    correction = rollout_correction_mode(cfg)
     need_old = a.num_iterations > 1 or correction.endswith("mask")
     chunk = cfg.train.logprob_memory_mb * 2**20
     out = []
@@ -350,12 +393,13 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
     return out
 
 
-def rollout_correction_mode(cfg: Config, engine: str) -> str:
+def rollout_correction_mode(cfg: Config) -> str:
     """``algorithm.rollout_correction`` resolved: ``auto`` is ``token_truncate`` for an engine with its own weights
-    (vLLM) and ``none`` for the ``hf`` engine (the trainer's own model: nothing to correct)."""
+    (vLLM, or rollout workers: another implementation, or an older adapter) and ``none`` for the ``hf`` engine in the
+    training process (the trainer's own model: nothing to correct)."""
     mode = cfg.algorithm.rollout_correction
     if mode == "auto":
-        mode = "none" if engine == "hf" else "token_truncate"
+        mode = "none" if cfg.rollout.backend == "hf" and not cfg.rollout.devices else "token_truncate"
     if not comparable_with_engine(cfg):
         return "none"  # trainer log-probs of raw logits are not comparable with the engine's of the sampled ones
     return mode
@@ -406,7 +450,7 @@ def update(
         n_micro=len(micro_batches) * dist.world_size,
         max_len=r.max_new_tokens,
     )
-    correction = rollout_correction_mode(cfg, r.backend)
+    correction = rollout_correction_mode(cfg)
     comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
@@ -449,7 +493,9 @@ def update(
                 norm=piece_norm,
                 weights=weights,
             )
-            disagree = r.max_logp_diff is not None and mb_diff > r.max_logp_diff
+            # with rollouts generated ahead the difference also holds the policy's own movement since their version:
+            # there the content probe, scored under the generating version, checks what the engine serves
+            disagree = r.max_logp_diff is not None and not r.max_staleness and mb_diff > r.max_logp_diff
             if dist.broadcast_flag(disagree):  # checked before any update: the engine must sample this policy
                 dist.discard_gradients(optimizer, out.loss)
                 raise TinaError(

@@ -58,6 +58,8 @@ def make_engine(
     from tina.rollout.hf import HFEngine
 
     r = cfg.rollout
+    if r.devices:
+        return make_workers(cfg, model, run_dir=run_dir)
     if r.backend == "hf":
         return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
     from tina.estimates import ModelShape
@@ -107,6 +109,29 @@ def make_engine(
 
         say(f"vllm engine on {placement.describe()}; {plan.describe()}")
     return engine, AdapterHandover(Path(run_dir) / ".engine" / f"rank{rank}")
+
+
+def make_workers(cfg, model, *, run_dir: str | Path):
+    """(rollout worker processes on ``rollout.devices``, a folder handover that keeps every version they may still
+    read: the last ``max_staleness + 2``)."""
+    from tina.console import say
+    from tina.rollout.adapters import AdapterHandover
+    from tina.rollout.worker import Workers
+
+    r = cfg.rollout
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in r.devices:
+        index = int(d.partition(":")[2] or 0) if d.startswith("cuda") else None
+        if index is not None and index >= gpus:
+            raise ConfigError(
+                f"rollout.devices: {d} does not exist here ({gpus} CUDA GPU(s)); name a GPU this machine has, or cpu"
+            )
+    say(
+        f"rollout workers: {len(r.devices)} {r.backend} engine process(es) on {', '.join(r.devices)}, "
+        f"max_staleness {r.max_staleness} (starting: each loads the base model)"
+    )
+    workers = Workers(cfg, r.devices, dtype=_dtype_name(model), threads=r.worker_threads)
+    return workers, AdapterHandover(Path(run_dir) / ".engine" / "workers", keep=r.max_staleness + 2)
 
 
 def _dtype_name(model) -> str:
