@@ -98,8 +98,9 @@ def rollout_step(engine, run: Run, step: int) -> tuple[list[tuple[int, int]], Ro
 
 # ------------------------------------------------------------------------------------------------------ the engine
 def check_engine_available(cfg: Config) -> None:
-    from tina.rollout.engines import check_backend
+    from tina.rollout.engines import check_backend, check_devices
 
+    check_devices(cfg.rollout.devices)
     if cfg.rollout.backend != "hf":
         from tina.models import resolve_model_path
 

@@ -274,3 +274,17 @@ def test_the_previous_versions_folder_served_under_the_new_version_stops_the_run
     assert "from those of the previous adapter (v0)" in message
     assert [a.version for a in handed] == [0, 1]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # step 1 ran, step 2 stopped
+
+
+def test_a_vllm_rollout_worker_generates_one_step_ahead(tmp_path, capsys):
+    """rollout.backend vllm in a worker process (rollout.devices), one step ahead: every completion reports the
+    version that generated it (one update old after the first step), and the worker's probe scores under that
+    version equal the trainer's (float32)."""
+    recipe = [*RECIPE, "rollout.devices=[cpu]", "rollout.max_staleness=1"]
+    result = train(load_config("demo", recipe), tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert "rollout workers: 1 vllm engine process(es) on cpu" in err and "engine check (vllm)" in err
+    assert [m["rollout/staleness"] for m in result.metrics] == [0.0, 1.0, 1.0]
+    assert all(m["rollout/probe_diff"] < 1e-4 for m in result.metrics[1:])
+    assert result.metrics[-1]["rollout/probe_decided"] == 1.0
+    assert all(0.5 < m["rollout/is_weight_mean"] < 2.0 for m in result.metrics)

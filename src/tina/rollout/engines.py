@@ -119,19 +119,24 @@ def make_workers(cfg, model, *, run_dir: str | Path):
     from tina.rollout.worker import Workers
 
     r = cfg.rollout
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for d in r.devices:
-        index = int(d.partition(":")[2] or 0) if d.startswith("cuda") else None
-        if index is not None and index >= gpus:
-            raise ConfigError(
-                f"rollout.devices: {d} does not exist here ({gpus} CUDA GPU(s)); name a GPU this machine has, or cpu"
-            )
+    check_devices(r.devices)
     say(
         f"rollout workers: {len(r.devices)} {r.backend} engine process(es) on {', '.join(r.devices)}, "
         f"max_staleness {r.max_staleness} (starting: each loads the base model)"
     )
     workers = Workers(cfg, r.devices, dtype=_dtype_name(model), threads=r.worker_threads)
     return workers, AdapterHandover(Path(run_dir) / ".engine" / "workers", keep=r.max_staleness + 2)
+
+
+def check_devices(devices: list[str]) -> None:
+    """Every rollout worker's device exists on this machine (one line otherwise, before any model is loaded)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in devices:
+        index = int(d.partition(":")[2] or 0) if d.startswith("cuda") else None
+        if index is not None and index >= gpus:
+            raise ConfigError(
+                f"rollout.devices: {d} does not exist here ({gpus} CUDA GPU(s)); name a GPU this machine has, or cpu"
+            )
 
 
 def _dtype_name(model) -> str:
