@@ -386,7 +386,8 @@ def test_vllm_rollouts_are_corrected_here_not_in_tina():
     assert rollout_correction_mode(cfg) == "token_truncate"
     exact = load_config("tina-open-rs3", ["rollout.backend=vllm", "algorithm.rollout_correction=none"])
     assert rollout_correction_mode(exact) == "none"
-    assert rollout_correction_mode(load_config("tina-open-rs3")) == "none"  # the hf engine is the trainer's own model
+    on_hf = load_config("tina-open-rs3", ["rollout.backend=hf"])
+    assert rollout_correction_mode(on_hf) == "none"  # the hf engine is the trainer's own model
     # ... unless it runs in rollout workers: their own weights, and with max_staleness an older adapter
-    workers = load_config("tina-open-rs3", ["rollout.devices=[cpu]", "rollout.max_staleness=1"])
+    workers = load_config("tina-open-rs3", ["rollout.backend=hf", "rollout.devices=[cpu]", "rollout.max_staleness=1"])
     assert rollout_correction_mode(workers) == "token_truncate"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tina import cli
+from tina.batch import MicroBatch
 from tina.build import build_model
 from tina.config import load_config
 from tina.errors import ConfigError
@@ -18,7 +19,7 @@ from tina.models import load_model_and_tokenizer
 from tina.rl.logprobs import token_logprobs
 from tina.rl.losses import LOSSES
 from tina.rl.masks import mask_from_lengths
-from tina.train import MicroBatch, train, update
+from tina.train import train, update
 
 BASE = {
     "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32", "attn_implementation": "sdpa"},

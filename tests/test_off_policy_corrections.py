@@ -23,13 +23,14 @@ import math
 import pytest
 import torch
 
+from tina.batch import Scored
 from tina.config import load_config
 from tina.ledger import Ledger
 from tina.models import attach_lora, load_model_and_tokenizer
 from tina.rl.logprobs import token_logprobs
 from tina.rl.masks import mask_from_lengths
 from tina.rollout.base import Rollout
-from tina.train import Scored, micro_batches, update
+from tina.train import micro_batches, update
 
 T = 0.7
 LENGTHS = torch.tensor([5, 3, 4, 2])

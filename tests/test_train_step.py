@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tina import cli
+from tina.batch import MicroBatch
 from tina.config import load_config
 from tina.ledger import Ledger
 from tina.rl.advantages import group_advantages
 from tina.rl.losses import DEFAULT_CLIP
-from tina.train import MicroBatch, step_reward_std, update
+from tina.train import step_reward_std, update
 
 BASE = {
     "model": {"name_or_path": "builtin:tiny-random", "dtype": "float32", "attn_implementation": "sdpa"},

@@ -27,7 +27,7 @@ import torch
 
 from tina.errors import TinaError
 from tina.rollout.agreement import check_served, choose_probe
-from tina.rollout.base import AdapterVersion, Rollout
+from tina.rollout.base import AdapterVersion, Rollout, Sampling
 
 
 @dataclass
@@ -47,8 +47,8 @@ class Ahead:
 class RolloutsAhead:
     """Keeps the workers up to ``max_staleness`` generating steps ahead of the trainer; see the module docstring."""
 
-    def __init__(self, run, workers):
-        self.run, self.workers = run, workers
+    def __init__(self, run, workers, sampling: Sampling):
+        self.run, self.workers, self.sampling = run, workers, sampling
         r, a = run.cfg.rollout, run.cfg.algorithm
         self.k, self.every = r.max_staleness, a.num_iterations
         self.items: dict[int, Ahead] = {}
@@ -103,8 +103,6 @@ class RolloutsAhead:
                 self.submit(t, adapter)
 
     def submit(self, step: int, adapter: AdapterVersion) -> None:
-        from tina.train import sampling_of
-
         run = self.run
         drawn = run.draw(step)
         probe = run.probe if run.checks_content() else None
@@ -115,7 +113,7 @@ class RolloutsAhead:
             trainer_probe = self._probe_of[1]
         ticket = self.workers.submit(
             [run.problems[i].prompt_ids for i, _ in drawn],
-            sampling_of(run.cfg),
+            self.sampling,
             [k for _, k in drawn],
             adapter=adapter,
             probe=probe,

@@ -21,7 +21,6 @@ count as the original run.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import errno
 import json
 import shlex
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import torch
 
+from tina import batch, distributed
 from tina import config as cfgmod
-from tina import distributed
 from tina.build import (
     advance_schedule,
     build_model,
@@ -112,7 +111,7 @@ class RunState:
     """What the loop carries from step to step besides the model, optimizer, scheduler and sampler."""
 
     history: list[dict] = field(default_factory=list)
-    buffer: list = field(default_factory=list)  # micro-batches (tina.train.MicroBatch) reused while num_iterations > 1
+    buffer: list = field(default_factory=list)  # micro-batches (tina.batch.MicroBatch) reused while num_iterations > 1
     bad_in_row: int = 0
 
 
@@ -478,7 +477,7 @@ class Run:
             "rng_by_rank": rngs if dist.enabled else [],
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
-            "buffer": [micro_batch_state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
+            "buffer": [batch.state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
             # rollouts generated ahead (rollout.max_staleness): the resumed run trains on exactly these
             "ahead": self.ahead.state() if self.ahead is not None else [],
             "content_probe": None
@@ -534,8 +533,6 @@ class Run:
         Under FSDP and DeepSpeed the optimizer state is loaded after wrapping (see ``open``), not here."""
         from peft import set_peft_model_state_dict
 
-        from tina.train import MicroBatch
-
         dist = self.dist
         result = set_peft_model_state_dict(self.model, load_adapter_weights(ckpt))
         if getattr(result, "unexpected_keys", None):
@@ -565,13 +562,7 @@ class Run:
         copy_path = ckpt / "metrics.jsonl"
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]
-        fields = {f.name for f in dataclasses.fields(MicroBatch)}
-        buffer = [
-            MicroBatch(
-                **{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in mb.items() if k in fields}
-            )
-            for mb in ts.get("buffer", [])
-        ]
+        buffer = [batch.from_state(mb, self.device) for mb in ts.get("buffer", [])]
         self.restored_ahead = list(ts.get("ahead") or [])
         return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
 
@@ -611,10 +602,6 @@ class Run:
                 f"cannot write {what} in {self.run_dir}: {reason} ({exc.strerror or exc}); {kept}; {fix}, "
                 f"then resume with: {self.resume_cmd}"
             ) from None
-
-
-def micro_batch_state(mb) -> dict:
-    return {f.name: getattr(mb, f.name) for f in dataclasses.fields(mb)}
 
 
 # ---------------------------------------------------------------------------------------------------------- setup

@@ -70,17 +70,20 @@ class WorkerSpec:
     dtype: str = "auto"  # the trainer's parameter dtype (so both sides compute in the same format)
 
 
-def physical_device(device: str) -> str | None:
-    """The CUDA_VISIBLE_DEVICES entry a worker on ``device`` sees as its only GPU (None: a CPU worker).
+def physical_device(device: str, visible: str | None = None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES entry a worker on ``device`` sees as its only GPU (None: a CPU worker); ``visible``:
+    the trainer's CUDA_VISIBLE_DEVICES (default: this process's environment).
 
-    >>> os.environ.pop("CUDA_VISIBLE_DEVICES", None) and None
-    >>> physical_device("cuda:1"), physical_device("cuda"), physical_device("cpu")
-    ('1', '0', None)
+    >>> physical_device("cuda:1", ""), physical_device("cuda", ""), physical_device("cpu", ""), physical_device(
+    ...     "cuda:1", "4,6")
+    ('1', '0', None, '6')
     """
     if not device.startswith("cuda"):
         return None
     index = int(device.partition(":")[2] or 0)
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = [v for v in visible.split(",") if v.strip()]
     if visible:
         if index >= len(visible):
             raise TinaError(f"rollout.devices: {device} is not one of the {len(visible)} visible GPUs")
@@ -297,11 +300,16 @@ class Workers:
                     q.put(Request(-1, "stop"))
                 except (OSError, ValueError):
                     pass
+        deadline = time.monotonic() + 30
+        while any(p.is_alive() for p in self.procs) and time.monotonic() < deadline:
+            try:  # replies nobody will collect (a run that stopped on an error): a worker exits only once its
+                self.replies.get(timeout=0.1)  # queue's pipe is flushed
+            except (queue.Empty, OSError, ValueError, EOFError):
+                pass
         for p in self.procs:
-            p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-                p.join(timeout=5)
+            p.join(timeout=5)
 
     def __del__(self):
         try:
