@@ -123,6 +123,9 @@ class RolloutConfig:
     # The engine's log-probs of the version that generated each completion feed the rollout correction
     max_staleness: int = 0
     worker_threads: int | None = None  # CPU threads of each worker process (None: torch's default)
+    # Remote rollout workers: vLLM OpenAI-compatible servers (tina.rollout.remote), e.g. [http://node-b:8000]; they
+    # load each adapter version by name from the run directory, which they must read at the same path
+    servers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -466,10 +469,15 @@ def check_workers(cfg: Config) -> None:
     for d in r.devices:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", str(d)):
             raise ConfigError(f"rollout.devices: '{d}' is not a device; name one per worker, e.g. [cuda:1] or [cpu]")
-    if r.max_staleness and not r.devices:
+    for url in r.servers:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", str(url)):
+            raise ConfigError(f"rollout.servers: '{url}' is not a server address; e.g. [http://node-b:8000]")
+    if r.devices and r.servers:
+        raise ConfigError("rollout.devices and rollout.servers: choose local worker processes or remote servers")
+    if r.max_staleness and not (r.devices or r.servers):
         raise ConfigError(
             f"rollout.max_staleness: {r.max_staleness} needs rollout workers that generate while the trainer "
-            "learns; name their devices, e.g. rollout.devices=[cuda:1] (or [cpu])"
+            "learns; name their devices, e.g. rollout.devices=[cuda:1] (or [cpu]), or rollout.servers"
         )
     if r.max_staleness and cfg.algorithm.num_iterations > r.max_staleness:
         raise ConfigError(

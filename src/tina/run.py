@@ -172,12 +172,12 @@ class Run:
                 f"{dist.world_size} processes; use a multiple of "
                 f"{dist.world_size * cfg.rollout.num_generations} completions"
             )
-        if cfg.rollout.devices and dist.world_size > 1:
+        if (cfg.rollout.devices or cfg.rollout.servers) and dist.world_size > 1:
             from tina.errors import ConfigError
 
             raise ConfigError(
-                f"rollout.devices: rollout workers serve one training process, and this run has {dist.world_size}; "
-                "train in one process (no accelerate launch), or leave rollout.devices empty"
+                f"rollout.devices / rollout.servers: rollout workers serve one training process, and this run has "
+                f"{dist.world_size}; train in one process (no accelerate launch), or leave them empty"
             )
         self.resume_cmd = resume_command(self.run_dir)
         point = None

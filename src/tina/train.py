@@ -102,7 +102,11 @@ def check_engine_available(cfg: Config) -> None:
     from tina.rollout.engines import check_backend, check_devices
 
     check_devices(cfg.rollout.devices)
-    if cfg.rollout.backend != "hf":
+    if cfg.rollout.servers:
+        from tina.rollout.remote import check_servers
+
+        check_servers(cfg.rollout.servers, model=cfg.model.name_or_path, lora_rank=cfg.lora.r)
+    if cfg.rollout.backend != "hf" and not cfg.rollout.servers:  # remote servers: vLLM is theirs, not ours
         from tina.models import resolve_model_path
 
         check_backend(cfg.rollout.backend, lora_rank=cfg.lora.r, model_path=resolve_model_path(cfg.model.name_or_path))
@@ -116,7 +120,7 @@ def open_engine(cfg: Config, run: Run):
         engine, handover = make_engine(cfg, run.model, run.tokenizer, run_dir=run.run_dir, rank=run.dist.rank)
     try:
         run.attach_engine(engine, handover)
-        if cfg.rollout.devices:
+        if cfg.rollout.devices or cfg.rollout.servers:
             from tina.ahead import RolloutsAhead
 
             check_worker_base(engine, run)
@@ -335,7 +339,8 @@ def rollout_correction_mode(cfg: Config) -> str:
     training process (the trainer's own model: nothing to correct)."""
     mode = cfg.algorithm.rollout_correction
     if mode == "auto":
-        mode = "none" if cfg.rollout.backend == "hf" and not cfg.rollout.devices else "token_truncate"
+        own = cfg.rollout.backend == "hf" and not (cfg.rollout.devices or cfg.rollout.servers)
+        mode = "none" if own else "token_truncate"
     if not comparable_with_engine(cfg):
         return "none"  # trainer log-probs of raw logits are not comparable with the engine's of the sampled ones
     return mode

@@ -60,6 +60,8 @@ def make_engine(
     r = cfg.rollout
     if r.devices:
         return make_workers(cfg, model, run_dir=run_dir)
+    if r.servers:
+        return make_remote(cfg, model, tokenizer, run_dir=run_dir)
     if r.backend == "hf":
         return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
     from tina.estimates import ModelShape
@@ -126,6 +128,30 @@ def make_workers(cfg, model, *, run_dir: str | Path):
     )
     workers = Workers(cfg, r.devices, dtype=_dtype_name(model), threads=r.worker_threads)
     return workers, AdapterHandover(Path(run_dir) / ".engine" / "workers", keep=r.max_staleness + 2)
+
+
+def make_remote(cfg, model, tokenizer, *, run_dir: str | Path):
+    """(vLLM servers as remote rollout workers, the folder handover they read adapters from)."""
+    from tina.console import say
+    from tina.rollout.adapters import AdapterHandover
+    from tina.rollout.base import eos_token_ids
+    from tina.rollout.remote import RemoteWorkers
+
+    r = cfg.rollout
+    keep = r.max_staleness + 2
+    workers = RemoteWorkers(
+        r.servers,
+        tokenizer,
+        eos_token_ids(model, tokenizer),
+        model=cfg.model.name_or_path,
+        lora_rank=cfg.lora.r,
+        keep=keep,
+    )
+    say(
+        f"rollout servers: {', '.join(i['server'] + ' (' + i['engine'] + ')' for i in workers.infos)}, "
+        f"max_staleness {r.max_staleness}"
+    )
+    return workers, AdapterHandover((Path(run_dir) / ".engine" / "workers").resolve(), keep=keep)
 
 
 def check_devices(devices: list[str]) -> None:
