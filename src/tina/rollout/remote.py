@@ -100,7 +100,9 @@ class RemoteWorkers:
         self._loaded: list[list[str]] = [[] for _ in self.urls]  # adapter names loaded on each server, oldest first
         self._lock = threading.Lock()
         self._requests = ThreadPoolExecutor(max_workers=32 * len(self.urls), thread_name_prefix="tina-remote")
-        self._tickets = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tina-remote-ticket")
+        # tickets in order, one at a time (as a local worker): a ticket's probe never shares a batch with another's
+        # sampling (see _generate)
+        self._tickets = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tina-remote-ticket")
         self._pending: dict[int, tuple[Future, float]] = {}
         self._next = 0
         for url in self.urls:
@@ -217,6 +219,9 @@ class RemoteWorkers:
         """(the rollout, the probe's scores): one request per completion, spread over the servers."""
         n, shares = sampling.n, len(self.urls)
         bounds = [len(prompts) * i // shares for i in range(shares + 1)]
+        # the probe first, alone: vLLM 0.32's CPU LoRA kernels fail on a batch that mixes prompt log-probs with
+        # sampling (punica_cpu.add_lora_logits: "einsum(): subscript b has size 28 ... size 94")
+        scores = self._score(0, adapter, [probe[0]], [probe[1]]) if probe is not None else None
         jobs = []
         for s in range(shares):
             name = self._name(s, adapter) if bounds[s] < bounds[s + 1] else None
@@ -224,7 +229,6 @@ class RemoteWorkers:
                 for j in range(n):
                     seed = None if sampling.greedy or sampling.seed is None else row_seed(sampling.seed, keys[i], j)
                     jobs.append(self._requests.submit(self._complete, s, name, prompts[i], sampling, seed))
-        scores = self._score(0, adapter, [probe[0]], [probe[1]]) if probe is not None else None
         choices = [job.result() for job in jobs]
         return (self._rollout(prompts, choices, n, adapter) if prompts else None), scores
 
