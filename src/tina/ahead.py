@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from tina.errors import TinaError
-from tina.rollout.agreement import check_served, choose_probe
+from tina.rollout.agreement import check_served
 from tina.rollout.base import AdapterVersion, Rollout, Sampling
 
 
@@ -64,7 +64,8 @@ class RolloutsAhead:
         run.engine.load_adapter(adapter)
         if step not in self.items:  # the run's first step (or a resume without rollouts ahead): generate it now
             self.submit(step, adapter)
-        if run.probe is not None or not run.checks_content():
+        content = run.content
+        if content.probe is not None or not content.on:
             self.submit_ahead(step, adapter)  # queued before we wait: the workers go on while the trainer learns
         item = self.items.pop(step)
         waited = 0.0
@@ -84,11 +85,11 @@ class RolloutsAhead:
                 f"rollout.max_staleness is {self.k}"
             )
         check_served(item.rollout, item.adapter, item.adapter.version)
-        if run.probe is None and run.checks_content():
-            run.probe = run.dist.all_gather_object(choose_probe(item.rollout))[0]
+        if content.probe is None and content.on:
+            content.choose(item.rollout)
             self.submit_ahead(step, adapter)  # the probe goes with every submission from here on
         elif item.scores is not None and item.trainer_probe is not None:
-            run.judge_probe(item.adapter.version, item.scores, item.trainer_probe)
+            content.judge(item.adapter.version, item.scores, item.trainer_probe)
         metrics = {
             "rollout/staleness": (float(staleness), 1),
             "rollout/wait_s": (waited, 1),
@@ -105,11 +106,11 @@ class RolloutsAhead:
     def submit(self, step: int, adapter: AdapterVersion) -> None:
         run = self.run
         drawn = run.draw(step)
-        probe = run.probe if run.checks_content() else None
+        probe = run.content.probe if run.content.on else None
         trainer_probe = None
         if probe is not None:  # scored once per version
             if self._probe_of is None or self._probe_of[0] != adapter.version:
-                self._probe_of = (adapter.version, run.trainer_probe())
+                self._probe_of = (adapter.version, run.content.trainer())
             trainer_probe = self._probe_of[1]
         ticket = self.workers.submit(
             [run.problems[i].prompt_ids for i, _ in drawn],

@@ -19,3 +19,10 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def progress_bar(start: int, total: int, *, enabled: bool):
+    """The training progress bar (steps, rate, ETA) from ``start`` of ``total``; silent when not ``enabled``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import errno
 import json
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,8 +42,6 @@ from tina.build import (
     seed_everything,
 )
 from tina.checkpoint import (
-    clean_partial,
-    latest_valid_checkpoint,
     list_checkpoints,
     load_adapter_weights,
     load_trainer_state,
@@ -54,38 +51,20 @@ from tina.checkpoint import (
     set_rng_state,
 )
 from tina.config import Config
-from tina.console import say
+from tina.console import progress_bar, say
 from tina.errors import TinaError
-from tina.files import append_jsonl, atomic_write_text, read_jsonl
+from tina.files import append_jsonl, read_jsonl
 from tina.ledger import Ledger, adopt_untracked_eval, read_eval_costs, read_ledger
 from tina.models import base_weights_digest, count_parameters
 from tina.problems import PromptSampler, load_problems, render_prompts
 from tina.records import postfix, step_record
 from tina.rewards import RewardSpec
 from tina.rollout import Sampling
+from tina.rollout.content import ContentCheck
+from tina.rundir import prepare_run_dir, resume_command, start_logs
 from tina.signals import GracefulStop
 from tina.trackers import Windowed, check_available
 
-# Keys that may differ when a run is resumed: none of them changes which prompts, samples or updates a step sees.
-RESUMABLE_CHANGES = (
-    "train.stop_step",
-    "train.save_steps",
-    "train.save_total_limit",
-    "train.logging_steps",
-    "train.report_to",
-    "train.max_bad_steps",
-    "train.probe_prompt",
-    "train.probe_max_new_tokens",
-    "train.logprob_memory_mb",
-    "train.max_tokens_per_pass",
-    "rollout.check_engine",
-    "rollout.canary_tolerance",
-    "rollout.max_logp_diff",
-    "rollout.gpu_memory_utilization",
-    "rollout.vllm_sleep",
-    "cost.",
-    "eval.",
-)
 BASE_FILE = "tina_base.json"  # in every checkpoint: the base model's name, dtype and weights digest
 
 
@@ -137,12 +116,7 @@ class Run:
         self.ahead = None  # rollouts generated ahead by workers (tina.ahead.RolloutsAhead), when rollout.devices
         self.restored_ahead: list[dict] = []  # ... as a resumed checkpoint holds them
         self.published = None  # the adapter version last handed to the engine
-        # the content check of the served adapter (check_content): the probe (prompt, completion token ids), the
-        # trainer's probe log-probs under the base and under the last adapter version checked, this step's metrics
-        self.probe: tuple[list[int], list[int]] | None = None
-        self.probe_base: torch.Tensor | None = None
-        self.probe_previous: tuple[int, torch.Tensor] | None = None
-        self.probe_metrics: dict = {}
+        self.content: ContentCheck | None = None  # the content probe of what the engine serves (attach_engine)
 
     # ---------------------------------------------------------------------------------------------------- open
     @classmethod
@@ -215,6 +189,7 @@ class Run:
             self.optimizer = make_optimizer(self.model, t)
             self.scheduler = make_scheduler(self.optimizer, t)
             self.sampler = PromptSampler(len(self.problems), t.seed)
+            self.content = ContentCheck(self.model, self.ledger, dist, tolerance=cfg.rollout.canary_tolerance)
             saved = load_trainer_state(point[1]) if point else None
             self.state = self._restore(point[1], saved) if point else RunState()
             self.train_model, self.optimizer = dist.prepare(self.model, self.optimizer, max_grad_norm=t.max_grad_norm)
@@ -262,82 +237,17 @@ class Run:
         return False
 
     def attach_engine(self, engine, handover) -> None:
+        """The rollout engine and its handover; the content probe is on for engines with their own weights (a folder
+        handover) when ``rollout.check_engine``: the ``hf`` engine *is* the trainer's model."""
         self.engine, self.handover = engine, handover
+        self.content.engine = engine
+        self.content.on = bool(self.cfg.rollout.check_engine and handover.folder is not None)
 
     def publish(self, version: int):
         """The adapter as it is now, published for the engine as ``version`` (the number of updates so far)."""
         state = self.dist.adapter_state(self.model) if self.handover.folder is not None else None  # FSDP: gathered
         self.published = self.handover.publish(self.model, version, state=state)
         return self.published
-
-    def check_content(self, step: int, rollout) -> None:
-        """Check *what* the engine serves, at every step that generates (inside the rollout's gathered block: FSDP
-        needs the full weights): the engine and the trainer score one fixed probe, and the engine's log-probs must be
-        clearly closer to the trainer's under the adapter just handed over (v``step``) than to those under the
-        previous version handed over, or under the base model, whenever those differ by more than the numerical
-        noise (:func:`tina.rollout.agreement.probe_verdict`); else the run stops in one line.  The version numbers
-        that :func:`~tina.rollout.agreement.check_served` compares are set by the engine wrapper itself, and a
-        one-step-stale adapter is far inside ``rollout.max_logp_diff``: this looks at the served weights.
-
-        The probe is chosen once (:func:`~tina.rollout.agreement.choose_probe`, from the main process's first
-        rollout; kept in checkpoints, with the last log-probs, so a resumed run checks and logs as an uninterrupted
-        one).  Cost per step: one forward of ~100 tokens on each side.  On for engines that hold their own weights
-        (adapters handed over through a folder: vllm) when ``rollout.check_engine``; the ``hf`` engine *is* the
-        trainer's model -- nothing can go stale, and the check would compare the model with itself.  Eval mode and
-        no gradients: no random number is drawn and training is unchanged."""
-        if not self.checks_content():
-            return
-        from tina.rollout.agreement import choose_probe
-
-        if self.probe is None:  # the same probe on every process (its trainer log-probs are then the same too)
-            self.probe = self.dist.all_gather_object(choose_probe(rollout))[0]
-        current = self.trainer_probe()  # [1, T]
-        with self.ledger.phase("logprob"):
-            served = self.engine.score([self.probe[0]], [self.probe[1]]).float()  # [1, T]
-        self.judge_probe(step, served, current)
-
-    def checks_content(self) -> bool:
-        """Whether the content probe runs: engines with their own weights (a folder handover), check_engine on."""
-        return self.cfg.rollout.check_engine and self.handover is not None and self.handover.folder is not None
-
-    def trainer_probe(self) -> torch.Tensor:
-        """[1, T] the trainer's log-probs of the probe under the adapter as it is now (the base's scored once)."""
-        from tina.rollout.agreement import score_with_model
-
-        prompts, completions = [self.probe[0]], [self.probe[1]]
-        with self.ledger.phase("logprob"):
-            if self.probe_base is None:  # the base never changes: scored once
-                self.probe_base = score_with_model(self.model, prompts, completions, base=True)  # [1, T]
-            return score_with_model(self.model, prompts, completions)  # [1, T]
-
-    def judge_probe(self, version: int, served: torch.Tensor, current: torch.Tensor) -> None:
-        """The content verdict for adapter v``version``: the engine's probe log-probs (``served``) against the
-        trainer's under that version (``current``), the previous version judged and the base; a wrong one stops the
-        run on every process in one line.  Versions are judged in increasing order."""
-        from tina.rollout.agreement import probe_noise, probe_verdict
-
-        previous = (
-            self.probe_previous if self.probe_previous is not None and self.probe_previous[0] != version else None
-        )
-        noise = self.cfg.rollout.canary_tolerance or probe_noise(next(self.model.parameters()).dtype)
-        metrics, problem = probe_verdict(
-            served,
-            current,
-            torch.ones_like(current),
-            noise=noise,
-            version=version,
-            previous=None if previous is None else previous[1],
-            previous_version=None if previous is None else previous[0],
-            base=self.probe_base,
-            engine=self.engine.name,
-        )
-        if self.dist.broadcast_flag(problem is not None):  # every process stops at once
-            raise TinaError(
-                problem
-                or f"adapter v{version}: another process's {self.engine.name} engine does not "
-                "serve the trainer's adapter (see its error); the run stops here"
-            )
-        self.probe_previous, self.probe_metrics = (version, current), metrics
 
     def steps(self):
         """Step indices from the resume point to the last step; ends early after a graceful stop."""
@@ -379,7 +289,7 @@ class Run:
         n, t, dist = step + 1, self.cfg.train, self.dist
         lr = self.optimizer.param_groups[0]["lr"]
         advance_schedule(self.scheduler)  # a skipped step still counts, so the schedule stays on the step clock
-        out = {**out, **self.pop_probe_metrics()}
+        out = {**out, **self.content.pop_metrics()}
         record = step_record(n, rollout_metrics, out, lr, time.perf_counter() - step_start, self.ledger, dist)
         self.state.history.append(record)
         if self.main:
@@ -413,13 +323,6 @@ class Run:
                     f"stopped by {self.stop.reason} after step {n}; saved checkpoint-{n}. Resume with:\n  "
                     f"{self.resume_cmd}"
                 )
-
-    def pop_probe_metrics(self) -> dict:
-        """This step's content-check metrics (none at steps that reuse a rollout), averaged over the processes."""
-        metrics, self.probe_metrics = self.probe_metrics, {}
-        keys = sorted(metrics)
-        flat = self.dist.sum([x for k in keys for x in ((metrics[k] or 0.0), float(metrics[k] is not None))])
-        return {k: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else None for i, k in enumerate(keys)}
 
     def result(self, *, keep_model: bool = False) -> TrainResult:
         digest_after = base_weights_digest(self.model)
@@ -480,13 +383,7 @@ class Run:
             "buffer": [batch.state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
             # rollouts generated ahead (rollout.max_staleness): the resumed run trains on exactly these
             "ahead": self.ahead.state() if self.ahead is not None else [],
-            "content_probe": None
-            if self.probe is None
-            else {  # check_content goes on after a resume as before
-                "prompt": self.probe[0],
-                "completion": self.probe[1],
-                "previous": None if self.probe_previous is None else list(self.probe_previous),
-            },
+            "content_probe": self.content.state(),  # the content check goes on after a resume as before
         }
         extra = {
             "metrics.jsonl": "".join(json.dumps(h) + "\n" for h in self.state.history[: snap.n_history]),
@@ -553,12 +450,7 @@ class Run:
         self.sampler.load_state(ts["sampler"])
         by_rank = ts.get("rng_by_rank") or []
         set_rng_state(by_rank[dist.rank] if dist.rank < len(by_rank) else ts["rng"])
-        probe = ts.get("content_probe")
-        if probe:
-            self.probe = (list(probe["prompt"]), list(probe["completion"]))
-            self.probe_previous = (
-                None if probe["previous"] is None else (int(probe["previous"][0]), probe["previous"][1])
-            )
+        self.content.load_state(ts.get("content_probe"))
         copy_path = ckpt / "metrics.jsonl"
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]
@@ -602,79 +494,3 @@ class Run:
                 f"cannot write {what} in {self.run_dir}: {reason} ({exc.strerror or exc}); {kept}; {fix}, "
                 f"then resume with: {self.resume_cmd}"
             ) from None
-
-
-# ---------------------------------------------------------------------------------------------------------- setup
-
-
-def resume_command(run_dir: Path) -> str:
-    """The exact command that continues this run (its own resolved config.yaml always matches)."""
-    return (
-        f"tina train {shlex.quote(str(Path(run_dir) / 'config.yaml'))} --output-dir "
-        f"{shlex.quote(str(run_dir))} --resume"
-    )
-
-
-def prepare_run_dir(run_dir: Path, cfg: Config, *, resume: bool) -> tuple[int, Path] | None:
-    """Create RUN/, check a resume is possible, write config.yaml.  Returns the checkpoint to resume from, if any.
-
-    Without ``resume`` an existing run is never overwritten.  With it, the config must match the run's own
-    config.yaml except for :data:`RESUMABLE_CHANGES`; the newest intact checkpoint is chosen (damaged ones are moved
-    aside with a warning); with none, the run starts fresh.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_partial(run_dir)
-    if not resume and (list_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists()):
-        raise TinaError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
-    if resume and (run_dir / "config.yaml").exists():
-        changed = config_changes(cfgmod.load_config(run_dir / "config.yaml"), cfg)
-        blocking = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
-        if blocking:
-            raise TinaError(
-                f"--resume with a different config than {run_dir}/config.yaml (changed: "
-                f"{', '.join(blocking)}); resume with the run's own config.yaml"
-            )
-        if changed:
-            say(f"resuming with changed {', '.join(changed)} (these do not alter the training trajectory)")
-    point = latest_valid_checkpoint(run_dir, warn=say) if resume else None
-    if resume:
-        say(
-            f"resuming {run_dir} from {point[1].name}"
-            if point
-            else f"no complete checkpoint in {run_dir}; starting fresh"
-        )
-    atomic_write_text(run_dir / "config.yaml", cfgmod.to_yaml(cfg))
-    return point
-
-
-def config_changes(old: Config, new: Config) -> list[str]:
-    """Dotted keys whose values differ (``rewards`` compared as a whole)."""
-    a, b = cfgmod.to_dict(old), cfgmod.to_dict(new)
-    out = []
-    for section in b:
-        if section == "rewards" or not isinstance(b[section], dict):
-            if a.get(section) != b[section]:
-                out.append(section)
-            continue
-        out += [f"{section}.{k}" for k in b[section] if a.get(section, {}).get(k) != b[section][k]]
-    return out
-
-
-def start_logs(run_dir: Path, history: list[dict], holdout: list[dict], start_step: int) -> None:
-    """metrics.jsonl and probes.jsonl cut back to the resume point; holdout.jsonl written."""
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    probes = run_dir / "probes.jsonl"
-    if probes.exists():
-        kept = [p for p in read_jsonl(probes) if p.get("step", 0) <= start_step]
-        atomic_write_text(probes, "".join(json.dumps(p) + "\n" for p in kept))
-    if holdout:
-        atomic_write_text(
-            run_dir / "holdout.jsonl",
-            "".join(json.dumps({k: r[k] for k in ("id", "problem", "answer")}) + "\n" for r in holdout),
-        )
-
-
-def progress_bar(start: int, total: int, *, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

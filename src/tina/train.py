@@ -6,7 +6,7 @@ One optimizer step::
     engine.load_adapter(run.publish(step))                          # hand the engine the current adapter
     rollout = engine.generate(prompts, G completions each)          # ONE engine call for the whole step
     check_served(rollout, ...)                                      # ... and it served that very adapter
-    run.check_content(step, rollout)                                # ... its content too: a probe scored by both
+    run.content.check(step, rollout)                                # ... its content too: a probe scored by both
     rewards = score(grade_batch(batch), reward_specs)               # pure reward functions, one grader
     adv     = group_advantages(rewards, G)                          # group-normalised, over the whole step
     loss    = LOSSES[objective](logp, old_logp, adv, mask, ...)     # per micro-batch; mask from generation lengths
@@ -93,7 +93,7 @@ def rollout_step(engine, run: Run, step: int) -> tuple[list[tuple[int, int]], Ro
         engine.load_adapter(run.publish(step))  # the adapter after `step` updates: a fresh version
         rollout = generate(engine, problems, [k for _, k in drawn], run.cfg, run.ledger)
         check_served(rollout, run.published, step)  # ... and it served that very adapter (its version)
-        run.check_content(step, rollout)  # ... and its content: a fixed probe scored by both sides
+        run.content.check(step, rollout)  # ... and its content: a fixed probe scored by both sides
     return drawn, rollout
 
 

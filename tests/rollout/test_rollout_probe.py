@@ -1,4 +1,4 @@
-"""The content check of what an engine serves (tina.rollout.agreement.probe_verdict, Run.check_content): the
+"""The content check of what an engine serves (agreement.probe_verdict, content.ContentCheck): the
 decision on hand-made log-probs, the probe, the hf engine's ``score``, and training runs with an engine that holds its
 own copy of the weights and reads every adapter from its folder (as vLLM does): serving the previous version's folder
 under the new version stops the run in one line at the step it happens; a correct engine never stops, and a resumed

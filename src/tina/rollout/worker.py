@@ -6,7 +6,7 @@ pipe: the trainer publishes every adapter version as a PEFT folder (:class:`tina
 a few MB of LoRA tensors), and each request names the version to serve with its digest -- the worker loads the folder,
 re-computes the digest and refuses a folder that holds anything else.  Every completion reports the version that
 generated it, and the worker scores the content probe under that version before it generates, so the trainer's
-checks (:func:`tina.rollout.agreement.check_served`, ``Run.check_content``) hold as they do for an engine in the
+checks (:func:`tina.rollout.agreement.check_served`, :mod:`tina.rollout.content`) hold as they do for an engine in the
 training process.
 
 :class:`Workers` is an engine (the :class:`~tina.rollout.base.Engine` protocol: start-up canary, probe completions and
