@@ -286,8 +286,8 @@ def test_l1_recipe_prompts_carry_a_target_drawn_from_the_range(tmp_path):
 
 # ------------------------------------------------------------------------------------------- config keys added here
 def test_every_prompt_template_is_a_valid_data_template():
-    from tina.config import TEMPLATES
     from tina.prompts import TEMPLATE_NAMES
+    from tina.recipe_checks import TEMPLATES
 
     assert set(TEMPLATES) == set(TEMPLATE_NAMES)
 
