@@ -35,355 +35,28 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tina.config import parse_yaml
 from tina.errors import ConfigError, did_you_mean
-
-# Tina's RL_POST_TRAIN_CONFIG_MAP (tina/utils/constant.py); v1 recipes prefix the names with "curated_".
-TINA_DATASETS: dict[str, str] = {
-    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
-    "2thought": "Intelligent-Internet/II-Thought-RL-v0-Math-50K",
-    "l1_exact": "agentica-org/DeepScaleR-Preview-Dataset",
-    "l1_max": "agentica-org/DeepScaleR-Preview-Dataset",
-    "fastcurl": "Nickyang/FastCuRL",
-    "still": "RUC-AIBOX/STILL-3-Preview-RL-Data",
-    "open_rs3": "knoveleng/open-rs",
-    "open_rs2": "knoveleng/open-rs",
-    "open_rs1": "knoveleng/open-s1",
-    "limr": "GAIR/LIMR",
-    "open_r1": "open-r1/OpenR1-Math-220k",
-    "thoughts": "bethgelab/CuratedThoughts",
-    "limr_large_lr_ablation": "GAIR/LIMR",
-    "limr_small_lr_ablation": "GAIR/LIMR",
-    "limr_large_rank_ablation": "GAIR/LIMR",
-    "limr_medium_rank_ablation": "GAIR/LIMR",
-    "limr_small_rank_ablation": "GAIR/LIMR",
-    "limr_tiny_rank_ablation": "GAIR/LIMR",
-    "open_rs3_drgrpo_ablation": "knoveleng/open-rs",
-    "open_rs3_format_ablation": "knoveleng/open-rs",
-    "open_rs3_long_completion_ablation": "knoveleng/open-rs",
-}
-# Tina's launch scripts added `--cosine_max_len 3584` for exactly these dataset names (default 1000):
-# scripts/train/post_train_model_grpo.sh for the first four, post_train_model_grpo_long_completion.sh (always) for
-# the long-completion ablation.
-TINA_COSINE_3584 = {"thoughts", "open_r1", "open_rs3", "open_rs3_drgrpo_ablation", "open_rs3_long_completion_ablation"}
-# Tina's short model names (its scripts resolve them to a local copy of the hub model).
-TINA_MODELS = {
-    "DeepSeek-R1-Distill-Qwen-1.5B": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-    "Qwen2.5-1.5B": "Qwen/Qwen2.5-1.5B",
-    "Qwen2.5-Math-1.5B": "Qwen/Qwen2.5-Math-1.5B",
-}
-# Training rows, to turn num_train_epochs into steps when max_steps is absent.  Rounded figures from Tina's
-# constant.py comments (exact for OpenR1-Math default); the note in the written recipe says so.
-DATASET_ROWS = {
-    "agentica-org/DeepScaleR-Preview-Dataset": 40_300,
-    "Intelligent-Internet/II-Thought-RL-v0-Math-50K": 53_300,
-    "Nickyang/FastCuRL": 80_600,
-    "RUC-AIBOX/STILL-3-Preview-RL-Data": 33_000,
-    "knoveleng/open-rs": 7_000,
-    "knoveleng/open-s1": 18_600,
-    "GAIR/LIMR": 1_390,
-    "open-r1/OpenR1-Math-220k": 93_733,
-    "bethgelab/CuratedThoughts": 66_100,
-}
-
-# TRL 0.15 GRPOConfig / transformers TrainingArguments defaults for keys an original leaves out.
-TRL_DEFAULTS = {
-    "beta": 0.04,
-    "temperature": 0.9,
-    "num_generations": 8,
-    "max_completion_length": 256,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 1e-6,
-    "lr_scheduler_type": "linear",
-    "epsilon": 0.2,
-    "num_iterations": 1,
-    "seed": 42,
-    "save_steps": 500,
-}
-
-# Known keys with no effect in tina -> why.  Prefixes end with "*".
-DROPPED: dict[str, str] = {
-    "vllm_device": "the vllm engine runs on each training process's own device",
-    "vllm_*": "no such vLLM setting in tina",
-    "ds3_gather_for_generation": "no DeepSpeed",
-    "deepspeed": "no DeepSpeed",
-    "fsdp*": "single process",
-    "ddp_*": "single process",
-    "dataloader_*": "no dataloader",
-    "output_dir": "pass --output-dir to tina train",
-    "overwrite_output_dir": "tina refuses to overwrite a run; --resume continues one",
-    "run_name": "output only",
-    "resume_from_checkpoint": "use tina train --resume",
-    "push_to_hub": "no hub upload",
-    "hub_*": "no hub upload",
-    "log_level": "logging",
-    "log_level_replica": "logging",
-    "logging_first_step": "logging (every step is logged)",
-    "logging_strategy": "logging (every step is logged)",
-    "logging_dir": "logging",
-    "log_completions": "logging",
-    "num_completions_to_print": "logging",
-    "wandb_*": "logging (train.report_to chooses trackers)",
-    "save_strategy": "checkpoints every train.save_steps",
-    "save_only_model": "tina checkpoints hold the adapter plus trainer state",
-    "do_eval": "no in-training eval here; use tina eval",
-    "do_train": "implied",
-    "eval_*": "no in-training eval here; use tina eval",
-    "per_device_eval_batch_size": "no in-training eval here",
-    "benchmarks": "use tina eval",
-    "callbacks": "no callbacks",
-    "dataset_test_split": "no in-training eval here",
-    "dataset_num_proc": "preprocessing is in-process",
-    "gradient_checkpointing_kwargs": "tina always uses non-reentrant checkpointing",
-    "lora_task_type": "always CAUSAL_LM",
-    "use_peft": "tina always trains a LoRA adapter",
-    "bf16": "read as model.dtype",
-    "fp16": "read as model.dtype",
-    "tf32": "a CUDA matmul setting",
-    "torch_compile": "not used",
-    "use_liger_kernel": "not used",
-    "use_liger_loss": "not used",
-    "remove_unused_columns": "no dataloader",
-    "data_seed": "train.seed drives sampling",
-    "model_post_train_type": "checked: grpo only",
-    "code_language": "no code rewards",
-    "max_prompt_length": "tina does not truncate prompts (TRL cut them from the left)",
-    "chat_template": "a literal jinja template cannot be imported; data.template names one",
-    "optim": "checked: torch AdamW only",
-    "num_train_epochs": "read as train.max_steps when max_steps is absent",
-}
-
-# Known keys that map onto tina keys (checked below; listed here for suggestions).
-MAPPED = {
-    "model_name_or_path",
-    "model_revision",
-    "torch_dtype",
-    "attn_implementation",
-    "trust_remote_code",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target_modules",
-    "lora_modules_to_save",
-    "use_rslora",
-    "use_dora",
-    "load_in_4bit",
-    "load_in_8bit",
-    "dataset_name",
-    "dataset_config",
-    "dataset_train_split",
-    "dataset_prompt_column",
-    "dataset_mixture",
-    "model_post_train_dataset_name",
-    "model_post_train_dataset_config",
-    "model_post_train_dataset_path",
-    "system_prompt",
-    "num_generations",
-    "max_completion_length",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "use_vllm",
-    "vllm_gpu_memory_utilization",
-    "vllm_max_model_len",
-    "repetition_penalty",
-    "generation_batch_size",
-    "steps_per_generation",
-    "beta",
-    "epsilon",
-    "epsilon_high",
-    "num_iterations",
-    "scale_rewards",
-    "loss_type",
-    "mask_truncated_completions",
-    "importance_sampling_level",
-    "sync_ref_model",
-    "top_entropy_quantile",
-    "delta",
-    "reward_funcs",
-    "reward_weights",
-    "rl_post_train_reward_funcs",
-    "rl_post_train_reward_weights",
-    "cosine_min_value_wrong",
-    "cosine_max_value_wrong",
-    "cosine_min_value_correct",
-    "cosine_max_value_correct",
-    "cosine_max_len",
-    "repetition_n_grams",
-    "repetition_max_penalty",
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_ratio",
-    "warmup_steps",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "gradient_checkpointing",
-    "max_grad_norm",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "seed",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "report_to",
-}
-
-_REWARD_PARAMS = {  # original key -> (reward, parameter)
-    "cosine_min_value_wrong": ("cosine", "min_value_wrong"),
-    "cosine_max_value_wrong": ("cosine", "max_value_wrong"),
-    "cosine_min_value_correct": ("cosine", "min_value_correct"),
-    "cosine_max_value_correct": ("cosine", "max_value_correct"),
-    "cosine_max_len": ("cosine", "max_len"),
-    "repetition_n_grams": ("repetition_penalty", "ngram_size"),
-    "repetition_max_penalty": ("repetition_penalty", "max_penalty"),
-}
-_OBJECTIVES = {"grpo": "grpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "bnpo": "bnpo"}
-_SCHEDULERS = {
-    "constant": "constant",
-    "constant_with_warmup": "constant",
-    "linear": "linear",
-    "cosine": "cosine",
-    "cosine_with_min_lr": "cosine_with_min_lr",
-}
-_DTYPES = {
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "auto": "auto",
-}
-
-
-@dataclass
-class Imported:
-    """A converted recipe: ``recipe`` is a raw tina recipe dict (validate it with ``load_config``)."""
-
-    recipe: dict
-    notes: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    source: str = "ORIGINAL.yaml"
-    missing_max_steps: str | None = None  # why max_steps could not be worked out (an error unless overridden)
-
-    def to_text(self, recipe_path: str | None = None) -> str:
-        """The recipe as YAML, with the run command on the first line and the notes and dropped keys as comments."""
-        stem = Path(recipe_path or self.source).stem
-        target = recipe_path or "THIS_FILE.yaml"  # printed: the user chooses where to save it
-        lines = [
-            f"# tina train {target} --output-dir runs/{stem}",
-            f"# Imported by `tina recipes import` from {self.source}; keys it leaves out take TRL 0.15's defaults.",
-        ]
-        for note in self.notes:
-            wrapped = textwrap.wrap(note, width=114, break_on_hyphens=False, break_long_words=False) or [""]
-            lines.append(f"# - {wrapped[0]}")
-            lines += [f"#   {more}" for more in wrapped[1:]]
-        if self.dropped:
-            lines.append("# Dropped (no effect in tina):")
-            lines += _wrap_list(self.dropped)
-        body = yaml.dump(
-            self.recipe, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120, allow_unicode=True
-        )
-        return "\n".join(lines) + "\n" + body
-
-
-class _Dumper(yaml.SafeDumper):
-    """Safe YAML with multi-line strings (system prompts) written as literal blocks."""
-
-
-def _str_representer(dumper, value: str):
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str_representer)
-
-
-def _wrap_list(items: list[str], width: int = 116) -> list[str]:
-    out, line = [], "#  "
-    for item in items:
-        piece = f" {item},"
-        if len(line) + len(piece) > width:
-            out.append(line.rstrip())
-            line = "#  "
-        line += piece
-    out.append(line.rstrip().rstrip(","))
-    return out
-
-
-def _dropped_reason(key: str) -> str | None:
-    if key in DROPPED:
-        return DROPPED[key]
-    for pattern, reason in DROPPED.items():
-        if pattern.endswith("*") and key.startswith(pattern[:-1]):
-            return reason
-    return None
-
-
-def _suggest(key: str) -> str:
-    names = sorted(MAPPED | {k for k in DROPPED if not k.endswith("*")})
-    return did_you_mean(key, names)
-
-
-def _float(key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    try:
-        return float(value)  # YAML 1.1 reads "1e-06" as a string
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-
-
-def _int(key: str, value: Any) -> int:
-    number = _float(key, value)
-    if not number.is_integer():
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    return int(number)
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _list(key: str, value: Any) -> list:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
-    return value
-
-
-def _copy_present(raw: dict, dst: dict, convert, keys: dict[str, str]) -> None:
-    """``dst[ours] = convert(theirs, raw[theirs])`` for each ``theirs: ours`` present (not None) in ``raw``."""
-    for theirs, ours in keys.items():
-        if raw.get(theirs) is not None:
-            dst[ours] = convert(theirs, raw[theirs])
-
-
-def _system_prompt_key(text: str) -> str:
-    from tina.prompts import SYSTEM_PROMPTS
-
-    for name, prompt in SYSTEM_PROMPTS.items():
-        if text.strip() == prompt.strip():
-            return name
-    return text
+from tina.importer.output import Imported
+from tina.importer.tables import (
+    DATASET_ROWS,
+    DTYPES,
+    MAPPED,
+    OBJECTIVES,
+    REWARD_PARAMS,
+    SCHEDULERS,
+    TINA_COSINE_3584,
+    TINA_DATASETS,
+    TINA_MODELS,
+    TRL_DEFAULTS,
+    dropped_reason,
+    suggest,
+)
+from tina.importer.values import as_bool, as_float, as_int, as_list, copy_present, system_prompt_key
 
 
 def read_original(path: str | Path) -> tuple[dict, str]:
@@ -414,14 +87,14 @@ class _Original:
 
 def convert(raw: dict, text: str = "", *, source: str = "ORIGINAL.yaml", num_processes: int | None = None) -> Imported:
     """Convert a parsed original recipe (``text`` is its raw text, read for the stop-step comment)."""
-    unknown = [k for k in raw if k not in MAPPED and _dropped_reason(k) is None]
+    unknown = [k for k in raw if k not in MAPPED and dropped_reason(k) is None]
     if unknown:
         key = unknown[0]
         raise ConfigError(
-            f"{source}: unknown key '{key}'{_suggest(key)}; tina refuses to guess (TRL would have ignored it silently)"
+            f"{source}: unknown key '{key}'{suggest(key)}; tina refuses to guess (TRL would have ignored it silently)"
         )
     notes: list[str] = []
-    dropped = [k for k in raw if k not in MAPPED and not _dropped_reason(k).startswith(("read as", "checked"))]
+    dropped = [k for k in raw if k not in MAPPED and not dropped_reason(k).startswith(("read as", "checked"))]
     tina_style = any(k.startswith(("model_post_train_", "rl_post_train_")) for k in raw)
 
     o = _Original(raw, text, source, notes, tina_style)
@@ -469,9 +142,9 @@ def _model(o: _Original) -> dict[str, Any]:
         model["revision"] = str(get("model_revision"))
     dtype = get("torch_dtype")
     if dtype is not None:
-        if str(dtype) not in _DTYPES:
-            raise ConfigError(f"{source}: torch_dtype '{dtype}' is not one of {', '.join(_DTYPES)}")
-        model["dtype"] = _DTYPES[str(dtype)]
+        if str(dtype) not in DTYPES:
+            raise ConfigError(f"{source}: torch_dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+        model["dtype"] = DTYPES[str(dtype)]
     elif tina_style:
         model["dtype"] = "bfloat16"  # grpo.py loads with torch_dtype=torch.bfloat16 whatever the recipe says
     elif get("bf16"):
@@ -481,7 +154,7 @@ def _model(o: _Original) -> dict[str, Any]:
     if get("attn_implementation") is not None:
         model["attn_implementation"] = str(get("attn_implementation"))
     if get("trust_remote_code") is not None:
-        model["trust_remote_code"] = _bool("trust_remote_code", get("trust_remote_code"))
+        model["trust_remote_code"] = as_bool("trust_remote_code", get("trust_remote_code"))
     return model
 
 
@@ -503,12 +176,12 @@ def _lora(o: _Original) -> dict[str, Any]:
     if get("lora_modules_to_save"):
         unsupported("lora_modules_to_save", "only LoRA weights are trained")
     lora: dict[str, Any] = {}
-    _copy_present(raw, lora, _int, {"lora_r": "r", "lora_alpha": "alpha"})
-    _copy_present(raw, lora, _float, {"lora_dropout": "dropout"})
+    copy_present(raw, lora, as_int, {"lora_r": "r", "lora_alpha": "alpha"})
+    copy_present(raw, lora, as_float, {"lora_dropout": "dropout"})
     if get("lora_target_modules") is not None:
         targets = get("lora_target_modules")
         lora["target_modules"] = (
-            ["all-linear"] if targets == "all-linear" else [str(t) for t in _list("lora_target_modules", targets)]
+            ["all-linear"] if targets == "all-linear" else [str(t) for t in as_list("lora_target_modules", targets)]
         )
     return lora
 
@@ -549,7 +222,7 @@ def _data(o: _Original) -> tuple[dict[str, Any], str | None]:
     if get("dataset_prompt_column") not in (None, "prompt", "problem"):
         data["problem_field"] = str(get("dataset_prompt_column"))
     if get("system_prompt") is not None:
-        data["system_prompt"] = _system_prompt_key(str(get("system_prompt")))
+        data["system_prompt"] = system_prompt_key(str(get("system_prompt")))
     elif tina_style:
         data["system_prompt"] = "open-rs" if "open-rs" in data["source"] else "openr1"
         notes.append(f"system prompt '{data['system_prompt']}' by Tina's rule (Open-RS prompt for knoveleng/open-rs)")
@@ -576,18 +249,18 @@ def _rollout(o: _Original) -> dict[str, Any]:
     if get("repetition_penalty") not in (None, 1, 1.0):
         unsupported("repetition_penalty", "no sampling repetition penalty; the repetition_penalty *reward* exists")
     rollout: dict[str, Any] = {
-        "num_generations": _int("num_generations", get("num_generations", TRL_DEFAULTS["num_generations"])),
-        "max_new_tokens": _int(
+        "num_generations": as_int("num_generations", get("num_generations", TRL_DEFAULTS["num_generations"])),
+        "max_new_tokens": as_int(
             "max_completion_length", get("max_completion_length", TRL_DEFAULTS["max_completion_length"])
         ),
-        "temperature": _float("temperature", get("temperature", TRL_DEFAULTS["temperature"])),
+        "temperature": as_float("temperature", get("temperature", TRL_DEFAULTS["temperature"])),
     }
-    _copy_present(raw, rollout, _float, {"top_p": "top_p"})
-    _copy_present(raw, rollout, _int, {"top_k": "top_k"})
+    copy_present(raw, rollout, as_float, {"top_p": "top_p"})
+    copy_present(raw, rollout, as_int, {"top_k": "top_k"})
     if get("use_vllm"):  # the original generated with vLLM: so does the imported recipe
         rollout["backend"] = "vllm"
-        _copy_present(raw, rollout, _float, {"vllm_gpu_memory_utilization": "gpu_memory_utilization"})
-        _copy_present(raw, rollout, _int, {"vllm_max_model_len": "max_model_len"})
+        copy_present(raw, rollout, as_float, {"vllm_gpu_memory_utilization": "gpu_memory_utilization"})
+        copy_present(raw, rollout, as_int, {"vllm_max_model_len": "max_model_len"})
     return rollout
 
 
@@ -600,16 +273,16 @@ def _algorithm(o: _Original) -> dict[str, Any]:
         unsupported("delta", "no two-sided clipping")
     if get("top_entropy_quantile") not in (None, 1, 1.0):
         unsupported("top_entropy_quantile", "no entropy masking")
-    algorithm: dict[str, Any] = {"objective": "grpo", "beta": _float("beta", get("beta", TRL_DEFAULTS["beta"]))}
+    algorithm: dict[str, Any] = {"objective": "grpo", "beta": as_float("beta", get("beta", TRL_DEFAULTS["beta"]))}
     loss_type = get("loss_type")
     if loss_type is not None:
-        if str(loss_type) not in _OBJECTIVES:
+        if str(loss_type) not in OBJECTIVES:
             raise ConfigError(
                 f"{source}: loss_type '{loss_type}' is not supported; tina has "
-                f"{', '.join(_OBJECTIVES)} (and gspo via importance_sampling_level: sequence)"
-                f"{did_you_mean(str(loss_type), _OBJECTIVES)}"
+                f"{', '.join(OBJECTIVES)} (and gspo via importance_sampling_level: sequence)"
+                f"{did_you_mean(str(loss_type), OBJECTIVES)}"
             )
-        algorithm["objective"] = _OBJECTIVES[str(loss_type)]
+        algorithm["objective"] = OBJECTIVES[str(loss_type)]
     level = get("importance_sampling_level")
     if level not in (None, "token", "sequence"):
         raise ConfigError(f"{source}: importance_sampling_level '{level}' is not token or sequence")
@@ -630,9 +303,9 @@ def _algorithm(o: _Original) -> dict[str, Any]:
                 "micro-batch loss by its own token count (objective bnpo, one micro-batch per process); "
                 "--set algorithm.objective=dr_grpo for the Dr.GRPO paper's constant normaliser"
             )
-    _copy_present(raw, algorithm, _float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
-    _copy_present(raw, algorithm, _int, {"num_iterations": "num_iterations"})
-    _copy_present(raw, algorithm, _bool, {"mask_truncated_completions": "mask_truncated_completions"})
+    copy_present(raw, algorithm, as_float, {"epsilon": "epsilon", "epsilon_high": "epsilon_high"})
+    copy_present(raw, algorithm, as_int, {"num_iterations": "num_iterations"})
+    copy_present(raw, algorithm, as_bool, {"mask_truncated_completions": "mask_truncated_completions"})
     return algorithm
 
 
@@ -648,7 +321,7 @@ def _train(
             f"{nproc} process(es) assumed ({'Tina ran 2 GPUs' if tina_style else 'pass --num-processes N'}"
             "): train.batch_size = per_device_train_batch_size x processes"
         )
-    per_device = _int(
+    per_device = as_int(
         "per_device_train_batch_size", get("per_device_train_batch_size", TRL_DEFAULTS["per_device_train_batch_size"])
     )
     train["batch_size"] = per_device * nproc
@@ -658,7 +331,7 @@ def _train(
             f"{train['batch_size']} completions is not divisible by num_generations "
             f"{rollout['num_generations']}; pass the original's GPU count with --num-processes"
         )
-    train["gradient_accumulation_steps"] = _int(
+    train["gradient_accumulation_steps"] = as_int(
         "gradient_accumulation_steps", get("gradient_accumulation_steps", TRL_DEFAULTS["gradient_accumulation_steps"])
     )
     if algorithm["objective"] == "bnpo" and nproc > 1:
@@ -679,14 +352,14 @@ def _train(
     prompts_per_step = train["batch_size"] // rollout["num_generations"] * train["gradient_accumulation_steps"]
     missing_max_steps = None
     max_steps = get("max_steps")
-    if max_steps is not None and _int("max_steps", max_steps) > 0:
-        train["max_steps"] = _int("max_steps", max_steps)
+    if max_steps is not None and as_int("max_steps", max_steps) > 0:
+        train["max_steps"] = as_int("max_steps", max_steps)
         stop = _stop_from_comment(o.text)
         if stop is not None and 0 < stop < train["max_steps"]:
             train["stop_step"] = stop
             notes.append(f"stop_step {stop} from the max_steps comment (the schedule runs over {train['max_steps']})")
     else:
-        epochs = _float("num_train_epochs", get("num_train_epochs", 3.0))
+        epochs = as_float("num_train_epochs", get("num_train_epochs", 3.0))
         rows = DATASET_ROWS.get(data["source"])
         if rows is None:
             missing_max_steps = (
@@ -700,30 +373,30 @@ def _train(
                 f"max_steps {train['max_steps']} = {epochs:g} epoch(s) x ~{rows:,} rows / "
                 f"{prompts_per_step} prompts per step (dataset size approximate)"
             )
-    train["learning_rate"] = _float("learning_rate", get("learning_rate", TRL_DEFAULTS["learning_rate"]))
+    train["learning_rate"] = as_float("learning_rate", get("learning_rate", TRL_DEFAULTS["learning_rate"]))
     sched = str(get("lr_scheduler_type", TRL_DEFAULTS["lr_scheduler_type"]))
-    if sched not in _SCHEDULERS:
+    if sched not in SCHEDULERS:
         raise ConfigError(
             f"{source}: lr_scheduler_type '{sched}' is not supported; tina has "
-            f"{', '.join(_SCHEDULERS)}{did_you_mean(sched, _SCHEDULERS)}"
+            f"{', '.join(SCHEDULERS)}{did_you_mean(sched, SCHEDULERS)}"
         )
-    train["lr_scheduler"] = _SCHEDULERS[sched]
+    train["lr_scheduler"] = SCHEDULERS[sched]
     kwargs = get("lr_scheduler_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{source}: lr_scheduler_kwargs must be a mapping, got {kwargs!r}")
     for key, value in kwargs.items():
         if key == "min_lr_rate":
-            train["min_lr_ratio"] = _float("lr_scheduler_kwargs.min_lr_rate", value)
+            train["min_lr_ratio"] = as_float("lr_scheduler_kwargs.min_lr_rate", value)
         elif key == "min_lr":
-            train["min_lr_ratio"] = _float("lr_scheduler_kwargs.min_lr", value) / train["learning_rate"]
+            train["min_lr_ratio"] = as_float("lr_scheduler_kwargs.min_lr", value) / train["learning_rate"]
         else:
             raise ConfigError(
                 f"{source}: lr_scheduler_kwargs.{key} is not supported (only min_lr_rate, min_lr)"
                 f"{did_you_mean(key, ['min_lr_rate', 'min_lr'])}"
             )
-    _copy_present(raw, train, _float, {"warmup_ratio": "warmup_ratio"})
+    copy_present(raw, train, as_float, {"warmup_ratio": "warmup_ratio"})
     if get("warmup_steps") not in (None, 0):
-        warmup = _int("warmup_steps", get("warmup_steps"))
+        warmup = as_int("warmup_steps", get("warmup_steps"))
         if "max_steps" not in train:
             raise ConfigError(f"{source}: warmup_steps needs max_steps (tina stores warmup as a ratio)")
         ratio = warmup / train["max_steps"]
@@ -733,21 +406,21 @@ def _train(
     optim = get("optim")
     if optim is not None and str(optim) not in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
         unsupported("optim", "the optimiser is torch AdamW")
-    _copy_present(
+    copy_present(
         raw,
         train,
-        _float,
+        as_float,
         {k: k for k in ("weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm")},
     )
     if get("save_strategy") not in (None, "steps"):
         notes.append(f"save_strategy '{get('save_strategy')}': tina saves every train.save_steps steps instead")
-    train["seed"] = _int("seed", get("seed", TRL_DEFAULTS["seed"]))
-    train["save_steps"] = _int("save_steps", get("save_steps", TRL_DEFAULTS["save_steps"]))
-    _copy_present(raw, train, _int, {"save_total_limit": "save_total_limit", "logging_steps": "logging_steps"})
-    _copy_present(raw, train, _bool, {"gradient_checkpointing": "gradient_checkpointing"})
+    train["seed"] = as_int("seed", get("seed", TRL_DEFAULTS["seed"]))
+    train["save_steps"] = as_int("save_steps", get("save_steps", TRL_DEFAULTS["save_steps"]))
+    copy_present(raw, train, as_int, {"save_total_limit": "save_total_limit", "logging_steps": "logging_steps"})
+    copy_present(raw, train, as_bool, {"gradient_checkpointing": "gradient_checkpointing"})
     if get("report_to") is not None:
         trackers = get("report_to")
-        trackers = [trackers] if isinstance(trackers, str) else _list("report_to", trackers)
+        trackers = [trackers] if isinstance(trackers, str) else as_list("report_to", trackers)
         train["report_to"] = [t for t in trackers if t in ("tensorboard", "wandb")]
     return train, nproc, missing_max_steps
 
@@ -781,19 +454,21 @@ def _rewards(
             names, default_weights = ["accuracy", "format", "tag_count"], [1.0, 1.0, 1.0]  # open-r1's defaults
         notes.append(f"no reward list: the original's defaults {names}")
         weights = default_weights if weights is None else weights
-    names = [str(n) for n in _list(names_key, names)]
-    weights = [1.0] * len(names) if weights is None else [_float(weights_key, w) for w in _list(weights_key, weights)]
+    names = [str(n) for n in as_list(names_key, names)]
+    weights = (
+        [1.0] * len(names) if weights is None else [as_float(weights_key, w) for w in as_list(weights_key, weights)]
+    )
     if len(weights) != len(names):
         raise ConfigError(f"{source}: {len(names)} rewards ({names_key}) but {len(weights)} weights ({weights_key})")
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: {names_key} lists a reward twice: {names}")
     rewards: dict[str, dict] = {n: {"weight": w} for n, w in zip(names, weights, strict=True)}
-    for key, (reward, param) in _REWARD_PARAMS.items():
+    for key, (reward, param) in REWARD_PARAMS.items():
         if raw.get(key) is None:
             continue
         if reward in rewards:
             value = raw[key]
-            rewards[reward][param] = _int(key, value) if param in ("max_len", "ngram_size") else _float(key, value)
+            rewards[reward][param] = as_int(key, value) if param in ("max_len", "ngram_size") else as_float(key, value)
         else:
             dropped.append(key)
     if "cosine" in rewards and "max_len" not in rewards["cosine"]:
