@@ -189,6 +189,9 @@ def _dispatch(args) -> int:
                     f"train.batch_size: {prompts} prompts per micro-batch do not split over {args.num_processes} "
                     f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions"
                 )
+            from tina.rollout.engines import check_device_split
+
+            check_device_split(cfg.rollout.devices, args.num_processes)
             return launch(args.num_processes, args.accelerate_config, _train_args_without_launch(args))
         result = train(
             cfg, args.output_dir, resume=args.resume, progress=not args.no_progress, started_at=args.started_at

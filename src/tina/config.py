@@ -109,7 +109,8 @@ class RolloutConfig:
     max_logp_diff: float | None = 0.25
     # Rollout workers (tina.rollout.worker): [] = the engine lives in the training process (the synchronous loop);
     # one device per worker process, e.g. [cuda:1] or [cpu]: each loads its own base model and engine (the backend
-    # above) and reads the trainer's adapter versions from disk; a step's prompts are split between them
+    # above) and reads the trainer's adapter versions from disk; a step's prompts are split between them; with N
+    # training processes each gets devices[rank::N]
     devices: list[str] = field(default_factory=list)
     # Rollouts may come from an adapter this many updates older than the one being trained (0: the synchronous loop;
     # 1: one-step-off -- step s+1 is generated with v(s) while the trainer computes v(s+1)); needs rollout.devices.

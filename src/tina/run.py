@@ -146,13 +146,6 @@ class Run:
                 f"{dist.world_size} processes; use a multiple of "
                 f"{dist.world_size * cfg.rollout.num_generations} completions"
             )
-        if (cfg.rollout.devices or cfg.rollout.servers) and dist.world_size > 1:
-            from tina.errors import ConfigError
-
-            raise ConfigError(
-                f"rollout.devices / rollout.servers: rollout workers serve one training process, and this run has "
-                f"{dist.world_size}; train in one process (no accelerate launch), or leave them empty"
-            )
         self.resume_cmd = resume_command(self.run_dir)
         point = None
         if self.main:
@@ -361,6 +354,7 @@ class Run:
         Called on every process (each contributes its RNG state); only the main process writes."""
         dist, cfg, model = self.dist, self.cfg, self.model
         rngs = dist.all_gather_object(snap.rng)
+        ahead = dist.all_gather_object(self.ahead.state() if self.ahead is not None else [])
         adapter = dist.adapter_state(model)  # FSDP: the full LoRA tensors (every process takes part); else None
         optimizer_state = dist.optimizer_state(model, self.optimizer)
         completion = self.run_probe(snap.step)
@@ -381,8 +375,8 @@ class Run:
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
             "buffer": [batch.state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
-            # rollouts generated ahead (rollout.max_staleness): the resumed run trains on exactly these
-            "ahead": self.ahead.state() if self.ahead is not None else [],
+            # rollouts generated ahead (rollout.max_staleness), each process's: the resumed run trains on these
+            "ahead_by_rank": ahead,
             "content_probe": self.content.state(),  # the content check goes on after a resume as before
         }
         extra = {
@@ -455,7 +449,8 @@ class Run:
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]
         buffer = [batch.from_state(mb, self.device) for mb in ts.get("buffer", [])]
-        self.restored_ahead = list(ts.get("ahead") or [])
+        by_rank = ts.get("ahead_by_rank") or []
+        self.restored_ahead = list(by_rank[dist.rank]) if dist.rank < len(by_rank) else []
         return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
 
     def abort_bad_steps(self, step: int):

@@ -201,3 +201,24 @@ def test_a_server_with_another_base_model_is_one_line_before_the_first_step(tmp_
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("tina train: error:") and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_two_training_processes_share_the_servers(tmp_path, server):
+    """`--num-processes 2` (DDP on CPU processes): each process loads its own adapter versions (names carry the rank)
+    and sends its share of the prompts; the rewards are those of one process (seeds are keyed per completion)."""
+    one = cli(tmp_path / "1", f"rollout.servers=[{server}]", "rollout.max_staleness=1")
+    args = [sys.executable, "-m", "tina", "train", "demo", "-o", str(tmp_path / "2"), "--no-progress"]
+    for o in [*RECIPE, f"rollout.servers=[{server}]", "rollout.max_staleness=1"]:
+        args += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    two = subprocess.run([*args, "--num-processes", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + "\n".join(
+        x for x in two.stderr.splitlines() if "rank0" in x or "error" in x.lower()
+    )
+    m1, m2 = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("1", "2"))
+    assert [m["rollout/staleness"] for m in m2] == [0.0, 1.0, 1.0]
+    assert [m["reward"] for m in m1] == pytest.approx([m["reward"] for m in m2], abs=1e-9)
+    assert all(m["rollout/probe_diff"] < 1e-5 for m in m2[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -260,3 +261,41 @@ def test_a_worker_serving_another_version_than_it_reports_is_caught_by_the_conte
         return
     with pytest.raises(TinaError, match=r"does not serve the trainer's adapter v\d+: on the content probe"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_two_training_processes_each_with_its_own_worker_match_one(tmp_path):
+    """`--num-processes 2` (DDP on CPU processes) with rollout.devices=[cpu, cpu]: each training process gets one
+    worker and generates its share one step ahead; the run matches one process with one worker (the same rewards
+    -- keyed sampling --, gradients equal up to float32 reduction order); a checkpoint holds every process's
+    rollouts ahead."""
+    import json
+
+    from safetensors.torch import load_file
+
+    def train_cli(out, *extra):
+        args = [sys.executable, "-m", "tina", "train", "demo", "-o", str(out), "--no-progress", *extra]
+        for o in [*TINY, "train.max_steps=3", "train.save_steps=3", "rollout.max_staleness=1"]:
+            args += ["--set", o]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("WORLD_SIZE", None)
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+    one = train_cli(tmp_path / "one", "--set", "rollout.devices=[cpu]")
+    two = train_cli(tmp_path / "two", "--set", "rollout.devices=[cpu,cpu]", "--num-processes", "2")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = (
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (tmp_path / "one", tmp_path / "two")
+    )
+    assert [m["rollout/staleness"] for m in m2] == [0.0, 1.0, 1.0]
+    for x, y in zip(m1, m2, strict=True):
+        assert x["reward"] == pytest.approx(y["reward"], abs=1e-9)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    a, b = (
+        load_file(str(d / "checkpoint-3" / "adapter_model.safetensors")) for d in (tmp_path / "one", tmp_path / "two")
+    )
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=2e-5) for k in a)
+    bad = train_cli(tmp_path / "bad", "--set", "rollout.devices=[cpu,cpu,cpu]", "--num-processes", "2")
+    assert bad.returncode == 2 and "3 device(s) do not split over 2 training processes" in bad.stderr, bad.stderr

@@ -58,19 +58,19 @@ def make_engine(
     from tina.rollout.hf import HFEngine
 
     r = cfg.rollout
+    if world_size is None:
+        dist = torch.distributed
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if r.devices:
-        return make_workers(cfg, model, run_dir=run_dir)
+        return make_workers(cfg, model, run_dir=run_dir, rank=rank, world_size=world_size)
     if r.servers:
-        return make_remote(cfg, model, tokenizer, run_dir=run_dir)
+        return make_remote(cfg, model, tokenizer, run_dir=run_dir, rank=rank)
     if r.backend == "hf":
         return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
     from tina.estimates import ModelShape
     from tina.models import resolve_model_path
     from tina.rollout.vllm import VLLMEngine, engine_placement, recipe_sleep_plan
 
-    if world_size is None:
-        dist = torch.distributed
-        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
     on_gpu = torch.cuda.is_available()
@@ -113,24 +113,27 @@ def make_engine(
     return engine, AdapterHandover(Path(run_dir) / ".engine" / f"rank{rank}")
 
 
-def make_workers(cfg, model, *, run_dir: str | Path):
-    """(rollout worker processes on ``rollout.devices``, a folder handover that keeps every version they may still
-    read: the last ``max_staleness + 2``)."""
+def make_workers(cfg, model, *, run_dir: str | Path, rank: int = 0, world_size: int = 1):
+    """(rollout worker processes on this training process's share of ``rollout.devices`` -- ``devices[rank::world]``
+    --, a folder handover that keeps every version they may still read: the last ``max_staleness + 2``)."""
     from tina.console import say
     from tina.rollout.adapters import AdapterHandover
     from tina.rollout.worker import Workers
 
     r = cfg.rollout
     check_devices(r.devices)
-    say(
-        f"rollout workers: {len(r.devices)} {r.backend} engine process(es) on {', '.join(r.devices)}, "
-        f"max_staleness {r.max_staleness} (starting: each loads the base model)"
-    )
-    workers = Workers(cfg, r.devices, dtype=_dtype_name(model), threads=r.worker_threads)
-    return workers, AdapterHandover(Path(run_dir) / ".engine" / "workers", keep=r.max_staleness + 2)
+    check_device_split(r.devices, world_size)
+    mine = list(r.devices[rank::world_size])
+    if rank == 0:
+        say(
+            f"rollout workers: {len(r.devices)} {r.backend} engine process(es) on {', '.join(r.devices)}, "
+            f"max_staleness {r.max_staleness} (starting: each loads the base model)"
+        )
+    workers = Workers(cfg, mine, dtype=_dtype_name(model), threads=r.worker_threads)
+    return workers, AdapterHandover(Path(run_dir) / ".engine" / "workers" / f"rank{rank}", keep=r.max_staleness + 2)
 
 
-def make_remote(cfg, model, tokenizer, *, run_dir: str | Path):
+def make_remote(cfg, model, tokenizer, *, run_dir: str | Path, rank: int = 0):
     """(vLLM servers as remote rollout workers, the folder handover they read adapters from)."""
     from tina.console import say
     from tina.rollout.adapters import AdapterHandover
@@ -146,12 +149,23 @@ def make_remote(cfg, model, tokenizer, *, run_dir: str | Path):
         model=cfg.model.name_or_path,
         lora_rank=cfg.lora.r,
         keep=keep,
+        rank=rank,
     )
-    say(
-        f"rollout servers: {', '.join(i['server'] + ' (' + i['engine'] + ')' for i in workers.infos)}, "
-        f"max_staleness {r.max_staleness}"
-    )
-    return workers, AdapterHandover((Path(run_dir) / ".engine" / "workers").resolve(), keep=keep)
+    if rank == 0:
+        say(
+            f"rollout servers: {', '.join(i['server'] + ' (' + i['engine'] + ')' for i in workers.infos)}, "
+            f"max_staleness {r.max_staleness}"
+        )
+    return workers, AdapterHandover((Path(run_dir) / ".engine" / "workers" / f"rank{rank}").resolve(), keep=keep)
+
+
+def check_device_split(devices: list[str], processes: int) -> None:
+    """Each training process gets ``devices[rank::processes]``: the count must be a multiple of the processes."""
+    if len(devices) % processes:
+        raise ConfigError(
+            f"rollout.devices: {len(devices)} device(s) do not split over {processes} training processes; name a "
+            f"multiple of {processes} (each process gets its own workers)"
+        )
 
 
 def check_devices(devices: list[str]) -> None:

@@ -90,11 +90,13 @@ class RemoteWorkers:
 
     name = "vllm"
 
-    def __init__(self, servers: list[str], tokenizer, eos_ids: list[int], *, model: str, lora_rank: int, keep: int):
+    def __init__(
+        self, servers: list[str], tokenizer, eos_ids: list[int], *, model: str, lora_rank: int, keep: int, rank: int = 0
+    ):
         self.urls = [u.rstrip("/") for u in servers]
         self.tokenizer, self.eos_ids = tokenizer, list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.model, self.lora_rank, self.keep = model, lora_rank, keep
+        self.model, self.lora_rank, self.keep, self.rank = model, lora_rank, keep, rank
         self.adapter: AdapterVersion | None = None
         self.base_names: list[str] = []
         self.versions: list[str] = []
@@ -154,7 +156,7 @@ class RemoteWorkers:
         """The model name that serves ``adapter`` on a server (loading it there first)."""
         if adapter is None:
             return self.base_names[server]
-        name = f"tina-v{adapter.version}-{adapter.digest[:12]}"
+        name = f"tina-r{self.rank}-v{adapter.version}-{adapter.digest[:12]}"  # each training process its own
         with self._lock:
             loaded = self._loaded[server]
             if name in loaded:
