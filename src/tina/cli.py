@@ -161,7 +161,7 @@ def _dispatch(args) -> int:
         from tina.estimates import describe, estimate_cost
 
         print(f"# {describe(estimate_cost(cfg))}")
-        from tina.rollout.vllm import describe_recipe_sleep
+        from tina.rollout.vllm_plan import describe_recipe_sleep
 
         sleep = describe_recipe_sleep(cfg)  # vllm: whether the engine will sleep between rollout and update, and why
         if sleep:

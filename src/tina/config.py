@@ -95,7 +95,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.3  # vllm: share of the GPU for weights + KV cache, the rest is for training
     max_model_len: int | None = None  # vllm: prompt + completion tokens per sequence (None: the model's maximum)
     # vllm on a GPU shared with the trainer: sleep (level 1) between rollout and update when engine and trainer do not
-    # fit together (tina.rollout.vllm.sleep_plan; `tina check` says which); false: never sleep
+    # fit together (tina.rollout.vllm_plan.sleep_plan; `tina check` says which); false: never sleep
     vllm_sleep: bool = True
     # the engine checks: at start-up the canary (the engine must reproduce the trainer's log-probs, base + 2
     # adapters); every step, for an engine with its own weights (vllm), the content probe (what it serves must be

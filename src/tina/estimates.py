@@ -2,7 +2,7 @@
 
 Two of them: the cost of the run (below), and the trainer's device memory (:func:`trainer_memory`, from the model's
 shape and the recipe), which decides whether a vLLM engine sharing the trainer's GPU must sleep between rollout and
-update (:func:`tina.rollout.vllm.sleep_plan`).
+update (:func:`tina.rollout.vllm_plan.sleep_plan`).
 
 The estimate is plain arithmetic on the recipe's ``cost`` section::
 
@@ -117,7 +117,7 @@ def describe(est: CostEstimate) -> str:
 
 # ------------------------------------------------------------------------------------------------ memory (vLLM sleep)
 # What the trainer will hold on its device, estimated from the model's shape and the recipe, so that a vLLM engine
-# sharing the device sleeps only when the two do not fit together (tina.rollout.vllm.sleep_plan).  An ESTIMATE (the
+# sharing the device sleeps only when the two do not fit together (tina.rollout.vllm_plan.sleep_plan).  An ESTIMATE (the
 # autograd graph is counted tensor by tensor for a Qwen2/Llama-style decoder, not measured): `tina doctor` measures the
 # real peak on the machine of the run.
 

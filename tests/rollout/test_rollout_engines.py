@@ -33,7 +33,7 @@ def test_vllm_missing_names_the_pip_command_before_loading_anything(tmp_path, ca
 @pytest.mark.vllm
 def test_lora_rank_over_vllms_maximum_and_unservable_models(tmp_path):
     pytest.importorskip("vllm", reason="needs vLLM (the vllm venv in CI)")
-    from tina.rollout.vllm import lora_rank_slot
+    from tina.rollout.vllm_plan import lora_rank_slot
 
     assert lora_rank_slot(16) == 16 and lora_rank_slot(100) == 128
     with pytest.raises(TinaError, match="above vLLM's maximum LoRA rank"):

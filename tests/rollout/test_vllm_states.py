@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tina.rollout import AdapterVersion, Sampling
-from tina.rollout import vllm as vllm_engine
+from tina.rollout import AdapterVersion, Sampling, vllm_plan
 from tina.rollout.adapters import folder_digest
 from tina.rollout.vllm import VLLMEngine
 
@@ -135,7 +134,7 @@ def test_sleep_is_not_asked_of_vllm_without_a_gpu(fake, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- when to sleep
-def plan(**kw) -> vllm_engine.SleepPlan:
+def plan(**kw) -> vllm_plan.SleepPlan:
     args = {
         "allowed": True,
         "sleep_mode": True,
@@ -145,7 +144,7 @@ def plan(**kw) -> vllm_engine.SleepPlan:
         "trainer_resident": 5 * G,
         "total": 80 * G,
     }
-    return vllm_engine.sleep_plan(**{**args, **kw})
+    return vllm_plan.sleep_plan(**{**args, **kw})
 
 
 def test_sleep_only_when_engine_and_trainer_do_not_fit_together():

@@ -28,7 +28,7 @@ def check_backend(name: str, *, lora_rank: int | None = None, model_path: str | 
         raise TinaError(
             f"rollout.backend: vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use rollout.backend=hf"
         )
-    from tina.rollout.vllm import check_servable, lora_rank_slot
+    from tina.rollout.vllm_plan import check_servable, lora_rank_slot
 
     if lora_rank is not None:
         lora_rank_slot(lora_rank)  # a rank above vLLM's maximum is a one-line error
@@ -50,8 +50,8 @@ def make_engine(
 
     vllm: one engine per process, on the process's own device (``local_rank``; default: ``LOCAL_RANK`` from the
     launcher), in a world of ``world_size`` processes (default: torch.distributed's); it sleeps between calls only
-    when it shares the trainer's GPU and the two do not fit together (:func:`tina.rollout.vllm.sleep_plan`, with the
-    trainer's memory estimated from the model's shape and the recipe, :mod:`tina.estimates`)."""
+    when it shares the trainer's GPU and the two do not fit together (:func:`tina.rollout.vllm_plan.sleep_plan`, with
+    the trainer's memory estimated from the model's shape and the recipe, :mod:`tina.estimates`)."""
     import os
 
     from tina.rollout.adapters import AdapterHandover
@@ -69,7 +69,8 @@ def make_engine(
         return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
     from tina.estimates import ModelShape
     from tina.models import resolve_model_path
-    from tina.rollout.vllm import VLLMEngine, engine_placement, recipe_sleep_plan
+    from tina.rollout.vllm import VLLMEngine
+    from tina.rollout.vllm_plan import engine_placement, recipe_sleep_plan
 
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
