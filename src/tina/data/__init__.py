@@ -4,22 +4,13 @@
 >>> exs = load_examples("train/limr.jsonl", adapter="limr")          # doctest: +SKIP
 >>> exs[0].problem, exs[0].answer, exs.dropped                        # doctest: +SKIP
 
-See `tina.data.adapters` for each dataset's schema and `tina.data.loading` for what a source can be.
+See `tina.data.adapters` for each dataset's schema, `tina.data.fields` for how a column is read and
+`tina.data.loading` for what a source can be.
 """
 
-from tina.data.adapters import (
-    ADAPTERS,
-    HUB_IDS,
-    Adapter,
-    detect_adapter,
-    get_adapter,
-    last_boxed,
-    read_verification_info,
-    split_hub_id,
-    split_l1_suffix,
-    with_l1_targets,
-)
+from tina.data.adapters import ADAPTERS, HUB_IDS, Adapter, detect_adapter, get_adapter, split_hub_id
 from tina.data.example import Example, Examples
+from tina.data.fields import last_boxed, read_verification_info, split_l1_suffix, with_l1_targets
 from tina.data.loading import load_examples, load_rows, resolve_source
 
 __all__ = [

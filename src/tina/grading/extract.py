@@ -25,6 +25,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tina.grading.connectors import (
+    CONNECTOR_WORDS,
+    UNCERTAIN_ALT,
+    UNCERTAIN_WORDS,
+    connector_words,
+    gap_joins,
+    leading_doubt,
+    trailing,
+)
+
 __all__ = [
     "EXTRACTIONS",
     "SOURCES",
@@ -55,42 +65,6 @@ THINK_CLOSE = "</think>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE_RE = re.compile(r"[{}]")
 _BARE_BOX_ARG_RE = re.compile(r"\s+([^\s${}\\]+)")
-
-# Words that say the writer is unsure of the answer. They never belong to a final answer.
-UNCERTAIN_WORDS = ("maybe", "perhaps", "possibly", "probably", "likely", "guess", "unsure", "uncertain", "not sure")
-# Words that join several candidates ("7 or 8"). In a list answer ("x = 1 or x = -2") they are fine.
-DISJUNCTIONS = ("or", "either", "alternatively")
-_UNCERTAIN = "|".join(w.replace(" ", r"\s+") for w in UNCERTAIN_WORDS)
-_CONNECTOR_WORDS = rf"(?:{_UNCERTAIN}|or|either|alternatively|and/or|and)"
-# What may stand between two candidates written next to each other ("\boxed{7} or \boxed{8}", "$7$, $8$"):
-# spacing, punctuation, math delimiters, \text{or}, connector words. Bounded in length by the callers.
-_GAP_RE = re.compile(
-    rf"(?:[\s$.,;:/&()\[\]*]|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\\\|\\[()\[\]]"
-    rf"|\\(?:text|textbf|mathrm|mbox)\s*\{{\s*(?:{_CONNECTOR_WORDS}|,)?\s*\}}"
-    rf"|(?<![A-Za-z]){_CONNECTOR_WORDS}(?![A-Za-z]))*",
-    re.IGNORECASE,
-)
-_GAP_WORD_RE = re.compile(rf"(?<![A-Za-z])(?P<w>{_CONNECTOR_WORDS})(?![A-Za-z])", re.IGNORECASE)
-_MAX_GAP = 80
-# Right after an answer: a connector that starts another candidate or a doubt ("\boxed{7} (or maybe 8)",
-# "$7$, or $8$", "\boxed{7}, probably"). A sentence end (".") stops it: a new sentence is not part of the answer.
-_TRAILING_RE = re.compile(
-    rf"[\s$,;:)\]*]*(?:[(\[]\s*)?(?:\\(?:text|textbf|mathrm|mbox)\s*\{{\s*)?(?:\(\s*)?"
-    rf"(?P<w>{_UNCERTAIN}|or|either|alternatively)(?![A-Za-z])",
-    re.IGNORECASE,
-)
-# What follows a trailing "or": the other candidate -- a math span, or at most three words up to a sentence end,
-# bracket or newline ("or 8", "(or maybe 8)"; an escaped ``\$`` is a literal dollar sign in both: "or $\$6$", "or
-# \$6"). Longer text is prose restating the answer ("\boxed{MR=SRMC}, or marginal revenue is equal to short-run
-# marginal cost"), not a candidate.
-_AFTER_OR_RE = re.compile(
-    r"[\s,:}]*(?:(?:equivalently|simply|in\s+other\s+words|written\s+as|as)(?![A-Za-z])[\s,:]*)*"
-    r"(?:\$(?P<m>(?:[^$\n\\]|\\[^\n]){1,400})\$|\\\((?P<p>.{1,400}?)\\\)"
-    r"|(?P<t>(?:\\\$|[^\s.;()$]|\.(?=\d)){1,60}(?:[ \t]+(?:\\\$|[^\s.;()$]|\.(?=\d)){1,60}){0,2})"
-    r"(?=[ \t]*(?:[.;\n()$]|\Z)))"
-)
-# Just before an answer: a doubt ("the answer is probably \boxed{7}").
-_LEADING_RE = re.compile(rf"(?<![A-Za-z])(?P<w>{_UNCERTAIN})(?:\s+(?:is|be|it's|it\s+is))?[\s:$*(]*\Z", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -210,43 +184,6 @@ def extract_boxed(text: str) -> str | None:
     return found[0] if found else None
 
 
-def _words(text: str) -> list[str]:
-    """The connector and doubt words in `text`, lowercased, inner whitespace collapsed ("not sure")."""
-    return [re.sub(r"\s+", " ", m.group("w").lower()) for m in _GAP_WORD_RE.finditer(text)]
-
-
-def _gap_joins(gap: str) -> tuple[bool, str | None]:
-    r"""Whether `gap` only joins two candidates (punctuation, spacing, connectors), and the doubt word in it, if any.
-
-    >>> _gap_joins(r"$ \text{ or } $"), _gap_joins(", or maybe "), _gap_joins(" is wrong; the answer is ")
-    ((True, None), (True, 'maybe'), (False, None))
-    """
-    if len(gap) > _MAX_GAP or not _GAP_RE.fullmatch(gap):
-        return False, None
-    return True, next((w for w in _words(gap) if w in UNCERTAIN_WORDS), None)
-
-
-def _trailing(part: str, end: int) -> tuple[str | None, str | None]:
-    """After an answer ending at `end`: (the candidate after a trailing "or", an uncertainty word)."""
-    window = part[end : end + 300]
-    m = _TRAILING_RE.match(window)
-    if m is None:
-        return None, None
-    word = re.sub(r"\s+", " ", m.group("w").lower())
-    if word in DISJUNCTIONS:
-        other = _AFTER_OR_RE.match(window, m.end())
-        if other is None:
-            return None, None
-        text = next(g for g in other.group("m", "p", "t") if g is not None).strip().strip("*").strip()
-        return (text or None), None
-    return None, word
-
-
-def _leading_doubt(part: str, start: int) -> str | None:
-    m = _LEADING_RE.search(part[max(0, start - 40) : start])
-    return re.sub(r"\s+", " ", m.group("w").lower()) if m else None
-
-
 def _boxed_answer(part: str) -> Extraction | None:
     """The last box of `part` with the boxes written next to it; None if there is no non-empty box."""
     last = _last(_BOX_RE.finditer(part))
@@ -259,8 +196,8 @@ def _boxed_answer(part: str) -> Extraction | None:
     if not content.strip():
         return None
     candidates = [content.strip()]
-    doubt = _leading_doubt(part, last.start())
-    after, trailing_doubt = _trailing(part, end)
+    doubt = leading_doubt(part, last.start())
+    after, trailing_doubt = trailing(part, end)
     if after is not None:
         candidates.append(after)
     doubt = doubt or trailing_doubt
@@ -272,11 +209,11 @@ def _boxed_answer(part: str) -> Extraction | None:
         prev_found = _box_at(part, prev, start)
         if prev_found is None or not prev_found[0].strip():
             break
-        joins, gap_doubt = _gap_joins(part[prev_found[1] : start])
+        joins, gap_doubt = gap_joins(part[prev_found[1] : start])
         if not joins:
             break
         candidates.insert(0, prev_found[0].strip())
-        doubt = doubt or gap_doubt or _leading_doubt(part, prev.start())
+        doubt = doubt or gap_doubt or leading_doubt(part, prev.start())
         start = prev.start()
     return Extraction(content.strip(), "boxed", "ok", tuple(candidates), doubt)
 
@@ -328,8 +265,8 @@ def _phrase_answer(rest: str) -> Extraction | None:
         answer = _span_text(math)
         if not answer:
             return None
-        doubt = next((w for w in _words(rest[: math.start()][-60:]) if w in UNCERTAIN_WORDS), None)
-        after, trailing_doubt = _trailing(rest, math.end())
+        doubt = next((w for w in connector_words(rest[: math.start()][-60:]) if w in UNCERTAIN_WORDS), None)
+        after, trailing_doubt = trailing(rest, math.end())
         candidates = (answer,) if after is None else (answer, after)
         return Extraction(answer, "phrase", "ok", candidates, doubt or trailing_doubt)
     # Plain text: stop at a sentence end (". " or final "."), but keep decimals like 3.5.
@@ -350,12 +287,12 @@ def _span_answer(tail: str) -> Extraction | None:
     if not answer:
         return None
     candidates = [answer]
-    after, doubt = _trailing(tail, last.end())
+    after, doubt = trailing(tail, last.end())
     if after is not None:
         candidates.append(after)
-    doubt = doubt or _leading_doubt(tail, last.start())
+    doubt = doubt or leading_doubt(tail, last.start())
     if doubt is None and prev is not None:
-        doubt = _gap_joins(tail[prev.end() : last.start()])[1]
+        doubt = gap_joins(tail[prev.end() : last.start()])[1]
     return Extraction(answer, "span", "ok", tuple(candidates), doubt)
 
 
@@ -416,7 +353,7 @@ def _letters(n_choices: int) -> str:
     return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_choices]
 
 
-_CHOICE_CONNECTOR = rf"(?:,|/|&|\\&|\+|;|(?<![A-Za-z])(?:{_CONNECTOR_WORDS}|vs\.?|versus)(?![A-Za-z]))"
+_CHOICE_CONNECTOR = rf"(?:,|/|&|\\&|\+|;|(?<![A-Za-z])(?:{CONNECTOR_WORDS}|vs\.?|versus)(?![A-Za-z]))"
 
 
 @lru_cache(maxsize=32)
@@ -440,7 +377,7 @@ def _choice_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
     )
     # "C. Or D.", "C. Maybe (D)?": a fragment sentence that only names another letter.
     fragment = re.compile(
-        rf"[\s*)\]}}$]*\.\s*(?:(?:{_UNCERTAIN}|or|either|alternatively)(?![A-Za-z])[\s,*]*)+"
+        rf"[\s*)\]}}$]*\.\s*(?:(?:{UNCERTAIN_ALT}|or|either|alternatively)(?![A-Za-z])[\s,*]*)+"
         rf"(?:\(\s*[{letters}]\s*\)|\[\s*[{letters}]\s*\]|(?-i:[{letters}]))(?![A-Za-z0-9])[\s*)\]]*(?:[.?!]|$)",
         re.IGNORECASE | re.MULTILINE,
     )
@@ -472,7 +409,7 @@ def _choice_in_box(content: str, letters: str) -> tuple[str, bool] | None:
 
 # A doubt or disjunction later in the same sentence, followed by another letter: "Answer: C, though it could also be D".
 _CHOICE_DOUBT_RE = re.compile(
-    rf"(?<![A-Za-z])(?:{_UNCERTAIN}|or|either|alternatively|could\s+also\s+be)(?![A-Za-z])", re.IGNORECASE
+    rf"(?<![A-Za-z])(?:{UNCERTAIN_ALT}|or|either|alternatively|could\s+also\s+be)(?![A-Za-z])", re.IGNORECASE
 )
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 
@@ -540,7 +477,7 @@ def find_choice(text: str, n_choices: int = 4, *, think_open: bool = False, extr
         last = recent[-1]
         hedged = _second_letter(tail, last.end(), letters)
         if len(recent) == 2 and recent[0].group(1) != last.group(1):
-            hedged = hedged or _gap_joins(tail[recent[0].end() : last.start()])[0]
+            hedged = hedged or gap_joins(tail[recent[0].end() : last.start()])[0]
         return Extraction(last.group(1), "paren", "hedged" if hedged else "ok")
     whole = whole_re.fullmatch(tail)
     return Extraction(whole.group(1), "bare", "ok") if whole else _NO_ANSWER

@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from tina.grading.extract import UNCERTAIN_WORDS, Extraction
+from tina.grading.connectors import UNCERTAIN_WORDS
+from tina.grading.extract import Extraction
 from tina.grading.normalize import gold_core, pred_core, text_key
 from tina.grading.numeric import unify_thousands
 
