@@ -107,7 +107,7 @@ class RemoteWorkers:
         # tickets in order, one at a time (as a local worker): a ticket's probe never shares a batch with another's
         # sampling (see _generate)
         self._tickets = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tina-remote-ticket")
-        self._pending: dict[int, tuple[Future, float]] = {}
+        self._pending: dict[int, tuple[Future, str]] = {}  # ticket -> (its work, what it is doing)
         self._next = 0
         for url in self.urls:
             self._connect(url)
