@@ -122,6 +122,32 @@ class Rollout:
             first.engine,
         )
 
+    @staticmethod
+    def from_rows(
+        prompts, ids, logprobs, truncated, n: int, *, tokenizer, pad_id: int, adapter, engine: str
+    ) -> Rollout:
+        """A Rollout from per-completion token-id lists, their log-probs and truncation flags (``n`` per prompt, in
+        order): what an engine that answers completion by completion (vLLM in-process or a vLLM server) returns."""
+        rows = len(ids)
+        width = max([len(x) for x in ids] + [1])
+        completion_ids = torch.full((rows, width), pad_id, dtype=torch.long)  # [N, T]
+        logps = torch.zeros((rows, width))  # [N, T]
+        for r, (row, lp) in enumerate(zip(ids, logprobs, strict=True)):
+            completion_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            logps[r, : len(row)] = torch.tensor([float(v) for v in lp])
+        prompt_ids, prompt_mask = left_pad([list(p) for p in prompts], pad_id)
+        return Rollout(
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+            completion_ids,
+            torch.tensor([len(x) for x in ids], dtype=torch.long),
+            torch.tensor([bool(t) for t in truncated], dtype=torch.bool),
+            tokenizer.batch_decode([list(x) for x in ids], skip_special_tokens=True),
+            logps,
+            adapter,
+            engine,
+        )
+
     def rows(self, start: int, stop: int) -> Rollout:
         """The completions ``start:stop`` (e.g. one prompt's group) as a Rollout of their own."""
         sl = slice(start, stop)

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from tina.errors import TinaError
-from tina.rollout.base import AdapterVersion, Rollout, Sampling, left_pad
+from tina.rollout.base import AdapterVersion, Rollout, Sampling
 from tina.rollout.sampling import row_seed
 from tina.rollout.worker import Result
 
@@ -237,28 +237,16 @@ class RemoteWorkers:
         return (self._rollout(prompts, choices, n, adapter) if prompts else None), scores
 
     def _rollout(self, prompts, choices: list[dict], n: int, adapter) -> Rollout:
-        rows = len(choices)
-        ids = [[int(t.removeprefix("token_id:")) for t in c["logprobs"]["tokens"]] for c in choices]
-        width = max([len(x) for x in ids] + [1])
-        completion_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        logprobs = torch.zeros((rows, width))
-        lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-        for r, (row, c) in enumerate(zip(ids, choices, strict=True)):
-            completion_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            logprobs[r, : len(row)] = torch.tensor([float(v) for v in c["logprobs"]["token_logprobs"]])
-        truncated = torch.tensor([c.get("finish_reason") == "length" for c in choices])
-        prompt_ids, prompt_mask = left_pad([list(p) for p in prompts], self.pad_id)
-        texts = self.tokenizer.batch_decode([row for row in ids], skip_special_tokens=True)
-        return Rollout(
-            prompt_ids.repeat_interleave(n, 0),
-            prompt_mask.repeat_interleave(n, 0),
-            completion_ids,
-            lengths,
-            truncated,
-            texts,
-            logprobs,
-            adapter,
-            self.name,
+        return Rollout.from_rows(
+            prompts,
+            [[int(t.removeprefix("token_id:")) for t in c["logprobs"]["tokens"]] for c in choices],
+            [c["logprobs"]["token_logprobs"] for c in choices],
+            [c.get("finish_reason") == "length" for c in choices],
+            n,
+            tokenizer=self.tokenizer,
+            pad_id=self.pad_id,
+            adapter=adapter,
+            engine=self.name,
         )
 
     def _score(self, server: int, adapter, prompts, completions) -> torch.Tensor:

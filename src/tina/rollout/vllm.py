@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from tina.errors import TinaError
-from tina.rollout.base import AdapterVersion, Rollout, Sampling, left_pad
+from tina.rollout.base import AdapterVersion, Rollout, Sampling
 from tina.rollout.sampling import row_seed
 from tina.rollout.vllm_plan import LORA_RANKS, engine_placement, lora_rank_slot
 
@@ -330,37 +330,23 @@ class VLLMEngine:
 
     def _rollout(self, prompts, completions, n: int) -> Rollout:
         """A Rollout from vLLM completion outputs (n per prompt, in order)."""
-        rows = len(completions)
-        width = max([len(c.token_ids) for c in completions] + [1])
-        completion_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        logprobs = torch.zeros((rows, width))
-        lengths = torch.zeros(rows, dtype=torch.long)
-        truncated = torch.zeros(rows, dtype=torch.bool)
-        for r, done in enumerate(completions):
-            ids = list(done.token_ids)
-            completion_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            logprobs[r, : len(ids)] = torch.tensor(
-                [step[t].logprob for t, step in zip(ids, done.logprobs, strict=True)]
-            )
-            lengths[r] = len(ids)
-            truncated[r] = done.finish_reason == "length"
-        self.stats_tokens += int(lengths.sum())
-        prompt_ids, prompt_mask = left_pad([list(p) for p in prompts], self.pad_id)
-        texts = self.tokenizer.batch_decode(
-            [row[:k] for row, k in zip(completion_ids.tolist(), lengths.tolist(), strict=True)],
-            skip_special_tokens=True,
+        ids = [list(done.token_ids) for done in completions]
+        rollout = Rollout.from_rows(
+            prompts,
+            ids,
+            [
+                [step[t].logprob for t, step in zip(row, done.logprobs, strict=True)]
+                for row, done in zip(ids, completions, strict=True)
+            ],
+            [done.finish_reason == "length" for done in completions],
+            n,
+            tokenizer=self.tokenizer,
+            pad_id=self.pad_id,
+            adapter=self.adapter if self._request is not None else None,
+            engine=self.name,
         )
-        return Rollout(
-            prompt_ids.repeat_interleave(n, 0),
-            prompt_mask.repeat_interleave(n, 0),
-            completion_ids,
-            lengths,
-            truncated,
-            texts,
-            logprobs,
-            self.adapter if self._request is not None else None,
-            self.name,
-        )
+        self.stats_tokens += rollout.n_tokens
+        return rollout
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
         """[N, T] log-probs of each completion token given its prompt and the tokens before it, under the adapter
