@@ -73,7 +73,7 @@ def evaluate(model, tokenizer, cfg, *, seed: int) -> dict:
     from tina.rollout import HFEngine, Sampling
 
     prompts, golds = held_out(tokenizer, cfg)
-    engine = HFEngine(model, tokenizer, max_batch_rows=cfg.eval.batch_size)
+    engine = HFEngine(model, tokenizer, max_batch_rows=cfg.eval.batch_size, merge=False)  # evaluated unmerged
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     e = cfg.eval
     out = {}

@@ -158,7 +158,8 @@ class HFServer:
         from tina.rollout import HFEngine
 
         with self.switcher.use(cand.adapter) as model:
-            yield HFEngine(model, self.tokenizer, max_batch_rows=self.opts.batch_size)
+            # unmerged, as every checkpoint is evaluated (--merge-adapters merges, checked, before this)
+            yield HFEngine(model, self.tokenizer, max_batch_rows=self.opts.batch_size, merge=False)
 
 
 class VLLMServer:

@@ -66,7 +66,9 @@ def make_engine(
     if r.servers:
         return make_remote(cfg, model, tokenizer, run_dir=run_dir, rank=rank)
     if r.backend == "hf":
-        return HFEngine(model, tokenizer, max_batch_rows=r.generation_batch_size), AdapterHandover(None)
+        return HFEngine(
+            model, tokenizer, max_batch_rows=r.generation_batch_size, merge=r.merge_adapter
+        ), AdapterHandover(None)
     from tina.estimates import ModelShape
     from tina.models import resolve_model_path
     from tina.rollout.vllm import VLLMEngine

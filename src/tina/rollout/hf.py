@@ -27,6 +27,7 @@ import torch
 
 from tina.rl.logprobs import cache_argument, position_ids_from_mask, returned_cache
 from tina.rollout.base import AdapterVersion, Rollout, Sampling, eos_token_ids, left_pad
+from tina.rollout.merge import merged_adapter
 from tina.rollout.sampling import row_seed, sample_tokens
 
 
@@ -48,7 +49,15 @@ class DecodeStats:
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model, tokenizer, *, eos_ids: list[int] | None = None, max_batch_rows: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        eos_ids: list[int] | None = None,
+        max_batch_rows: int | None = None,
+        merge: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids or eos_token_ids(model, tokenizer)
@@ -56,6 +65,7 @@ class HFEngine:
         self.max_batch_rows = max_batch_rows  # rows per decode wave (None = all at once)
         self.adapter: AdapterVersion | None = None
         self._base = False  # serve the base model (the adapter disabled)
+        self.merge = merge  # decode with the adapter merged into a copy of the weights, where exact (rollout.merge)
         self.stats = DecodeStats()
 
     @property
@@ -76,7 +86,8 @@ class HFEngine:
         """What the engine reports of itself (``tina doctor`` shows it)."""
         return {
             "engine": self.version,
-            "memory": "shares the trainer's model (no copy, never sleeps)",
+            "memory": "shares the trainer's model (never sleeps)"
+            + ("; a float32 adapter is merged into a copy of its weights during each call" if self.merge else ""),
             "calls": self.stats.calls,
             "tokens": self.stats.tokens,
         }
@@ -97,10 +108,9 @@ class HFEngine:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        base = self.model.disable_adapter() if self._base and hasattr(self.model, "disable_adapter") else nullcontext()
         self.stats.calls += 1
         try:
-            with base:
+            with self._served():
                 for start in range(0, len(order), per_wave):
                     wave = order[start : start + per_wave]
                     at = torch.tensor([i * n + j for i in wave for j in range(n)])  # output rows of this wave
@@ -150,7 +160,15 @@ class HFEngine:
         None), by the trainer's own :func:`tina.rl.logprobs.token_logprobs`; 0 past each row's end."""
         from tina.rollout.agreement import score_with_model
 
-        return score_with_model(self.model, prompts, completions, base=self._base)
+        with nullcontext() if self._base else merged_adapter(self.model, self.merge):
+            return score_with_model(self.model, prompts, completions, base=self._base)
+
+    def _served(self):
+        """The model as this call serves it: the base (adapter disabled), or the live adapter -- merged into a copy of
+        its weights where that is exact (:mod:`tina.rollout.merge`), else through the LoRA layers."""
+        if self._base:
+            return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+        return merged_adapter(self.model, self.merge)
 
     def _decode(self, ids, mask, n, seeds, sampling: Sampling):
         """Decode one wave: ids/mask [b, P] -> (tokens [b*n, T], logprobs [b*n, T], lengths [b*n]) on the CPU."""

@@ -107,7 +107,12 @@ class FolderHFEngine:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.inner = HFEngine(self.model, self.tokenizer, max_batch_rows=cfg.rollout.generation_batch_size)
+        self.inner = HFEngine(
+            self.model,
+            self.tokenizer,
+            max_batch_rows=cfg.rollout.generation_batch_size,
+            merge=cfg.rollout.merge_adapter,
+        )
         self.name = self.inner.name
         self.loaded: AdapterVersion | None = None
 
