@@ -280,3 +280,74 @@ def test_loss_passes_in_pieces_give_the_same_update(objective):
     assert sum(d.abs().sum() for d in whole.values()) > 0
     for name in whole:
         assert torch.allclose(whole[name], pieces[name], atol=1e-7, rtol=1e-4), name
+
+
+def _update(model, mbs, cfg, optimizer, *, skip: bool, monkeypatch) -> dict:
+    """update() with groups without signal left out of the loss pass (tina's default) or not (the recipe says so)."""
+    cfg.train.skip_zero_advantage = skip
+    return update(model, mbs, cfg, optimizer, Ledger())
+
+
+@pytest.mark.parametrize("objective", ["grpo", "dr_grpo", "dapo", "bnpo", "gspo"])
+def test_groups_without_signal_leave_the_loss_pass_and_the_update_is_the_same(objective, monkeypatch):
+    """Without a KL term a completion with advantage 0 adds exactly 0 to the loss and its gradient: leaving its group
+    out of the loss pass changes neither the update (every objective's normaliser counts it) nor the entropy."""
+    model, tok = _build()
+    cfg = load_config(recipe(algorithm={"objective": objective}, train={"max_grad_norm": 0.0}))
+    adv = torch.tensor([1.0, -1.0, 0.0, 0.0])  # groups of 2: the second carries no signal
+    p, pm, c, cm = _batch(tok)
+    with torch.no_grad():
+        engine = token_logprobs(model, p, pm, c, cm)  # an engine that serves the trainer's policy
+    params = {n: q for n, q in model.named_parameters() if q.requires_grad}
+    before = {n: q.detach().clone() for n, q in params.items()}
+    results, calls = [], []
+    real = MicroBatch.pieces
+
+    def spy(self, *args):
+        calls[-1].append(self.loss_mask.shape[0])
+        return real(self, *args)
+
+    monkeypatch.setattr(MicroBatch, "pieces", spy)
+    for skip in (False, True):
+        calls.append([])
+        mbs = [MicroBatch(p, pm, c, cm, adv, None, None, engine_logp=engine, completion_mask=cm)]
+        sgd = torch.optim.SGD(list(params.values()), lr=1.0)
+        out = _update(model, mbs, cfg, sgd, skip=skip, monkeypatch=monkeypatch)
+        results.append((out, {n: params[n].detach() - before[n] for n in params}, calls[-1]))
+        with torch.no_grad():
+            for n, q in params.items():
+                q.copy_(before[n])
+    (full, full_delta, full_rows), (lean, lean_delta, lean_rows) = results
+    assert full_rows == [4] and lean_rows == [2]  # the loss pass saw half the rows
+    assert full["loss/rows_left_out"] == 0 and lean["loss/rows_left_out"] == 0.5
+    assert sum(d.abs().sum() for d in full_delta.values()) > 0
+    for name in full_delta:
+        assert torch.allclose(full_delta[name], lean_delta[name], atol=1e-7, rtol=1e-5), name
+    assert lean["loss"] == pytest.approx(full["loss"], rel=1e-5, abs=1e-7)
+    assert lean["entropy"] == pytest.approx(full["entropy"], rel=1e-5)  # the left-out rows: the engine's log-probs
+
+
+def test_a_step_without_any_signal_still_steps_the_optimizer_as_before(monkeypatch):
+    """Every advantage 0: no loss pass at all, yet AdamW steps on zero gradients (its momentum moves the adapter)
+    exactly as after a pass that computed them; with a KL term nothing is left out."""
+    cfg = load_config(recipe(train={"max_grad_norm": 0.0}))
+    finals = []
+    for skip in (False, True):
+        model, tok = _build()
+        p, pm, c, cm = _batch(tok)
+        params = [q for q in model.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        for adv in (torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.zeros(4)):
+            opt.zero_grad(set_to_none=True)
+            out = _update(
+                model, [MicroBatch(p, pm, c, cm, adv, None, None)], cfg, opt, skip=skip, monkeypatch=monkeypatch
+            )
+        assert out["loss/rows_left_out"] == (1.0 if skip else 0.0) and out["loss"] == 0.0 and not out["skipped"]
+        finals.append([q.detach().clone() for q in params])
+    for a, b in zip(*finals, strict=True):
+        assert torch.equal(a, b)
+    model, tok = _build()
+    kl = load_config(recipe(algorithm={"beta": 0.04}))
+    mbs = _micro_batches(model, tok, [slice(0, 4)], torch.zeros(4), beta=0.04)
+    out = update(model, mbs, kl, torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=1.0), Ledger())
+    assert out["loss/rows_left_out"] == 0.0

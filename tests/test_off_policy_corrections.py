@@ -113,6 +113,19 @@ def _through_update(model, mode, engine_logp, *, max_tokens_per_pass=None, **alg
     return out, opt.grads, mbs
 
 
+def _as_full_batch(seen):
+    """The loss passes' (log-probs, loss masks) put back in the batch's rows and columns: a pass holds whole groups,
+    longest first, cut to its own widths (MicroBatch.pieces); rows are told apart by their completion tokens."""
+    _, _, full_ids = _batch()
+    logp, loss_mask = torch.zeros(full_ids.shape), torch.zeros(full_ids.shape)
+    for values, mask, ids in seen:
+        for row in range(ids.shape[0]):
+            width = ids.shape[1]
+            (match,) = [i for i in range(full_ids.shape[0]) if torch.equal(full_ids[i, :width], ids[row])]
+            logp[match, :width], loss_mask[match, :width] = values[row], mask[row]
+    return logp, loss_mask
+
+
 def _by_hand(model, weights, mask, *, beta=0.0, weight_kl=False):
     """The formula's gradient: logp from an untouched forward (attention over every sampled token), at ratio 1."""
     p, pm, c = _batch()
@@ -195,7 +208,7 @@ def test_token_mask_drops_tokens_and_keeps_the_others_log_probs(model, max_token
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         if torch.is_grad_enabled():  # update()'s pass (micro_batches scores under no_grad)
-            seen.append((out.detach(), kwargs["loss_mask"]))
+            seen.append((out.detach(), kwargs["loss_mask"], args[3]))
         return out
 
     monkeypatch.setattr(train_mod, "token_logprobs", spy)
@@ -206,7 +219,7 @@ def test_token_mask_drops_tokens_and_keeps_the_others_log_probs(model, max_token
         kept[i, t] = 0
     assert torch.equal(mbs[0].loss_mask, kept) and torch.equal(mbs[0].completion_mask, MASK)
     assert len(seen) == (1 if max_tokens_per_pass is None else 2)
-    logp, loss_mask = torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
+    logp, loss_mask = _as_full_batch(seen)
     assert torch.equal(loss_mask, kept)
     assert ((logp - full).abs() * kept).max() < 1e-6  # the unmasked run's values: attention intact
     assert out["ratio_mean"] == pytest.approx(1.0, abs=1e-6)

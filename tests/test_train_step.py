@@ -276,3 +276,38 @@ def test_micro_batch_pieces_carry_both_masks():
     assert torch.equal(torch.cat([p.loss_mask for p in pieces]), loss)
     bare = MicroBatch(ids, torch.ones(4, 1, dtype=torch.long), ids, loss, torch.zeros(4), None, None)
     assert bare.completion_mask.tolist() == [[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def test_micro_batch_pieces_are_cut_to_their_own_widths_longest_groups_first():
+    """Pieces hold whole groups, longest completion first, each cut to its own longest completion and without its
+    prompts' all-padding columns: every row appears once, unchanged up to its length, within the token budget."""
+    lengths = torch.tensor([1, 2, 5, 3, 2, 2, 4, 1])  # groups of 2: longest 2, 5, 2, 4
+    prompt_lengths = torch.tensor([2, 2, 3, 3, 1, 1, 2, 2])
+    prompt_mask = (torch.arange(3)[None, :] >= 3 - prompt_lengths[:, None]).long()  # left-padded to 3
+    prompt_ids = torch.arange(8 * 3).view(8, 3) * prompt_mask
+    completion_ids = torch.arange(100, 100 + 8 * 5).view(8, 5)
+    completion_mask = (torch.arange(5)[None, :] < lengths[:, None]).float()
+    engine = torch.rand(8, 5)
+    mb = MicroBatch(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, torch.arange(8.0), None, None,
+        engine_logp=engine, completion_mask=completion_mask,
+    )  # fmt: skip
+    pieces = mb.pieces(group=2, max_tokens=2 * 8)  # 16 tokens: 2 rows of 3 + 5 (the shape decides, not lengths)
+    firsts = [int(p.advantages[0]) for p in pieces]
+    assert firsts == [2, 6, 0, 4]  # groups by their longest completion: 5, 4, 2, 2 (ties in batch order)
+    assert [tuple(p.completion_ids.shape) for p in pieces] == [(2, 5), (2, 4), (2, 2), (2, 2)]
+    assert [p.prompt_ids.shape[1] for p in pieces] == [3, 2, 2, 1]  # all-padding columns dropped
+    for p in pieces:
+        assert p.completion_ids.numel() + p.prompt_ids.numel() <= 16
+        for r, row in enumerate(p.advantages.long().tolist()):
+            width = p.completion_ids.shape[1]
+            assert torch.equal(p.completion_ids[r], completion_ids[row, :width])
+            assert torch.equal(p.engine_logp[r], engine[row, :width])
+            assert torch.equal(p.completion_mask[r], completion_mask[row, :width])
+            assert torch.equal(p.prompt_ids[r], prompt_ids[row, 3 - p.prompt_ids.shape[1] :])
+            assert int(p.completion_mask[r].sum()) == int(lengths[row])  # nothing of the row was cut
+    assert sorted(int(a) for p in pieces for a in p.advantages) == list(range(8))
+    wide = mb.pieces(group=2, max_tokens=4 * 8)  # 4 rows a pass: the two long groups, then the two short ones
+    assert [p.advantages.long().tolist() for p in wide] == [[2, 3, 6, 7], [0, 1, 4, 5]]
+    assert [tuple(p.completion_ids.shape) for p in wide] == [(4, 5), (4, 2)]
+    assert mb.pieces(group=2, max_tokens=None) == [mb] and mb.pieces(group=2, max_tokens=64) == [mb]

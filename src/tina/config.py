@@ -92,6 +92,9 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
     generation_batch_size: int | None = None  # hf: rows decoded at once (None = the whole step)
+    # hf: decode with the adapter merged into a copy of its float32 weights, rebuilt every call (tina.rollout.merge:
+    # no LoRA products per token; never for bfloat16/float16 weights, where merging rounds small updates away)
+    merge_adapter: bool = True
     gpu_memory_utilization: float = 0.3  # vllm: share of the GPU for weights + KV cache, the rest is for training
     max_model_len: int | None = None  # vllm: prompt + completion tokens per sequence (None: the model's maximum)
     # vllm on a GPU shared with the trainer: sleep (level 1) between rollout and update when engine and trainer do not
@@ -189,6 +192,10 @@ class TrainConfig:
     # micro-batch).  Bounds activation memory without changing the update (unlike batch_size / accumulation).
     # "auto": resolved once at start-up from the model's shape and the device (tina.estimates.auto_pass_tokens).
     max_tokens_per_pass: int | str | None = "auto"
+    # Leave prompt groups whose advantages are all 0 out of the loss pass when there is no KL term (beta 0) and one
+    # process trains: their completions add exactly 0 to the loss and its gradient, so the update is the same.
+    # Logged as loss/rows_left_out; ratio_mean / clip_ratio then average over the rows in the pass.
+    skip_zero_advantage: bool = True
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tina import distributed
-from tina.batch import MicroBatch, Scored
+from tina.batch import MicroBatch, Scored, skipped_entropy
 from tina.config import Config
 from tina.errors import TinaError
 from tina.estimates import model_pass_tokens
@@ -396,7 +396,13 @@ def update(
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
     limit = model_pass_tokens(cfg, model)  # the number itself, or auto resolved (a run hands update it resolved)
-    passes = [(mb, piece) for mb in micro_batches for piece in mb.pieces(r.num_generations, limit)]
+    # without a KL term a completion whose advantage is 0 has no gradient: one process leaves its group out of the
+    # loss pass (several must make the same collective calls)
+    skip = t.skip_zero_advantage and a.beta == 0 and dist.world_size == 1 and not dist.is_deepspeed
+    live = [(mb, mb.with_signal(r.num_generations) if skip else mb) for mb in micro_batches]
+    passes = [(mb, piece) for mb, kept in live if kept is not None for piece in kept.pieces(r.num_generations, limit)]
+    passed_rows = sum(piece.loss_mask.shape[0] for _, piece in passes)
+    ent_sum, ent_count = skipped_entropy(live, r.num_generations) if comparable else (0.0, 0.0)
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
             dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass
@@ -451,50 +457,36 @@ def update(
             dist.backward(out.loss * dist.world_size, last=i == len(passes) - 1)
         trained += int(piece.loss_mask.sum().item())
         total_loss += float(out.loss.detach())
-        share = piece.loss_mask.shape[0] / mb.loss_mask.shape[0] / len(micro_batches)  # metrics: mean over rows
-        out.metrics["entropy"] = sampled_token_entropy(logp.detach(), piece.loss_mask)
+        share = piece.loss_mask.shape[0] / passed_rows  # metrics: mean over the rows in the loss pass
+        ent_sum -= float((logp.detach() * piece.loss_mask).sum())
+        ent_count += float(piece.loss_mask.sum())
         if weights is not None:
             out.metrics["rollout/is_weight_mean"] = float(
                 (weights * piece.loss_mask).sum() / piece.loss_mask.sum().clamp(min=1)
             )
         for k, v in out.metrics.items():
             extra[k] = extra.get(k, 0.0) + v * share
-    summed = dist.sum([total_loss, trained, diff_sum, diff_count, *extra.values()])
-    total_loss, trained, diff_sum, diff_count = summed[:4]
-    extra = {k: v / dist.world_size for k, v in zip(extra, summed[4:], strict=True)}
+    if not passes:  # no row carried a gradient: the optimizer still steps, on zero gradients, as after a pass
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    rows = sum(mb.loss_mask.shape[0] for mb in micro_batches)
+    summed = dist.sum([total_loss, trained, diff_sum, diff_count, ent_sum, float(ent_count), *extra.values()])
+    total_loss, trained, diff_sum, diff_count, ent_sum, ent_count = summed[:6]
+    extra = {k: v / dist.world_size for k, v in zip(extra, summed[6:], strict=True)}
+    if ent_count:
+        extra["entropy"] = ent_sum / ent_count
+    extra["loss/rows_left_out"] = (rows - passed_rows) / max(rows, 1)
     if diff_count:
         extra["rollout/logp_diff_mean"] = diff_sum / diff_count
         extra["rollout/logp_diff_max"] = max(dist.gather([diff_max]))
     with ledger.phase("backward"):
         params = [p for p in model.parameters() if p.requires_grad]
         grad_norm = dist.clip_grad_norm(params, t.max_grad_norm or float("inf"))
-        if not torch.isfinite(grad_norm):  # gradients are all-reduced, so every process agrees
+        finite = bool(torch.isfinite(grad_norm))  # gradients are all-reduced, so every process agrees
+        if finite:
+            dist.step(optimizer)
+        else:
             dist.discard_gradients(optimizer)
-            return {
-                "loss": total_loss,
-                "grad_norm": float(grad_norm),
-                "skipped": True,
-                **extra,
-                "tokens_trained": int(trained),
-            }
-        dist.step(optimizer)
-    return {
-        "loss": total_loss,
-        "grad_norm": float(grad_norm),
-        "skipped": False,
-        **extra,
-        "tokens_trained": int(trained),
-    }
-
-
-def sampled_token_entropy(logp: torch.Tensor, mask: torch.Tensor) -> float:
-    """Policy entropy per token, estimated from the sampled tokens: ``-mean(log pi(token))`` over completion tokens.
-
-    The completions were sampled from the policy (at the rollout temperature, which ``logp`` also uses), so
-    E[-log pi(x)] is exactly the entropy: this is an unbiased Monte-Carlo estimate that needs no [B, T, V] softmax.
-    With ``num_iterations > 1`` the tokens come from the slightly older policy, a small bias.
-
-    >>> round(sampled_token_entropy(torch.log(torch.tensor([[0.5, 0.25, 1.0]])), torch.tensor([[1.0, 1.0, 0.0]])), 4)
-    1.0397
-    """
-    return float(-(logp * mask).sum() / mask.sum().clamp(min=1))  # logp, mask: [N, T]
+    out = {"loss": total_loss, "grad_norm": float(grad_norm), "skipped": not finite}
+    return {**out, **extra, "tokens_trained": int(trained)}

@@ -155,6 +155,46 @@ def test_shared_prompt_pass_equals_the_full_computation_in_value_and_gradient():
         assert torch.allclose(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
 
 
+def test_shared_prompt_pass_in_length_buckets_equals_the_full_computation(monkeypatch):
+    """Completions of very different lengths run in two passes, each cut to its longest (the prompts' cache picked
+    per row): the same values and gradients as one pass over the whole width, with fewer positions computed."""
+    import tina.rl.logprobs as lp
+
+    model = _lora_model()
+    g = torch.Generator().manual_seed(7)
+    G, width = 3, 12
+    prompts = torch.randint(3, 300, (3, 7), generator=g)
+    pmask = torch.ones(3, 7, dtype=torch.long)
+    pmask[2, :4] = 0
+    prompt_ids, prompt_mask = prompts.repeat_interleave(G, 0), pmask.repeat_interleave(G, 0)
+    completions = torch.randint(3, 300, (3 * G, width), generator=g)
+    lengths = torch.tensor([12, 2, 3, 1, 11, 2, 2, 3, 12])  # three long rows, in three different groups
+    mask = (torch.arange(width)[None] < lengths[:, None]).float()
+    buckets = lp.length_buckets(lengths)
+    assert [(sorted(r.tolist()), w) for r, w in buckets] == [([0, 4, 8], 12), ([1, 2, 3, 5, 6, 7], 3)]
+    widths = []
+    real = lp._completion_pass
+
+    def spy(model, head, cache, prefix, rows, width, *args):
+        widths.append(width)
+        return real(model, head, cache, prefix, rows, width, *args)
+
+    monkeypatch.setattr(lp, "_completion_pass", spy)
+    upstream = torch.linspace(-1, 1, mask.numel()).view_as(mask)
+    results = []
+    for group in (1, G):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, prompt_ids, prompt_mask, completions, mask, temperature=0.8, group_size=group)
+        (logp * mask * upstream).sum().backward()
+        results.append((logp * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert widths == [12, 3]  # the shared path ran in two buckets
+    (full, full_grads), (shared, shared_grads) = results
+    assert (full - shared).abs().max() < 1e-5 and full.abs().sum() > 0
+    for name in full_grads:
+        assert torch.allclose(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4), name
+    assert len(lp.length_buckets(torch.tensor([12, 11, 12, 10]))) == 1  # too little padding to pay for a pass
+
+
 # ------------------------------------------------------------------------------- attention from lengths, loss mask
 def _grouped_batch():
     g = torch.Generator().manual_seed(5)
