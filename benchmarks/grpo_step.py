@@ -162,24 +162,28 @@ def gpu_memory_mb(nvidia_smi: str, pids: set[int]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- engines
-def run_tina(a, folder: Path, data: Path) -> dict:
-    """`tina train` on the plain recipe, in a subprocess; s/step from its metrics.jsonl, phases from ledger.json."""
+def run_tina(a, folder: Path, data: Path, extra: tuple[str, ...] = (), name: str = "tina") -> dict:
+    """`tina train` on the plain recipe, in a subprocess; s/step from its metrics.jsonl, phases from ledger.json.
+    ``extra``: more ``--set`` items after ``--tina-set``'s (the ``tina-all-rows`` engine)."""
     import yaml
 
-    recipe, run = folder / "recipe.yaml", folder / "tina-run"
+    recipe, run = folder / "recipe.yaml", folder / f"{name}-run"
     recipe.write_text(yaml.safe_dump(tina_recipe(a, data), sort_keys=False))
     cmd = [sys.executable, "-m", "tina", "train", str(recipe), "--output-dir", str(run), "--no-progress"]
-    for item in a.tina_set:
+    settings = [*a.tina_set, *extra]
+    for item in settings:
         cmd += ["--set", item]
-    m = measure(cmd, folder, "tina")
+    m = measure(cmd, folder, name)
     if m["rc"]:
         raise RuntimeError(f"tina train failed (exit {m['rc']}):\n{m['stderr'][-3000:]}")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ledger = json.loads((run / "ledger.json").read_text())
-    label = f"tina train ({a.tina_dtype}{'; ' + ', '.join(a.tina_set) if a.tina_set else ''})"
+    label = f"tina train ({a.tina_dtype}{'; ' + ', '.join(settings) if settings else ''})"
+    left_out = [r.get("loss/rows_left_out") or 0.0 for r in metrics]
     return {
         "engine": label,
         "times": [r["step_seconds"] for r in metrics],
+        "left_out": statistics.mean(left_out) if left_out else 0.0,
         "phases": ledger["phases"],
         "steps": len(metrics),
         **{k: m[k] for k in ("peak_mb", "tree_peak_mb", "gpu_peak_mb", "wall_s")},
@@ -322,7 +326,11 @@ def main() -> None:
         help="an extra `tina train --set` (repeatable); without any, the recipe runs on tina's defaults",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--engines", default="tina,trl", help="comma-separated: tina, trl")
+    parser.add_argument(
+        "--engines",
+        default="tina,trl",
+        help="comma-separated: tina, tina-all-rows (groups without signal not left out of the loss pass), trl",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the recipe, data, run folder and logs here")
     parser.add_argument("--engine", choices=["trl"], help=argparse.SUPPRESS)  # internal: the TRL worker
     parser.add_argument("--data", help=argparse.SUPPRESS)  # internal: the .jsonl the TRL worker reads
@@ -332,6 +340,9 @@ def main() -> None:
         print("RESULT " + json.dumps(run_trl(a)))
         return
     engines = [e for e in a.engines.split(",") if e]
+    unknown = sorted(set(engines) - {"tina", "tina-all-rows", "trl"})
+    if unknown:
+        parser.error(f"--engines: unknown {', '.join(unknown)}; choose from tina, tina-all-rows, trl")
     if "trl" in engines:
         try:
             import trl  # noqa: F401
@@ -345,7 +356,12 @@ def main() -> None:
     try:
         for engine in engines:
             try:
-                res = run_tina(a, folder, data) if engine == "tina" else run_trl_subprocess(a, folder, data)
+                if engine == "tina":
+                    res = run_tina(a, folder, data)
+                elif engine == "tina-all-rows":  # every completion through the loss pass, as TRL does
+                    res = run_tina(a, folder, data, ("train.skip_zero_advantage=false",), "tina-all-rows")
+                else:
+                    res = run_trl_subprocess(a, folder, data)
             except RuntimeError as exc:
                 print(f"{engine}: {exc}")
                 continue
@@ -385,7 +401,8 @@ def main() -> None:
             print(
                 f"{r['engine']} seconds per step by phase: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
-                + f"; setup {ph['setup']:.2f} s once, whole command {r['wall_s']:.1f} s"
+                + f"; setup {ph['setup']:.2f} s once, whole command {r['wall_s']:.1f} s; "
+                f"{100 * r.get('left_out', 0.0):.0f} % of the rows left out of the loss pass (no signal)"
             )
     if a.keep is not None:
         print(f"\nrecipe, data, run folder and logs kept in {folder}")

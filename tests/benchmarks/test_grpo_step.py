@@ -75,7 +75,7 @@ def test_tina_row_comes_from_the_tina_train_command(tmp_path, capsys, monkeypatc
         [
             "grpo_step.py",
             "--engines",
-            "tina",
+            "tina,tina-all-rows",
             "--steps",
             "2",
             "--keep",
@@ -91,3 +91,10 @@ def test_tina_row_comes_from_the_tina_train_command(tmp_path, capsys, monkeypatc
     assert float(cells[1]) > 0 and float(cells[4].replace(",", "")) > 100  # s/step; peak RSS (MB)
     assert (tmp_path / "tina-run" / "checkpoint-1").is_dir()  # the --set reached the command line
     assert "seconds per step by phase" in out
+    every = next(
+        line for line in out.splitlines() if line.startswith("tina train (float32; train.save_steps=1, train.skip")
+    )
+    assert "train.skip_zero_advantage=false" in every and every.endswith(
+        " 0 % of the rows left out of the loss pass (no signal)"
+    )
+    assert (tmp_path / "tina-all-rows-run" / "metrics.jsonl").is_file()
