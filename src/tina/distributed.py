@@ -57,6 +57,16 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def close(self) -> None:
+        """End the process group (every collective of the run is done): a gloo/NCCL group left to the interpreter's
+        exit can abort a finished run's process ("terminate called without an active exception")."""
+        if self.accelerator is None:
+            return
+        import torch.distributed as td
+
+        if td.is_available() and td.is_initialized():
+            td.destroy_process_group()
+
     def share(self, n: int) -> slice:
         """This process's contiguous share of ``n`` items (n must be divisible by the world size)."""
         per = n // self.world_size

@@ -81,6 +81,7 @@ def train(
         close_engine(engine)
     result = run.result(keep_model=keep_model)
     result.engine_info = engine.info() if hasattr(engine, "info") else {}
+    run.dist.close()  # the last collective is behind every process
     return result
 
 

@@ -35,7 +35,9 @@ that post-processes its logits (Gemma-style soft-capping), or a head sharded on 
 key/value cache (with gradients) is repeated G times for the completions' forward -- (G-1)/G of the prompt tokens are
 not recomputed.  This takes two forward calls per backward, which DDP / DeepSpeed / FSDP wrappers do not allow, and a
 KV cache, which gradient checkpointing turns off: the shared path is used for an unwrapped model without gradient
-checkpointing, the plain one otherwise (same values and gradients).
+checkpointing, the plain one otherwise (same values and gradients).  When the completions' lengths differ enough
+(:func:`length_buckets`), they run in two completion passes, each cut to its own longest completion and attending to
+a row-selected copy of the prompts' cache, so the padding of the short ones is not computed.
 """
 
 from __future__ import annotations
