@@ -126,6 +126,19 @@ def test_lean_path_never_builds_full_vocabulary_logits(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ shared prompts
+def _plain_and_shared(model, prompt_ids, prompt_mask, completions, mask, group):
+    """[(masked log-probs, LoRA gradients)] of the plain pass (group 1) and the shared-prompt pass (``group``), both
+    at T=0.8 and backpropagated from the same fixed upstream weights."""
+    upstream = torch.linspace(-1, 1, mask.numel()).view_as(mask)
+    results = []
+    for g in (1, group):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, prompt_ids, prompt_mask, completions, mask, temperature=0.8, group_size=g)
+        (logp * mask * upstream).sum().backward()
+        results.append((logp * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    return results
+
+
 def test_shared_prompt_pass_equals_the_full_computation_in_value_and_gradient():
     """Rows in groups of G completions of one prompt: the prompt runs once, its cache serves the G completions."""
     from tina.rl.logprobs import can_share_prompts
@@ -142,13 +155,7 @@ def test_shared_prompt_pass_equals_the_full_computation_in_value_and_gradient():
     mask[2, 3:] = 0
     mask[7, 1:] = 0
     assert can_share_prompts(model, prompt_ids, G) and not can_share_prompts(model, prompt_ids, 5)
-    upstream = torch.linspace(-1, 1, mask.numel()).view_as(mask)
-    results = []
-    for group in (1, G):
-        model.zero_grad(set_to_none=True)
-        logp = token_logprobs(model, prompt_ids, prompt_mask, completions, mask, temperature=0.8, group_size=group)
-        (logp * mask * upstream).sum().backward()
-        results.append((logp * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    results = _plain_and_shared(model, prompt_ids, prompt_mask, completions, mask, G)
     (full, full_grads), (shared, shared_grads) = results
     assert (full - shared).abs().max() < 1e-5
     for name in full_grads:
@@ -180,13 +187,7 @@ def test_shared_prompt_pass_in_length_buckets_equals_the_full_computation(monkey
         return real(model, head, cache, prefix, rows, width, *args)
 
     monkeypatch.setattr(lp, "_completion_pass", spy)
-    upstream = torch.linspace(-1, 1, mask.numel()).view_as(mask)
-    results = []
-    for group in (1, G):
-        model.zero_grad(set_to_none=True)
-        logp = token_logprobs(model, prompt_ids, prompt_mask, completions, mask, temperature=0.8, group_size=group)
-        (logp * mask * upstream).sum().backward()
-        results.append((logp * mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    results = _plain_and_shared(model, prompt_ids, prompt_mask, completions, mask, G)
     assert widths == [12, 3]  # the shared path ran in two buckets
     (full, full_grads), (shared, shared_grads) = results
     assert (full - shared).abs().max() < 1e-5 and full.abs().sum() > 0
