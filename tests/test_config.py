@@ -110,3 +110,15 @@ def test_cli_check_prints_resolved_config(capsys):
 def test_cli_recipes_lists_demo(capsys):
     assert cli.main(["recipes"]) == 0
     assert "demo" in capsys.readouterr().out
+
+
+def test_data_schema_keeps_its_old_name_data_adapter(capsys):
+    """``data.adapter`` (a recipe or a run's config.yaml from before "adapter" meant LoRA adapters only) still reads
+    as ``data.schema``; both at once is one line naming the fix."""
+    assert load_config("demo", ["data.adapter=limr"]).data.schema == "limr"
+    assert load_config("demo", ["data.schema=limr"]).data.schema == "limr"
+    assert "adapter" not in to_dict(load_config("demo"))["data"]  # what is written is the new name
+    code = cli.main(["check", "demo", "--set", "data.adapter=limr", "--set", "data.schema=plain"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "data.schema is given twice, also under its old name data.adapter; keep data.schema only" in err

@@ -9,7 +9,7 @@ import yaml
 
 from tina import cli
 from tina.config import RECIPES_DIR, bundled_recipes, load_config
-from tina.data.adapters import ADAPTERS
+from tina.data.schemas import SCHEMAS
 from tina.errors import ConfigError
 from tina.estimates import estimate_cost
 
@@ -118,7 +118,7 @@ def test_tina_settings(name):
     assert sorted(lo.target_modules) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    assert d.source == source and d.adapter in ADAPTERS
+    assert d.source == source and d.schema in SCHEMAS
     assert d.template == "r1-distill-tina"
     assert d.system_prompt == ("open-rs" if source == "knoveleng/open-rs" else "openr1")
     assert r.num_generations == g and r.temperature == 0.7 and r.top_p == 1.0

@@ -280,7 +280,7 @@ warmup_steps: 50
     assert cfg.algorithm.beta == 0.04  # TRL 0.15's default for a key the original leaves out
     assert {r.name: r.weight for r in cfg.rewards} == {"accuracy": 1.0, "format": 1.0, "tag_count": 0.5}
     assert cfg.data.system_prompt == "You are a helpful AI Assistant.\nThink first."
-    assert (cfg.data.source, cfg.data.subset, cfg.data.adapter) == (
+    assert (cfg.data.source, cfg.data.subset, cfg.data.schema) == (
         "open-r1/OpenR1-Math-220k",
         "default",
         "openr1-math",
@@ -350,7 +350,7 @@ def test_missing_max_steps_for_an_unknown_dataset_asks_for_it(tmp_path, capsys):
     code, out = import_to(tmp_path, original, "--set", "train.max_steps=200")
     assert code == 0
     cfg = load_config(out)
-    assert cfg.train.max_steps == 200 and cfg.train.batch_size == 8 and cfg.data.adapter == "auto"
+    assert cfg.train.max_steps == 200 and cfg.train.batch_size == 8 and cfg.data.schema == "auto"
     assert cfg.rollout.temperature == 0.9 and cfg.rollout.max_new_tokens == 256  # TRL 0.15 defaults
 
 

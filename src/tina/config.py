@@ -62,7 +62,7 @@ class DataConfig:
     (``builtin:arith``: the tiny demo's a+b-c; ``builtin:addition``: the real-model demo's)."""
 
     source: str = "builtin:arith"
-    adapter: str = "auto"
+    schema: str = "auto"  # which columns hold the problem and answer (tina.data.schemas); auto: from the columns
     subset: str | None = None
     split: str = "train"
     problem_field: str | None = None
@@ -375,11 +375,20 @@ def from_dict(raw: dict) -> Config:
     return Config(**kwargs)
 
 
+# Keys that were renamed: a recipe (or a run's config.yaml) with the old name keeps working.
+RENAMED_KEYS = {"data.adapter": "data.schema"}  # "adapter" now names LoRA adapters only
+
+
 def _build_section(section: str, cls: type, values: dict) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in values.items():
+        new = RENAMED_KEYS.get(f"{section}.{key}")
+        if new is not None:  # the old name of a key
+            old, key = f"{section}.{key}", new.split(".", 1)[1]
+            if key in values:
+                raise ConfigError(f"{new} is given twice, also under its old name {old}; keep {new} only")
         if key not in fields:
             raise ConfigError(
                 f"unknown key '{section}.{key}'{did_you_mean(f'{section}.{key}', [f'{section}.{f}' for f in fields])}"

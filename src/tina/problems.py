@@ -46,7 +46,7 @@ def load_problems(cfg: Config) -> tuple[list[dict], list[dict]]:
 
         examples = load_examples(
             d.source,
-            adapter=d.adapter,
+            schema=d.schema,
             split=d.split,
             subset=d.subset,
             problem_field=d.problem_field,

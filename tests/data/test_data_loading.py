@@ -73,7 +73,7 @@ def test_parquet_with_nested_l1_rows(tmp_path):
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     exs = load_examples(str(path))
-    assert exs.adapter == "l1"
+    assert exs.schema == "l1"
     assert [(e.answer, e.meta["l1_target"], e.meta["l1_mode"]) for e in exs] == [
         ("6", 1234, "exact"),
         ("32", 800, "max"),
@@ -183,21 +183,21 @@ def test_not_utf8_and_corrupt_parquet_and_unknown_suffix(tmp_path):
 def test_column_mismatch_lists_columns_found(tmp_path):
     path = _write_jsonl(tmp_path / "x.jsonl", [{"question": "1+1?", "final": "2"}])
     with pytest.raises(DataError) as exc:
-        load_examples(str(path), adapter="open-rs")
+        load_examples(str(path), schema="open-rs")
     msg = _one_line(exc)
     assert msg == (
-        f"dataset '{path}' (adapter 'open-rs') has no column 'problem'; columns found: question, final; "
-        f"set data.problem_field / data.answer_field (or another data.adapter)"
+        f"dataset '{path}' (schema 'open-rs') has no column 'problem'; columns found: question, final; "
+        f"set data.problem_field / data.answer_field (or another data.schema)"
     )
 
 
 def test_column_mismatch_for_answer_and_alternatives(tmp_path):
     path = _write_jsonl(tmp_path / "x.jsonl", [{"problem": "1+1?", "final": "2"}])
-    with pytest.raises(DataError, match="adapter 'limr'.* has no column 'answer'; columns found: problem, final"):
-        load_examples(str(path), adapter="limr")
+    with pytest.raises(DataError, match="schema 'limr'.* has no column 'answer'; columns found: problem, final"):
+        load_examples(str(path), schema="limr")
     path2 = _write_jsonl(tmp_path / "y.jsonl", [{"q": "1+1?", "answer": "2"}])
     with pytest.raises(DataError, match="has no column 'problem' or 'prompt'; columns found: q, answer"):
-        load_examples(str(path2), adapter="limr")
+        load_examples(str(path2), schema="limr")
 
 
 def test_auto_that_cannot_detect_lists_columns(tmp_path):
@@ -212,8 +212,8 @@ def test_field_overrides(tmp_path):
     path = _write_jsonl(tmp_path / "x.jsonl", [{"question": "1+1?", "final": 2}, {"question": "2+2?", "final": "4"}])
     exs = load_examples(str(path), problem_field="question", answer_field="final")
     assert [(e.problem, e.answer) for e in exs] == [("1+1?", "2"), ("2+2?", "4")]
-    assert exs.adapter == "plain"
-    exs = load_examples(str(path), adapter="open-rs", problem_field="question", answer_field="final")
+    assert exs.schema == "plain"
+    exs = load_examples(str(path), schema="open-rs", problem_field="question", answer_field="final")
     assert [e.answer for e in exs] == ["2", "4"]
     with pytest.raises(DataError, match="has no column 'final_answer' \\(set by data.answer_field\\); columns found"):
         load_examples(str(path), problem_field="question", answer_field="final_answer")
@@ -223,12 +223,12 @@ def test_override_goes_through_the_adapters_reader(tmp_path):
     info = json.dumps({"answer": {"value": "5"}})
     path = _write_jsonl(tmp_path / "x.jsonl", [{"messages": [{"role": "user", "content": "Q"}], "check": info}])
     with pytest.raises(DataError, match="has no column 'verification_info' or 'answer'"):
-        load_examples(str(path), adapter="ii-thought")
+        load_examples(str(path), schema="ii-thought")
     # A generic answer column read through the override gives the raw value...
-    assert load_examples(str(path), adapter="ii-thought", answer_field="check")[0].answer == info
-    # ...while the adapter's own column name keeps its JSON reader.
+    assert load_examples(str(path), schema="ii-thought", answer_field="check")[0].answer == info
+    # ...while the schema's own column name keeps its JSON reader.
     renamed = _write_jsonl(tmp_path / "y.jsonl", [{"q": "Q", "verification_info": info}])
-    assert load_examples(str(renamed), adapter="ii-thought", problem_field="q")[0].answer == "5"
+    assert load_examples(str(renamed), schema="ii-thought", problem_field="q")[0].answer == "5"
 
 
 def test_empty_answers_are_dropped_counted_and_logged(tmp_path, caplog):
@@ -313,7 +313,7 @@ def fake_hub(monkeypatch):
 def test_short_name_loads_hub_id_with_its_adapter(fake_hub):
     exs = load_examples("open-rs")
     assert fake_hub == [("knoveleng/open-rs", None, "train")]
-    assert exs.adapter == "open-rs"
+    assert exs.schema == "open-rs"
     assert [(e.problem, e.answer, e.meta) for e in exs] == [
         ("P1", "3", {"level": "Level 2"}),
         ("P2", "5", {"level": "Level 4"}),
@@ -323,19 +323,19 @@ def test_short_name_loads_hub_id_with_its_adapter(fake_hub):
 def test_short_name_with_config_and_explicit_split(fake_hub):
     exs = load_examples("curated-thoughts", split="train[:10]")
     assert fake_hub == [("bethgelab/CuratedThoughts", "OpenThoughts-114k-math-default", "train[:10]")]
-    assert [e.answer for e in exs] == ["9"] and exs.adapter == "curated-thoughts"
+    assert [e.answer for e in exs] == ["9"] and exs.schema == "curated-thoughts"
 
 
 def test_hub_id_with_auto_detection_and_subset(fake_hub):
     exs = load_examples("open-r1/OpenR1-Math-220k", subset="default")
     assert fake_hub == [("open-r1/OpenR1-Math-220k", "default", "train")]
-    assert exs.adapter == "openr1-math" and exs[0].id == "u-1"
+    assert exs.schema == "openr1-math" and exs[0].id == "u-1"
     rows = load_rows("knoveleng/open-rs", split="train")
     assert rows[0]["level"] == "Level 2" and len(rows) == 2
 
 
 def test_hub_keeps_override_columns(fake_hub):
-    exs = load_examples("open-r1/OpenR1-Math-220k", adapter="plain", answer_field="question_type")
+    exs = load_examples("open-r1/OpenR1-Math-220k", schema="plain", answer_field="question_type")
     assert exs[0].answer == "math-word-problem"
 
 
@@ -371,12 +371,12 @@ def _shared_data() -> Path | None:
     return None
 
 
-@pytest.mark.parametrize("adapter", ["limr", "auto"])
-def test_real_limr_file(adapter):
+@pytest.mark.parametrize("schema", ["limr", "auto"])
+def test_real_limr_file(schema):
     shared = _shared_data()
     if shared is None:
         pytest.skip("shared data not found: set TINA_SHARED_DATA to the folder holding train/limr.jsonl")
-    exs = load_examples(str(shared / "train" / "limr.jsonl"), adapter=adapter)
+    exs = load_examples(str(shared / "train" / "limr.jsonl"), schema=schema)
     assert len(exs) == 1387 and exs.dropped == 0
     assert len({e.id for e in exs}) == 1387
     assert exs[0].id == "29ae301a-69f4-429c-abda-77a5e8cae75b" and exs[0].answer == "5"

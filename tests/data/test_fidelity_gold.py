@@ -16,7 +16,7 @@ from tina.data import load_examples
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# fixture file, adapter -> per row: (tina's default gold, gold with answer_field=solution, Tina's gold)
+# fixture file, schema -> per row: (tina's default gold, gold with answer_field=solution, Tina's gold)
 # "" = no gold: the loader drops the row.  Tina's None = math-verify found nothing: every completion's accuracy was
 # None (0 in the trainer's nansum), its cosine 1.0, its length rewards "correct".
 CASES = {
@@ -43,19 +43,19 @@ def tina_gold(solution: str) -> str | None:
     return parsed[-1] if parsed else None
 
 
-def _golds(path: Path, adapter: str, answer_field: str | None) -> dict[str, str]:
-    return {e.id: e.answer for e in load_examples(str(path), adapter=adapter, answer_field=answer_field)}
+def _golds(path: Path, schema: str, answer_field: str | None) -> dict[str, str]:
+    return {e.id: e.answer for e in load_examples(str(path), schema=schema, answer_field=answer_field)}
 
 
-@pytest.mark.parametrize("fixture, adapter", list(CASES))
-def test_training_gold_answer_column_vs_tinas_solution_parse(fixture, adapter):
+@pytest.mark.parametrize("fixture, schema", list(CASES))
+def test_training_gold_answer_column_vs_tinas_solution_parse(fixture, schema):
     import json
 
     path = FIXTURES / fixture
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    expected = CASES[(fixture, adapter)]
+    expected = CASES[(fixture, schema)]
     assert len(rows) == len(expected)
-    ours, from_solution = _golds(path, adapter, None), _golds(path, adapter, "solution")
+    ours, from_solution = _golds(path, schema, None), _golds(path, schema, "solution")
     for index, (row, (default, solution_box, tina)) in enumerate(zip(rows, expected, strict=True)):
         key = row.get("uuid", str(index))
         assert ours.get(key, "") == default, (fixture, index)
@@ -68,8 +68,8 @@ def test_a_final_answer_phrase_outranks_the_box_in_tinas_gold():
     answer is $x$. I hope" above a box (and takes the rightmost match of the best kind)."""
     solution = "First \\boxed{3}. The final answer is $7$. I hope it is correct."
     assert tina_gold(solution) == "7"
-    from tina.data.adapters import ADAPTERS
+    from tina.data.schemas import SCHEMAS
 
     row = {"problem": "p", "solution": solution, "answer": "7"}
-    assert ADAPTERS["open-rs"](row, 0).answer == "7"
-    assert ADAPTERS["open-rs"](row, 0, answer_field="solution").answer == "3"
+    assert SCHEMAS["open-rs"](row, 0).answer == "7"
+    assert SCHEMAS["open-rs"](row, 0, answer_field="solution").answer == "3"

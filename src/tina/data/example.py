@@ -33,7 +33,7 @@ class Examples(list):
 
     Attributes:
         source: what was loaded (path or hub id, as given).
-        adapter: the adapter actually used (never "auto").
+        schema: the schema actually used (never "auto").
         dropped: how many rows were skipped.
         drop_reasons: reason -> count, e.g. {"empty answer": 3}.
         dropped_ids: ids of the first skipped rows (at most 20), to find them in the source.
@@ -44,13 +44,13 @@ class Examples(list):
         items: Iterable[Example] = (),
         *,
         source: str = "",
-        adapter: str = "",
+        schema: str = "",
         drop_reasons: dict[str, int] | None = None,
         dropped_ids: list[str] | None = None,
     ) -> None:
         super().__init__(items)
         self.source = source
-        self.adapter = adapter
+        self.schema = schema
         self.drop_reasons: dict[str, int] = dict(drop_reasons or {})
         self.dropped_ids: list[str] = list(dropped_ids or [])
 
@@ -59,4 +59,4 @@ class Examples(list):
         return sum(self.drop_reasons.values())
 
     def __repr__(self) -> str:
-        return f"Examples(n={len(self)}, dropped={self.dropped}, source={self.source!r}, adapter={self.adapter!r})"
+        return f"Examples(n={len(self)}, dropped={self.dropped}, source={self.source!r}, schema={self.schema!r})"

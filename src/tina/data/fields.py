@@ -1,6 +1,6 @@
 """Reading a dataset's fields: a column value -> text (answers, boxed solutions, verification info, reward-model
 fields, OpenR1's answers), and L1's length targets (a prompt's "Think for N tokens." suffix, or targets drawn for
-every row).  Each reader returns "" when the value holds no usable text.  :mod:`tina.data.adapters` maps datasets
+every row).  Each reader returns "" when the value holds no usable text.  :mod:`tina.data.schemas` maps datasets
 onto these readers."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A source is, in this order:
 1. an existing local path: `.jsonl`, `.json` (a list of objects, `{"data": [...]}`, a dict of equal-length columns,
    or JSON lines), `.parquet`, `.csv`, or a folder (a `save_to_disk` dataset, or data files `datasets` can read);
-2. a short name from `HUB_IDS` ("open-rs", "limr", ...), which also picks that dataset's adapter;
+2. a short name from `HUB_IDS` ("open-rs", "limr", ...), which also picks that dataset's schema;
 3. a hub id "owner/name" (optionally "owner/name:config"), read with `datasets.load_dataset`.
 
 Anything that looks like a file path (a data-file extension, or starting with '/', './', '../', '~') but does not
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tina.data.adapters import ADAPTERS, HUB_IDS, Adapter, detect_adapter, get_adapter, split_hub_id
 from tina.data.example import Example, Examples
+from tina.data.schemas import HUB_IDS, SCHEMAS, Schema, detect_schema, get_schema, split_hub_id
 from tina.errors import ConfigError, DataError
 
 log = logging.getLogger("tina.data")
@@ -238,11 +238,11 @@ def load_rows(source: str, *, split: str = "train", subset: str | None = None) -
 
 
 def _rows_and_columns(
-    source: str, *, split: str, subset: str | None, pick: Callable[[list[str]], Adapter], extra: Iterable[str] = ()
-) -> tuple[Iterable[dict], list[str], Adapter]:
-    """Rows (lazily, for hub datasets), their columns, and the adapter `pick(columns)` chose.
+    source: str, *, split: str, subset: str | None, pick: Callable[[list[str]], Schema], extra: Iterable[str] = ()
+) -> tuple[Iterable[dict], list[str], Schema]:
+    """Rows (lazily, for hub datasets), their columns, and the schema `pick(columns)` chose.
 
-    For hub datasets only the columns the adapter reads are materialised: OpenR1-Math's `generations` column alone
+    For hub datasets only the columns the schema reads are materialised: OpenR1-Math's `generations` column alone
     is gigabytes.
     """
     kind, location, subset = resolve_source(source, subset)
@@ -252,31 +252,31 @@ def _rows_and_columns(
         return rows, columns, pick(columns)
     ds = _open_dataset(location, source, split=split, subset=subset, is_dir=kind == "local")
     columns = list(ds.column_names)
-    adapter = pick(columns)
-    keep = [c for c in dict.fromkeys([*adapter.columns_used(), *extra]) if c in columns]
-    return ds.select_columns(keep) if keep else ds, columns, adapter
+    schema = pick(columns)
+    keep = [c for c in dict.fromkeys([*schema.columns_used(), *extra]) if c in columns]
+    return ds.select_columns(keep) if keep else ds, columns, schema
 
 
 def load_examples(
     source: str,
     *,
-    adapter: str = "auto",
+    schema: str = "auto",
     split: str = "train",
     subset: str | None = None,
     problem_field: str | None = None,
     answer_field: str | None = None,
     limit: int | None = None,
 ) -> Examples:
-    """Load `source` and normalise each row with an adapter (see `tina.data.adapters`) into Examples.
+    """Load `source` and normalise each row with an schema (see `tina.data.schemas`) into Examples.
 
-    adapter: a name from ADAPTERS, or "auto" to pick one from the columns (a short source name such as "open-rs"
-        picks its own adapter).
-    problem_field / answer_field: read these columns instead of the adapter's own.
+    schema: a name from SCHEMAS, or "auto" to pick one from the columns (a short source name such as "open-rs"
+        picks its own schema).
+    problem_field / answer_field: read these columns instead of the schema's own.
     limit: stop after this many kept examples (in source order).
 
     Rows with an empty problem or answer are skipped; the returned `Examples` list counts them (`dropped`,
     `drop_reasons`, `dropped_ids`) and one warning is logged.  A dataset with no usable rows is a DataError, and so
-    is one that lacks the adapter's columns (the message lists the columns found).
+    is one that lacks the schema's columns (the message lists the columns found).
 
     >>> import json, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "toy.jsonl")
@@ -284,14 +284,14 @@ def load_examples(
     >>> load_examples(path)[0]
     Example(problem='1+1?', answer='2', id='0', meta={})
     """
-    if adapter == "auto" and source in HUB_IDS and not os.path.exists(source):
-        adapter = source
-    if adapter != "auto":
-        get_adapter(adapter)  # fail fast on a typo, before any loading
+    if schema == "auto" and source in HUB_IDS and not os.path.exists(source):
+        schema = source
+    if schema != "auto":
+        get_schema(schema)  # fail fast on a typo, before any loading
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"data limit must be a positive integer or null; got {limit!r}")
 
-    def pick(columns: list[str]) -> Adapter:
+    def pick(columns: list[str]) -> Schema:
         if not columns:
             raise DataError(f"dataset '{source}' has no rows; check that the file is not empty")
         found = ", ".join(columns)
@@ -300,22 +300,22 @@ def load_examples(
                 raise DataError(
                     f"dataset '{source}' has no column '{override}' (set by data.{what}); columns found: {found}"
                 )
-        name = adapter
+        name = schema
         if name == "auto":
             pseudo = set(columns) | ({"problem"} if problem_field else set()) | ({"answer"} if answer_field else set())
-            name = detect_adapter(sorted(pseudo)) or ""
+            name = detect_schema(sorted(pseudo)) or ""
             if not name:
                 raise DataError(
-                    f"dataset '{source}': cannot tell its format from its columns (adapter 'auto'); columns found: "
-                    f"{found}; set data.adapter (one of: {', '.join(a for a in ADAPTERS if a != 'auto')}) "
+                    f"dataset '{source}': cannot tell its format from its columns (schema 'auto'); columns found: "
+                    f"{found}; set data.schema (one of: {', '.join(a for a in SCHEMAS if a != 'auto')}) "
                     "or data.problem_field / data.answer_field"
                 )
-        chosen = get_adapter(name)
+        chosen = get_schema(name)
         missing = chosen.missing_columns(columns, problem_field=problem_field, answer_field=answer_field)
         if missing:
             raise DataError(
-                f"dataset '{source}' (adapter '{chosen.name}') has no column {missing[0]}; columns found: {found}; "
-                f"set data.problem_field / data.answer_field (or another data.adapter)"
+                f"dataset '{source}' (schema '{chosen.name}') has no column {missing[0]}; columns found: {found}; "
+                f"set data.problem_field / data.answer_field (or another data.schema)"
             )
         return chosen
 
@@ -340,11 +340,11 @@ def load_examples(
         if len(dropped_ids) < _MAX_DROPPED_IDS:
             dropped_ids.append(ex.id)
 
-    result = Examples(kept, source=source, adapter=chosen.name, drop_reasons=reasons, dropped_ids=dropped_ids)
+    result = Examples(kept, source=source, schema=chosen.name, drop_reasons=reasons, dropped_ids=dropped_ids)
     if total and not kept:
         raise DataError(
-            f"dataset '{source}' (adapter '{chosen.name}'): all {total} rows were dropped "
-            f"({_reasons_text(reasons)}); check data.adapter / data.answer_field"
+            f"dataset '{source}' (schema '{chosen.name}'): all {total} rows were dropped "
+            f"({_reasons_text(reasons)}); check data.schema / data.answer_field"
         )
     if total == 0:
         raise DataError(f"dataset '{source}' has no rows; check that the file is not empty")

@@ -187,7 +187,7 @@ def _lora(o: _Original) -> dict[str, Any]:
 
 
 def _data(o: _Original) -> tuple[dict[str, Any], str | None]:
-    """data: the dataset (Tina's table or a hub id), its adapter, prompt and template; and Tina's dataset name."""
+    """data: the dataset (Tina's table or a hub id), its schema, prompt and template; and Tina's dataset name."""
     get, source, notes, tina_style, unsupported = o.raw.get, o.source, o.notes, o.tina_style, o.unsupported
     data: dict[str, Any] = {}
     tina_name = None
@@ -216,7 +216,7 @@ def _data(o: _Original) -> tuple[dict[str, Any], str | None]:
         raise ConfigError(f"{source}: no dataset (dataset_name, or Tina's model_post_train_dataset_name)")
     if data["source"] == "open-r1/OpenR1-Math-220k" and "subset" not in data:
         data["subset"] = "default"
-    data["adapter"] = _adapter_for(data["source"])
+    data["schema"] = _schema_for(data["source"])
     if get("dataset_train_split") is not None:
         data["split"] = str(get("dataset_train_split"))
     if get("dataset_prompt_column") not in (None, "prompt", "problem"):
@@ -425,8 +425,8 @@ def _train(
     return train, nproc, missing_max_steps
 
 
-def _adapter_for(source: str) -> str:
-    from tina.data.adapters import HUB_IDS, split_hub_id
+def _schema_for(source: str) -> str:
+    from tina.data.schemas import HUB_IDS, split_hub_id
 
     matches = [name for name, hub in HUB_IDS.items() if split_hub_id(hub)[0] == source and name != "l1"]
     return matches[0] if matches else "auto"

@@ -1,11 +1,11 @@
 """Per-dataset row normalisers: one row of a known dataset -> `Example(problem, answer, id, meta)`.
 
-Each adapter knows which columns hold the problem and the answer in one dataset's real schema, tried in order.
+Each schema knows which columns hold the problem and the answer in one dataset's real schema, tried in order.
 Schemas, as Tina's code (shangshang-wang/Tina, `tina/post_train_hf/grpo.py`) and the dataset cards use them.
-"sure" means Tina's own code reads those columns; "unsure" means recalled from the dataset card, so the adapter
+"sure" means Tina's own code reads those columns; "unsure" means recalled from the dataset card, so the schema
 also accepts the obvious alternatives:
 
-| adapter | hub id (HUB_IDS) | problem from | answer from | confidence |
+| schema | hub id (HUB_IDS) | problem from | answer from | confidence |
 |---|---|---|---|---|
 | open-rs | knoveleng/open-rs | problem | answer, else last \\boxed{} of solution | problem/solution sure, answer unsure |
 | open-s1 | knoveleng/open-s1 | problem | answer, else last \\boxed{} of solution | same as open-rs |
@@ -26,11 +26,11 @@ Notes:
 - L1 (cmu-l3/l1 `scripts/data/deepscaler_dataset.py`) writes verl rows: `prompt=[{"role": "user", "content":
   "<problem> Let's think step by step and output the final answer within \\boxed{}. Think for N tokens."}]`,
   `reward_model={"ground_truth": answer, "num_tokens": N}` (N < 0 means "Think for maximum |N| tokens", -1 none),
-  `extra_info={"index": i}`.  The adapter strips the trailing "Think for ... tokens." sentence from the problem and
+  `extra_info={"index": i}`.  The schema strips the trailing "Think for ... tokens." sentence from the problem and
   puts the target in `meta["l1_target"]` / `meta["l1_mode"]` ("exact" or "max"), so
   `tina.prompts.render_prompt(..., l1_mode=, l1_target=)` rebuilds the same text.  Tina's own (commented-out) L1 runs
   used plain DeepScaleR rows and drew a target uniformly from 100..4000; `with_l1_targets` does that.
-- The adapters never simplify an answer: numbers become their text (27.0 -> "27.0"), a list becomes its first
+- The schemas never simplify an answer: numbers become their text (27.0 -> "27.0"), a list becomes its first
   element with the rest in `meta["answer_alternatives"]`.
 - Gold vs Tina (docs/fidelity.md): for the datasets with a `solution` column (open-rs, open-s1, OpenR1-Math,
   CuratedThoughts) Tina's reward parsed the whole worked solution with math-verify (`extraction_mode="first_match"`:
@@ -63,14 +63,14 @@ from tina.errors import ConfigError, DataError, did_you_mean
 ID_FIELDS = ("id", "uuid", "unique_id", "problem_id", "idx")
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Adapters
+# Schemas
 # ----------------------------------------------------------------------------------------------------------------------
 
 Reader = Callable[[Any], tuple[str, list[str]]]
 
 
 @dataclass(frozen=True)
-class Adapter:
+class Schema:
     """Row normaliser for one dataset schema.  Call it on a row dict to get an Example.
 
     problem_fields / answer_fields: (column, reader) pairs tried in order; the first non-empty result wins.
@@ -83,7 +83,7 @@ class Adapter:
     answer_fields: tuple[tuple[str, Reader], ...]
     meta_fields: tuple[str, ...] = ()
     post: Callable[[dict, str], tuple[str, dict]] | None = None
-    schema: str = ""
+    columns_text: str = ""  # the columns it reads, for people
     sure: bool = True
     id_fields: tuple[str, ...] = field(default=ID_FIELDS)
 
@@ -96,7 +96,7 @@ class Adapter:
         return tuple(c for c, _ in self.answer_fields)
 
     def columns_used(self) -> tuple[str, ...]:
-        """Every column this adapter may read (loaders keep only these from big hub datasets)."""
+        """Every column this schema may read (loaders keep only these from big hub datasets)."""
         cols = [*self.problem_columns, *self.answer_columns, *self.meta_fields, *self.id_fields, "extra_info"]
         return tuple(dict.fromkeys(cols))
 
@@ -117,8 +117,8 @@ class Adapter:
     ) -> Example:
         """Normalise one row.  `index` (row number) is the id when the row has none.
 
-        problem_field / answer_field read that column instead of the adapter's own (answer values then go through
-        this adapter's reader for that column if it has one, else the generic one).
+        problem_field / answer_field read that column instead of the schema's own (answer values then go through
+        this schema's reader for that column if it has one, else the generic one).
         """
         if problem_field:
             problem = read_text(row.get(problem_field))
@@ -172,73 +172,75 @@ _PROBLEM = ("problem", read_text)
 _ANSWER = ("answer", read_answer)
 _SOLUTION_BOXED = ("solution", read_boxed)
 
-ADAPTERS: dict[str, Adapter] = {  # plus "auto", added below
-    "open-rs": Adapter(
+SCHEMAS: dict[str, Schema] = {  # plus "auto", added below
+    "open-rs": Schema(
         "open-rs",
         (_PROBLEM,),
         (_ANSWER, _SOLUTION_BOXED),
         meta_fields=("level",),
-        schema="problem, solution, answer, level",
+        columns_text="problem, solution, answer, level",
         sure=False,
     ),
-    "open-s1": Adapter(
+    "open-s1": Schema(
         "open-s1",
         (_PROBLEM,),
         (_ANSWER, _SOLUTION_BOXED),
         meta_fields=("level", "source"),
-        schema="problem, solution, answer (+ source)",
+        columns_text="problem, solution, answer (+ source)",
         sure=False,
     ),
-    "still-3": Adapter("still-3", (("question", read_text), _PROBLEM), (_ANSWER,), schema="question, answer"),
-    "deepscaler": Adapter("deepscaler", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), schema="problem, answer, solution"),
-    "ii-thought": Adapter(
+    "still-3": Schema("still-3", (("question", read_text), _PROBLEM), (_ANSWER,), columns_text="question, answer"),
+    "deepscaler": Schema(
+        "deepscaler", (_PROBLEM,), (_ANSWER, _SOLUTION_BOXED), columns_text="problem, answer, solution"
+    ),
+    "ii-thought": Schema(
         "ii-thought",
         (("messages", read_text), _PROBLEM),
         (("verification_info", read_verification_info), _ANSWER),
         meta_fields=("source", "domain", "data_source"),
-        schema='id, messages=[{role: user, content}], verification_info=JSON {"answer": {"value": ...}}',
+        columns_text='id, messages=[{role: user, content}], verification_info=JSON {"answer": {"value": ...}}',
     ),
-    "limr": Adapter(
+    "limr": Schema(
         "limr",
         (_PROBLEM, ("prompt", read_text)),
         (_ANSWER,),
-        schema="hub: prompt, answer; local normalised file: id, problem, answer",
+        columns_text="hub: prompt, answer; local normalised file: id, problem, answer",
     ),
-    "openr1-math": Adapter(
+    "openr1-math": Schema(
         "openr1-math",
         (_PROBLEM,),
         (("answer", read_openr1_answer), _SOLUTION_BOXED),
         meta_fields=("problem_type", "question_type", "source"),
-        schema="problem, solution, answer, problem_type, question_type, source, uuid, generations, messages, ...",
+        columns_text="problem, solution, answer, problem_type, question_type, source, uuid, generations, messages, ...",
     ),
-    "curated-thoughts": Adapter(
+    "curated-thoughts": Schema(
         "curated-thoughts",
         (_PROBLEM,),
         (_ANSWER, _SOLUTION_BOXED, ("ground_truth_solution", read_boxed)),
         meta_fields=("source", "domain"),
-        schema="problem, solution (NuminaMath-CoT worked solution with \\boxed{}), ...",
+        columns_text="problem, solution (NuminaMath-CoT worked solution with \\boxed{}), ...",
         sure=False,
     ),
-    "l1": Adapter(
+    "l1": Schema(
         "l1",
         (("prompt", read_text), _PROBLEM),
         (("reward_model", read_reward_model), _ANSWER),
         meta_fields=("data_source",),
         post=l1_post,
-        schema="verl: prompt=[{role, content}], reward_model={ground_truth, num_tokens}, extra_info={index}; "
+        columns_text="verl: prompt=[{role, content}], reward_model={ground_truth, num_tokens}, extra_info={index}; "
         "or problem, answer",
     ),
-    "plain": Adapter(
+    "plain": Schema(
         "plain",
         (_PROBLEM,),
         (_ANSWER, _SOLUTION_BOXED),
-        schema="problem, answer (solution's last \\boxed{} if answer is empty)",
+        columns_text="problem, answer (solution's last \\boxed{} if answer is empty)",
     ),
 }
 
 
-class AutoAdapter:
-    """`ADAPTERS["auto"]`: picks the adapter for each row from its keys (see `detect_adapter`).
+class AutoSchema:
+    """`SCHEMAS["auto"]`: picks the schema for each row from its keys (see `detect_schema`).
 
     `load_examples` detects once from the dataset's columns instead; this is for normalising single rows.
     """
@@ -249,16 +251,16 @@ class AutoAdapter:
         self, row: dict, index: int | None = None, *, problem_field: str | None = None, answer_field: str | None = None
     ) -> Example:
         keys = set(row) | ({"problem"} if problem_field else set()) | ({"answer"} if answer_field else set())
-        name = detect_adapter(sorted(keys))
+        name = detect_schema(sorted(keys))
         if name is None:
             raise DataError(
-                f"cannot tell the format of a row with columns: {', '.join(row)}; pick an adapter "
-                f"(one of: {', '.join(a for a in ADAPTERS if a != 'auto')})"
+                f"cannot tell the format of a row with columns: {', '.join(row)}; pick an schema "
+                f"(one of: {', '.join(a for a in SCHEMAS if a != 'auto')})"
             )
-        return ADAPTERS[name](row, index, problem_field=problem_field, answer_field=answer_field)
+        return SCHEMAS[name](row, index, problem_field=problem_field, answer_field=answer_field)
 
 
-ADAPTERS["auto"] = AutoAdapter()  # type: ignore[assignment]
+SCHEMAS["auto"] = AutoSchema()  # type: ignore[assignment]
 
 # The hub datasets Tina used (shangshang-wang/Tina tina/utils/constant.py).  "owner/name:config" names a config.
 HUB_IDS: dict[str, str] = {
@@ -281,20 +283,20 @@ def split_hub_id(hub_id: str) -> tuple[str, str | None]:
     return repo, (config or None) if sep else None
 
 
-def get_adapter(name: str) -> Adapter:
-    """The adapter called `name`; ConfigError with a suggestion if there is none."""
-    if name in ADAPTERS:
-        return ADAPTERS[name]
-    names = list(ADAPTERS)
-    raise ConfigError(f"unknown data adapter '{name}'{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
+def get_schema(name: str) -> Schema:
+    """The schema called `name`; ConfigError with a suggestion if there is none."""
+    if name in SCHEMAS:
+        return SCHEMAS[name]
+    names = list(SCHEMAS)
+    raise ConfigError(f"unknown data schema '{name}'{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
 
 
-def detect_adapter(columns: Sequence[str]) -> str | None:
-    """Pick an adapter name from a dataset's column names, or None if nothing fits.
+def detect_schema(columns: Sequence[str]) -> str | None:
+    """Pick an schema name from a dataset's column names, or None if nothing fits.
 
-    >>> detect_adapter(["id", "problem", "answer"]), detect_adapter(["question", "answer"])
+    >>> detect_schema(["id", "problem", "answer"]), detect_schema(["question", "answer"])
     ('plain', 'still-3')
-    >>> detect_adapter(["id", "messages", "verification_info"]), detect_adapter(["prompt", "answer"])
+    >>> detect_schema(["id", "messages", "verification_info"]), detect_schema(["prompt", "answer"])
     ('ii-thought', 'limr')
     """
     cols = set(columns)

@@ -1,4 +1,4 @@
-"""Each adapter normalises rows shaped like its dataset's real schema (fixtures in tests/data/fixtures/)."""
+"""Each schema normalises rows shaped like its dataset's real schema (fixtures in tests/data/fixtures/)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tina.data import (
-    ADAPTERS,
     HUB_IDS,
+    SCHEMAS,
     Example,
-    detect_adapter,
-    get_adapter,
+    detect_schema,
+    get_schema,
     last_boxed,
     load_examples,
     read_verification_info,
@@ -37,7 +37,7 @@ NAMES = [
     "plain",
 ]
 
-# fixture file, adapter, [(problem, answer, id)], dropped count
+# fixture file, schema, [(problem, answer, id)], dropped count
 CASES = [
     (
         "open_rs.jsonl",
@@ -115,24 +115,24 @@ CASES = [
 
 
 def test_every_named_adapter_and_hub_id_exists():
-    assert set(NAMES) | {"auto"} == set(ADAPTERS)
+    assert set(NAMES) | {"auto"} == set(SCHEMAS)
     assert set(HUB_IDS) == set(NAMES) - {"plain"}
     assert split_hub_id(HUB_IDS["curated-thoughts"]) == ("bethgelab/CuratedThoughts", "OpenThoughts-114k-math-default")
     assert split_hub_id(HUB_IDS["limr"]) == ("GAIR/LIMR", None)
 
 
-@pytest.mark.parametrize(("fixture", "adapter", "expected", "dropped"), CASES, ids=[c[1] for c in CASES])
-def test_adapter_normalises_real_schema(fixture, adapter, expected, dropped):
-    exs = load_examples(str(FIXTURES / fixture), adapter=adapter)
+@pytest.mark.parametrize(("fixture", "schema", "expected", "dropped"), CASES, ids=[c[1] for c in CASES])
+def test_adapter_normalises_real_schema(fixture, schema, expected, dropped):
+    exs = load_examples(str(FIXTURES / fixture), schema=schema)
     assert [(e.problem, e.answer, e.id) for e in exs] == expected
     assert exs.dropped == dropped
-    assert exs.adapter == adapter
+    assert exs.schema == schema
     assert all(isinstance(e, Example) for e in exs)
 
 
-@pytest.mark.parametrize(("fixture", "adapter", "expected", "dropped"), CASES, ids=[c[1] for c in CASES])
-def test_auto_detection_gives_the_same_examples(fixture, adapter, expected, dropped):
-    exs = load_examples(str(FIXTURES / fixture))  # adapter="auto"
+@pytest.mark.parametrize(("fixture", "schema", "expected", "dropped"), CASES, ids=[c[1] for c in CASES])
+def test_auto_detection_gives_the_same_examples(fixture, schema, expected, dropped):
+    exs = load_examples(str(FIXTURES / fixture))  # schema="auto"
     assert [(e.problem, e.answer, e.id) for e in exs] == expected
     assert exs.dropped == dropped
 
@@ -141,26 +141,26 @@ def test_auto_detection_picks_the_specific_adapter():
     def cols(name):
         return list(json.loads((FIXTURES / name).read_text().splitlines()[0]))
 
-    assert detect_adapter(cols("ii_thought.jsonl")) == "ii-thought"
-    assert detect_adapter(cols("l1.jsonl")) == "l1"
-    assert detect_adapter(cols("openr1_math.jsonl")) == "openr1-math"
-    assert detect_adapter(cols("still3.jsonl")) == "still-3"
-    assert detect_adapter(cols("limr_hub.jsonl")) == "limr"
-    assert detect_adapter(["problem", "ground_truth_solution"]) == "curated-thoughts"
-    assert detect_adapter(["text", "label"]) is None
+    assert detect_schema(cols("ii_thought.jsonl")) == "ii-thought"
+    assert detect_schema(cols("l1.jsonl")) == "l1"
+    assert detect_schema(cols("openr1_math.jsonl")) == "openr1-math"
+    assert detect_schema(cols("still3.jsonl")) == "still-3"
+    assert detect_schema(cols("limr_hub.jsonl")) == "limr"
+    assert detect_schema(["problem", "ground_truth_solution"]) == "curated-thoughts"
+    assert detect_schema(["text", "label"]) is None
 
 
 def test_meta_keeps_small_useful_fields():
-    rs = load_examples(str(FIXTURES / "open_rs.jsonl"), adapter="open-rs")
+    rs = load_examples(str(FIXTURES / "open_rs.jsonl"), schema="open-rs")
     assert rs[0].meta == {"level": "Level 3"}
-    r1 = load_examples(str(FIXTURES / "openr1_math.jsonl"), adapter="openr1-math")
+    r1 = load_examples(str(FIXTURES / "openr1_math.jsonl"), schema="openr1-math")
     assert r1[0].meta == {"problem_type": "Algebra", "question_type": "math-word-problem", "source": "olympiads"}
-    ii = load_examples(str(FIXTURES / "ii_thought.jsonl"), adapter="ii-thought")
+    ii = load_examples(str(FIXTURES / "ii_thought.jsonl"), schema="ii-thought")
     assert ii[0].meta == {"source": "numina_math", "domain": "Math"}
 
 
 def test_l1_target_length_goes_to_meta():
-    exs = load_examples(str(FIXTURES / "l1.jsonl"), adapter="l1")
+    exs = load_examples(str(FIXTURES / "l1.jsonl"), schema="l1")
     assert exs[0].meta == {"data_source": "", "l1_target": 1234, "l1_mode": "exact"}
     assert exs[1].meta["l1_target"] == 800 and exs[1].meta["l1_mode"] == "max"
     # The stripped problem + the L1 sentence rebuilds L1's user message exactly.
@@ -173,7 +173,7 @@ def test_l1_target_length_goes_to_meta():
 
 
 def test_l1_adapter_on_plain_deepscaler_rows_has_no_target_until_assigned():
-    exs = load_examples(str(FIXTURES / "deepscaler.jsonl"), adapter="l1")
+    exs = load_examples(str(FIXTURES / "deepscaler.jsonl"), schema="l1")
     assert [e.answer for e in exs] == ["16", "4\\pi"] and "l1_target" not in exs[0].meta
     a = with_l1_targets(exs, seed=3)
     b = with_l1_targets(exs, seed=3)
@@ -226,19 +226,19 @@ def test_last_boxed(text, boxed):
 
 
 def test_adapters_are_callable_on_single_rows():
-    ex = ADAPTERS["still-3"]({"question": "Q?", "answer": 3}, 7)
+    ex = SCHEMAS["still-3"]({"question": "Q?", "answer": 3}, 7)
     assert ex == Example(problem="Q?", answer="3", id="7")
     # No index: the id is a stable hash of the problem.
-    a, b = ADAPTERS["plain"]({"problem": "Q?", "answer": "1"}), ADAPTERS["plain"]({"problem": "Q?", "answer": "1"})
+    a, b = SCHEMAS["plain"]({"problem": "Q?", "answer": "1"}), SCHEMAS["plain"]({"problem": "Q?", "answer": "1"})
     assert a.id == b.id and a.id.startswith("sha1-")
-    auto = ADAPTERS["auto"]({"prompt": "Q?", "answer": 2.0, "id": "x"})
+    auto = SCHEMAS["auto"]({"prompt": "Q?", "answer": 2.0, "id": "x"})
     assert (auto.problem, auto.answer, auto.id) == ("Q?", "2.0", "x")
     with pytest.raises(DataError, match="columns: text, label"):
-        ADAPTERS["auto"]({"text": "Q?", "label": "1"})
+        SCHEMAS["auto"]({"text": "Q?", "label": "1"})
 
 
 def test_answer_values_are_never_simplified():
-    plain = ADAPTERS["plain"]
+    plain = SCHEMAS["plain"]
     assert plain({"problem": "p", "answer": 27.0}).answer == "27.0"
     assert plain({"problem": "p", "answer": "  025 \n"}).answer == "025"
     ex = plain({"problem": "p", "answer": ["3.83e35", "3.83 \\times 10^{35}"]})
@@ -254,6 +254,6 @@ def test_example_is_frozen_and_hashable():
 
 def test_unknown_adapter_is_a_config_error_with_suggestion():
     with pytest.raises(ConfigError, match="did you mean 'open-rs'"):
-        get_adapter("open_rs")
+        get_schema("open_rs")
     with pytest.raises(ConfigError, match="did you mean 'deepscaler'"):
-        load_examples(str(FIXTURES / "deepscaler.jsonl"), adapter="deepscalar")
+        load_examples(str(FIXTURES / "deepscaler.jsonl"), schema="deepscalar")
