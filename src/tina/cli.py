@@ -58,13 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|PATH",
         help="with --num-processes: a shipped accelerate config (ddp, zero2, fsdp) or a YAML path",
     )
+    p.set_defaults(handler=_train)
 
     p = sub.add_parser(
         "demo",
         help="the embedded default: teach a tiny model arithmetic on CPU in minutes",
         description="Build a tiny Qwen2 model offline (or, with --model smollm2-135m-instruct, a real "
         "pretrained model), evaluate it on held-out problems, train a LoRA adapter with "
-        "GRPO, evaluate again, and report the gain with a 95%% CI.",
+        "GRPO, evaluate again, and report the gain with a 95% CI.",
     )
     p.add_argument(
         "--model",
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a key of the bundled demo recipe, e.g. --set train.max_steps=60",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_demo)
 
     p = sub.add_parser(
         "recipes",
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--paths", action="store_true", help="also print each recipe's file path")
     _add_recipes_import(p)
+    p.set_defaults(handler=_recipes)
 
     p = sub.add_parser(
         "check",
@@ -103,14 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         "errors) and print the resolved config, itself a valid recipe.",
     )
     _add_recipe_args(p)
+    p.set_defaults(handler=_check)
 
     for module in _command_modules():
         module.register(sub)
     return parser
 
 
-# Subcommands that live next to their code: each module has register(subparsers) and run(args) -> int, and sets
-# `command=<name>` on its parser via set_defaults(command_module=__name__).
+# Subcommands that live next to their code: each module has register(subparsers), which adds its parsers.  Every
+# parser, here and there, names the function that runs it: set_defaults(handler=fn), fn(args) -> exit code.
 COMMAND_MODULES: list[str] = ["tina.eval.cli", "tina.report", "tina.doctor"]
 
 
@@ -130,86 +134,77 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return run_guarded(args.command, lambda: _dispatch(args))
+    return run_guarded(args.command, lambda: args.handler(args))
 
 
 def run_guarded(command: str, fn) -> int:
     """Run ``fn()`` as the body of ``tina COMMAND``: a TinaError is one line on stderr and its exit code (2)."""
     try:
-        return fn() or 0
+        code = fn() or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except TinaError as exc:
         print(f"tina {command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"tina {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`tina recipes | head`): stop quietly, as a Unix filter does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141
 
 
-def _dispatch(args) -> int:
-    if getattr(args, "command_module", None):
-        import importlib
+def _check(args) -> int:
+    from tina.config import load_config, to_yaml
+    from tina.estimates import describe, estimate_cost
+    from tina.rollout.vllm_plan import describe_recipe_sleep
 
-        return importlib.import_module(args.command_module).run(args)
-    if args.command == "check":
-        from tina.config import load_config, to_yaml
+    cfg = load_config(args.recipe, args.overrides)
+    print(
+        f"# {args.recipe}: valid ({cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
+        f"per step, {cfg.last_step} steps)"
+    )
+    print(f"# {describe(estimate_cost(cfg))}")
+    sleep = describe_recipe_sleep(cfg)  # vllm: whether the engine will sleep between rollout and update, and why
+    if sleep:
+        print(f"# {sleep}")
+    print(to_yaml(cfg), end="")
+    return 0
 
-        cfg = load_config(args.recipe, args.overrides)
-        print(
-            f"# {args.recipe}: valid ({cfg.prompts_per_step} prompts x {cfg.rollout.num_generations} completions "
-            f"per step, {cfg.last_step} steps)"
-        )
-        from tina.estimates import describe, estimate_cost
 
-        print(f"# {describe(estimate_cost(cfg))}")
-        from tina.rollout.vllm_plan import describe_recipe_sleep
+def _train(args) -> int:
+    from tina.config import load_config
+    from tina.train import check_engine_available, train
 
-        sleep = describe_recipe_sleep(cfg)  # vllm: whether the engine will sleep between rollout and update, and why
-        if sleep:
-            print(f"# {sleep}")
-        print(to_yaml(cfg), end="")
-        return 0
-    if args.command == "recipes":
-        return _recipes(args)
-    if args.command == "train":
-        from tina.config import load_config
-        from tina.train import train
+    cfg = load_config(args.recipe, args.overrides)  # validate here, before any process is started
+    check_engine_available(cfg)
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from tina.distributed import launch
+        from tina.errors import ConfigError
+        from tina.rollout.engines import check_device_split
 
-        cfg = load_config(args.recipe, args.overrides)  # validate here, before any process is started
-        from tina.train import check_engine_available
+        prompts = cfg.train.batch_size // cfg.rollout.num_generations
+        if prompts % args.num_processes:
+            raise ConfigError(
+                f"train.batch_size: {prompts} prompts per micro-batch do not split over {args.num_processes} "
+                f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions"
+            )
+        check_device_split(cfg.rollout.devices, args.num_processes)
+        return launch(args.num_processes, args.accelerate_config, _train_args_without_launch(args))
+    result = train(cfg, args.output_dir, resume=args.resume, progress=not args.no_progress, started_at=args.started_at)
+    if result.stopped_early:
+        return 0  # train() printed where it stopped and the exact resume command
+    last = result.metrics[-1] if result.metrics else {}
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
+        print(f"done: {result.steps} steps, last reward {last.get('reward')}, run in {args.output_dir}")
+    return 0
 
-        check_engine_available(cfg)
-        if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-            from tina.distributed import launch
 
-            prompts = cfg.train.batch_size // cfg.rollout.num_generations
-            if prompts % args.num_processes:
-                from tina.errors import ConfigError
+def _demo(args) -> int:
+    from tina.demo import run_demo
 
-                raise ConfigError(
-                    f"train.batch_size: {prompts} prompts per micro-batch do not split over {args.num_processes} "
-                    f"processes; use a multiple of {args.num_processes * cfg.rollout.num_generations} completions"
-                )
-            from tina.rollout.engines import check_device_split
-
-            check_device_split(cfg.rollout.devices, args.num_processes)
-            return launch(args.num_processes, args.accelerate_config, _train_args_without_launch(args))
-        result = train(
-            cfg, args.output_dir, resume=args.resume, progress=not args.no_progress, started_at=args.started_at
-        )
-        if result.stopped_early:
-            return 0  # train() printed where it stopped and the exact resume command
-        last = result.metrics[-1] if result.metrics else {}
-        if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
-            print(f"done: {result.steps} steps, last reward {last.get('reward')}, run in {args.output_dir}")
-        return 0
-    if args.command == "demo":
-        from tina.demo import run_demo
-
-        run_demo(
-            args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress, model=args.model
-        )
-        return 0
-    raise AssertionError(args.command)
+    run_demo(args.output_dir, seed=args.seed, overrides=args.overrides, progress=not args.no_progress, model=args.model)
+    return 0
 
 
 def _train_args_without_launch(args) -> list[str]:

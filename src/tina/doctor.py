@@ -79,7 +79,7 @@ def register(sub) -> None:
         help="share of the recipe's prompts per micro-batch to run (default 1: the recipe's own shapes)",
     )
     p.add_argument("--output-dir", "-o", type=Path, default=None, help="keep the short run here (default: a temp dir)")
-    p.set_defaults(command_module=__name__)
+    p.set_defaults(handler=run)
 
 
 def run(args) -> int:

@@ -448,7 +448,7 @@ def register(subparsers) -> None:
         default=None,
         help="a tina eval results.json (default: RUN/eval/results.json)",
     )
-    p.set_defaults(command_module=__name__)
+    p.set_defaults(handler=run)
 
 
 def run(args) -> int:

@@ -133,7 +133,7 @@ def register(sub) -> None:
     p.add_argument("--grader-timeout", type=float, default=5.0, help="seconds per answer that needs sympy")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(command_module=__name__)
+    p.set_defaults(handler=_eval)
 
     p = sub.add_parser(
         "grade",
@@ -145,7 +145,7 @@ def register(sub) -> None:
     p.add_argument("--task", choices=["math", "gpqa"], help="grader task (default: each line's 'task', else math)")
     p.add_argument("--out", default="-", help="graded JSONL to write ('-' = stdout, the default; summary on stderr)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per answer that needs sympy")
-    p.set_defaults(command_module=__name__)
+    p.set_defaults(handler=_grade)
 
     p = sub.add_parser(
         "merge",
@@ -164,11 +164,7 @@ def register(sub) -> None:
         help="dtype to load, merge and save in (auto: bfloat16 on a GPU that supports it, else float32)",
     )
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.set_defaults(command_module=__name__)
-
-
-def run(args) -> int:
-    return {"eval": _eval, "grade": _grade, "merge": _merge}[args.command](args)
+    p.set_defaults(handler=_merge)
 
 
 def _eval(args) -> int:
