@@ -136,7 +136,7 @@ def test_bad_json_line_names_file_and_line(tmp_path):
     with pytest.raises(DataError) as exc:
         load_rows(str(path))
     msg = _one_line(exc)
-    assert msg.startswith(f"{path}:3: bad JSON") and "fix or delete that line" in msg
+    assert msg.startswith(f"{path}:3: not valid JSON") and "fix or delete that line" in msg
 
 
 def test_non_object_json_line(tmp_path):
@@ -151,7 +151,7 @@ def test_bad_json_file_names_line(tmp_path):
     path.write_text('[\n {"problem": "1+1?",\n  "answer": }\n]')
     with pytest.raises(DataError) as exc:
         load_rows(str(path))
-    assert _one_line(exc).startswith(f"{path}:3: bad JSON")
+    assert _one_line(exc).startswith(f"{path}:3: not valid JSON")
 
 
 def test_json_of_wrong_shape(tmp_path):

@@ -19,11 +19,11 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from tina.data.example import Example, Examples
 from tina.data.schemas import HUB_IDS, SCHEMAS, Schema, detect_schema, get_schema, split_hub_id
 from tina.errors import ConfigError, DataError
+from tina.files import json_objects, json_type
 
 log = logging.getLogger("tina.data")
 
@@ -68,29 +68,8 @@ def resolve_source(source: str, subset: str | None = None) -> tuple[str, str | N
 
 
 def _read_jsonl(path: str, shown: str, text: str | None = None) -> list[dict]:
-    rows: list[dict] = []
-    lines: Iterable[str]
-    if text is None:
-        lines = _open_text(path, shown)
-    else:
-        lines = text.splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{shown}:{lineno}: bad JSON ({exc.msg} at column {exc.colno}); fix or delete that line "
-                f"(a .jsonl file holds one JSON object per line)"
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"{shown}:{lineno}: expected a JSON object per line, got a {_json_type(obj)}; "
-                f'each line must look like {{"problem": ..., "answer": ...}}'
-            )
-        rows.append(obj)
-    return rows
+    lines = _open_text(path, shown) if text is None else text.splitlines()
+    return json_objects(lines, shown, expect='each line must look like {"problem": ..., "answer": ...}')
 
 
 def _open_text(path: str, shown: str) -> Iterator[str]:
@@ -114,7 +93,7 @@ def _read_json(path: str, shown: str) -> list[dict]:
             # `Dataset.to_json` writes JSON lines even into a .json file: read it that way.
             return _read_jsonl(path, shown, text=text)
         raise DataError(
-            f"{shown}:{exc.lineno}: bad JSON ({exc.msg} at column {exc.colno}); fix the file "
+            f"{shown}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the file "
             f'(expected a list of objects, {{"data": [...]}}, or one object per line)'
         ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -129,11 +108,11 @@ def _read_json(path: str, shown: str) -> list[dict]:
         keys = list(data)
         data = [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
     if not isinstance(data, list):
-        raise DataError(f'{shown}: expected a list of objects or {{"data": [...]}}, got a {_json_type(data)}')
+        raise DataError(f'{shown}: expected a list of objects or {{"data": [...]}}, got a {json_type(data)}')
     for i, obj in enumerate(data):
         if not isinstance(obj, dict):
             raise DataError(
-                f"{shown}: item {i} is a {_json_type(obj)}, not an object; every row must be a JSON "
+                f"{shown}: item {i} is a {json_type(obj)}, not an object; every row must be a JSON "
                 f'object like {{"problem": ..., "answer": ...}}'
             )
     return data
@@ -153,10 +132,6 @@ def _read_parquet(path: str, shown: str) -> list[dict]:
 
 def _read_csv(path: str, shown: str) -> list[dict]:
     return list(csv.DictReader(_open_text(path, shown)))
-
-
-def _json_type(obj: Any) -> str:
-    return {list: "list", dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(type(obj), "number")
 
 
 def _read_local(path: str, shown: str, *, split: str, subset: str | None) -> list[dict]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tina.errors import DataError, TinaError, did_you_mean
-from tina.files import sha256_file
+from tina.files import json_objects, sha256_file
 from tina.prompts import GPQA_PROMPT, MATH_EVAL_PROMPT, format_gpqa, format_math_eval
 
 LETTERS = "ABCD"
@@ -349,18 +349,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise DataError(f"file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
-    return rows
+    return json_objects(text.splitlines(), str(path))
 
 
 def _check_math_row(row: dict, where: str) -> dict:
