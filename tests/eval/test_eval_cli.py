@@ -129,6 +129,19 @@ def test_eval_user_errors_are_one_line(capsys, tmp_path):
     assert "--select-on chooses among checkpoints" in capsys.readouterr().err
 
 
+
+def test_each_backend_is_a_server_that_checks_its_own_options():
+    """Evaluation asks the server of --backend, never branches on the name: its options, its random streams."""
+    from tina.errors import TinaError
+    from tina.eval.serving import SERVERS, server_class
+
+    assert set(SERVERS) == {"hf", "vllm"}
+    for name, cls in SERVERS.items():
+        assert server_class(name) is cls and cls.backend == name and "row_seed" in cls.streams
+    with pytest.raises(TinaError, match=r"unknown engine 'vlm' \(did you mean 'vllm'\?\); choose hf or vllm"):
+        server_class("vlm")
+
+
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

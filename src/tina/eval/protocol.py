@@ -130,20 +130,6 @@ def protocol(opts: EvalOptions, model_name: str, server) -> dict:
 def _sampling_protocol(opts: EvalOptions, server) -> dict:
     """The sampling settings as run: the flags, what the engine applied, and where each completion's randomness is."""
     sampling = eval_sampling(opts)
-    if server.backend == "vllm":
-        streams = (
-            "vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
-            "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
-            "tina.eval.protocol.stream_key), the same for every model, batch size (max_num_seqs) and process "
-            "count, and after a resume; not the hf engine's streams"
-        )
-    else:
-        streams = (
-            "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
-            "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
-            "tina.eval.protocol.stream_key), the same for every model, batch size and process count, and after "
-            "a resume"
-        )
     return {
         "samples": opts.samples,
         "seeds": list(opts.seeds),
@@ -157,5 +143,5 @@ def _sampling_protocol(opts: EvalOptions, server) -> dict:
         "generation_config": "not applied: no repetition penalty, n-gram blocking, top-k or minimum length from "
         "the model folder; only its end-of-sequence ids",
         "eos_token_ids": server.eos_ids,
-        "streams": streams,
+        "streams": server.streams,  # each engine says where its randomness comes from
     }

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tina.errors import TinaError, did_you_mean
+from tina.errors import TinaError
 from tina.eval.benchmarks import Benchmark, load_benchmark
 from tina.eval.candidates import (
     BASE,
@@ -251,19 +251,9 @@ def plan(opts: EvalOptions) -> tuple[str, list[Candidate], bool]:
         raise TinaError("--select-on chooses among checkpoints: pass --run RUN (or several --adapter)")
     if opts.samples < 1 or not opts.seeds:
         raise TinaError("--samples must be >= 1 and --seeds must name at least one seed")
-    if opts.backend not in ("hf", "vllm"):
-        raise TinaError(
-            f"--backend: unknown engine '{opts.backend}'{did_you_mean(opts.backend, ['hf', 'vllm'])}; choose hf or vllm"
-        )
-    if opts.backend == "vllm":
-        import importlib.util
+    from tina.eval.serving import server_class
 
-        if importlib.util.find_spec("vllm") is None:  # before anything is read or written
-            from tina.rollout.engines import VLLM_INSTALL
-
-            raise TinaError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use --backend hf")
-    if opts.backend == "vllm" and opts.merge_adapters:
-        raise TinaError("--merge-adapters is for --backend hf; vLLM serves every checkpoint as a LoRA request")
+    server_class(opts.backend).check_options(opts)  # before anything is read or written
     if opts.data_parallel > 1 and opts.select_on:
         raise TinaError(
             "--select-on with --data-parallel: select first (one process), then evaluate the chosen "

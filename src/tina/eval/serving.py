@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tina.errors import TinaError
+from tina.errors import TinaError, did_you_mean
 
 
 def check_adapters_fit(model_path: str, adapters: list, *, trust_remote_code: bool = False) -> None:
@@ -112,14 +112,32 @@ def open_server(opts, model_name: str, adapters: list):
 
     path = resolve_model_path(model_name)
     check_adapters_fit(path, adapters)
-    return (HFServer if opts.backend == "hf" else VLLMServer)(opts, model_name, path, adapters)
+    return server_class(opts.backend)(opts, model_name, path, adapters)
+
+
+def server_class(backend: str) -> type:
+    """The server class of ``--backend`` (one line naming the choices when there is none)."""
+    if backend not in SERVERS:
+        hint = did_you_mean(backend, list(SERVERS))
+        raise TinaError(f"--backend: unknown engine '{backend}'{hint}; choose {' or '.join(SERVERS)}")
+    return SERVERS[backend]
 
 
 class HFServer:
     """The live transformers model: adapters swapped on it (PEFT, or merged in place and restored exactly)."""
 
     backend = "hf"
+    streams = (  # where each completion's randomness comes from (the evaluation protocol records it)
+        "batch-invariant: completion j of problem i under seed s draws from row_seed(0, "
+        "row_seed(benchmark_seed(s, benchmark), i), j) (tina.rollout.sampling, "
+        "tina.eval.protocol.stream_key), the same for every model, batch size and process count, and after "
+        "a resume"
+    )
     context_tokens = None  # prompt + completion tokens served: no hard limit
+
+    @staticmethod
+    def check_options(opts) -> None:
+        """The options this server cannot run, before anything is read or written: every option runs here."""
 
     def __init__(self, opts, model_name: str, path, adapters: list):
         from tina.eval.swap import AdapterSwitcher
@@ -166,7 +184,25 @@ class VLLMServer:
     """One vLLM engine: the base loaded once, every checkpoint a LoRA request (a new version per folder)."""
 
     backend = "vllm"
+    streams = (
+        "vLLM's own sampler, one request per completion: completion j of problem i under seed s is seeded "
+        "with row_seed(0, row_seed(benchmark_seed(s, benchmark), i), j) & 0x7FFFFFFF (tina.rollout.vllm, "
+        "tina.eval.protocol.stream_key), the same for every model, batch size (max_num_seqs) and process "
+        "count, and after a resume; not the hf engine's streams"
+    )
     model = None  # the weights live in the engine
+
+    @staticmethod
+    def check_options(opts) -> None:
+        """vLLM installed; --merge-adapters is the hf engine's (vLLM serves every checkpoint as a LoRA request)."""
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            from tina.rollout.engines import VLLM_INSTALL
+
+            raise TinaError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use --backend hf")
+        if opts.merge_adapters:
+            raise TinaError("--merge-adapters is for --backend hf; vLLM serves every checkpoint as a LoRA request")
 
     def __init__(self, opts, model_name: str, path, adapters: list):
         from tina.models import load_tokenizer
@@ -219,3 +255,6 @@ class VLLMServer:
                 )
             self.engine.load_adapter(self._versions[key])
         yield self.engine
+
+
+SERVERS = {"hf": HFServer, "vllm": VLLMServer}
