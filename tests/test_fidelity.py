@@ -380,7 +380,7 @@ def test_text_rewards_pay_a_truncated_completion_in_tina_not_here():
 def test_vllm_rollouts_are_corrected_here_not_in_tina():
     """Tina sampled with vLLM (bf16, LoRA merged into the weights) and trained on the samples as they were; tina's
     vllm engine weighs each token by the trainer/engine ratio unless algorithm.rollout_correction is none."""
-    from tina.train import rollout_correction_mode
+    from tina.settings import rollout_correction_mode
 
     cfg = load_config("tina-open-rs3", ["rollout.backend=vllm"])
     assert rollout_correction_mode(cfg) == "token_truncate"

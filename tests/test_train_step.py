@@ -152,18 +152,26 @@ def test_batch_scaling_does_not_depend_on_gradient_accumulation(tmp_path):
 
 
 def test_one_engine_call_per_step(tmp_path, monkeypatch):
-    """Every prompt of the step (all micro-batches) goes to the engine in ONE call; only the loss is micro-batched."""
+    """Every prompt of the step (all micro-batches) goes to the engine in ONE call; only the loss is micro-batched.
+    The step's settings (rollout correction, scored distribution, chunk and pass sizes) are resolved once per run."""
+    import tina.settings
     from tina.rollout.hf import HFEngine
     from tina.train import train
 
-    calls = []
+    calls, resolved = [], []
     real = HFEngine.generate
+    real_mode = tina.settings.rollout_correction_mode
 
     def counting(self, prompts, sampling, keys=None):
         calls.append(len(prompts))
         return real(self, prompts, sampling, keys)
 
+    def counting_mode(cfg):
+        resolved.append(cfg.algorithm.rollout_correction)
+        return real_mode(cfg)
+
     monkeypatch.setattr(HFEngine, "generate", counting)
+    monkeypatch.setattr(tina.settings, "rollout_correction_mode", counting_mode)
     c = load_config(
         {
             **BASE,
@@ -179,6 +187,7 @@ def test_one_engine_call_per_step(tmp_path, monkeypatch):
     )
     train(c, tmp_path / "run", progress=False)
     assert calls == [2 * 3, 2 * 3]  # 2 prompts per micro-batch x 3 micro-batches, once per step
+    assert resolved == ["auto"]  # once for the run, not once per step or per micro-batch
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path):
@@ -223,7 +232,7 @@ def test_update_scores_the_sampled_distribution_with_top_k_and_top_p(monkeypatch
     logprobs_at_temperature: false (Tina's trainer) under the raw logits -- then the engine's log-probs (of the
     truncated distribution) are not comparable, and no correction or check uses them, even at T = 1."""
     import tina.train as train_mod
-    from tina.train import comparable_with_engine, rollout_correction_mode
+    from tina.settings import comparable_with_engine, rollout_correction_mode
 
     seen = []
 

@@ -105,7 +105,7 @@ class RolloutsAhead:
 
     def submit(self, step: int, adapter: AdapterVersion) -> None:
         run = self.run
-        drawn = run.draw(step)
+        drawn = run.prompts.draw(step)
         probe = run.content.probe if run.content.on else None
         trainer_probe = None
         if probe is not None:  # scored once per version

@@ -5,7 +5,7 @@ checkpoint while ``algorithm.num_iterations > 1`` reuses them (:func:`state` / :
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,7 +27,6 @@ class MicroBatch:
     advantages: torch.Tensor  # [N]
     old_logp: torch.Tensor | None  # [N, T]  the trainer's log-probs at rollout time (when stored)
     ref_logp: torch.Tensor | None  # [N, T]
-    metrics: dict = field(default_factory=dict)  # (sum, count) per rollout metric; the step's first micro-batch
     engine_logp: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens
     # [N, T] from lengths: the attention mask (ones, then zeros).  None (a hand-built micro-batch): the loss mask's
     # extent -- every position up to a row's last loss token, holes filled
@@ -94,7 +93,6 @@ class MicroBatch:
             advantages=self.advantages[index.to(self.advantages.device)],
             old_logp=cut(self.old_logp, slice(0, width)),
             ref_logp=cut(self.ref_logp, slice(0, width)),
-            metrics={},
             engine_logp=cut(self.engine_logp, slice(0, width)),
             completion_mask=cut(self.completion_mask, slice(0, width)),
         )
@@ -102,7 +100,8 @@ class MicroBatch:
 
 @dataclass
 class Scored:
-    """A step's rollout after grading: rewards, advantages, which completions enter the loss, and metrics."""
+    """A step's rollout after grading: rewards, advantages, which completions enter the loss, and its metrics
+    ((sum, count) per rollout metric, pooled over processes by :func:`tina.records.step_record`)."""
 
     rewards: torch.Tensor  # [N] (nan: ungradable)
     advantages: torch.Tensor  # [N]

@@ -127,3 +127,45 @@ class PromptSampler:
     def load_state(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation(self.epoch)
+
+
+@dataclass
+class StepPrompts:
+    """The prompts each step trains on, for this process: the sampler's next global prompts, micro-batch after
+    micro-batch, and this process's contiguous share of each, every prompt with the key that names its random stream.
+
+    Every process draws the same global prompts and keeps its share; the key (the prompt's position in the run's
+    global order) names its random stream, so completions do not depend on the process count or on how the step is
+    split into micro-batches.
+
+    >>> alone = StepPrompts(PromptSampler(10, seed=0), per_micro=4, micro_batches=1, share=slice(0, 4))
+    >>> first, second = (StepPrompts(PromptSampler(10, seed=0), 4, 1, s) for s in (slice(0, 2), slice(2, 4)))
+    >>> alone.draw(0), first.draw(0), second.draw(0)  # two processes: the same prompts, the same keys
+    ([(7, 0), (8, 1), (1, 2), (5, 3)], [(7, 0), (8, 1)], [(1, 2), (5, 3)])
+    """
+
+    sampler: PromptSampler
+    per_micro: int  # prompts per micro-batch, over every process
+    micro_batches: int  # train.gradient_accumulation_steps
+    share: slice  # this process's rows of each micro-batch's prompts
+
+    def draw(self, step: int) -> list[tuple[int, int]]:
+        """This process's prompts for 0-based ``step``: (problem index, key) pairs."""
+        out = []
+        for micro in range(self.micro_batches):
+            chosen = self.sampler.take(self.per_micro)[self.share]
+            first = (step * self.micro_batches + micro) * self.per_micro + self.share.start
+            out += [(i, first + j) for j, i in enumerate(chosen)]
+        return out
+
+    def draw_more(self, step: int, round_: int) -> list[tuple[int, int]]:
+        """More prompts for ``step`` (dynamic sampling's refill round ``round_`` >= 1): one step's worth, this
+        process's share, with keys that no regular draw uses."""
+        from tina.rollout.sampling import row_seed
+
+        out = []
+        for micro in range(self.micro_batches):
+            chosen = self.sampler.take(self.per_micro)[self.share]
+            base = micro * self.per_micro + self.share.start
+            out += [(i, row_seed(-1, step, round_, base + j)) for j, i in enumerate(chosen)]
+        return out

@@ -38,22 +38,19 @@ def window_mean(records: list[dict]) -> dict:
 
 def step_record(
     step: int,
-    rollout_metrics: list[dict],
+    rollout_metrics: dict,
     out: dict,
     lr: float,
     step_seconds: float,
     ledger: Ledger,
     dist: distributed.Dist | None = None,
 ) -> dict:
-    """One metrics.jsonl line: each rollout metric's (sum, count) pooled over micro-batches and processes; ledger
+    """One metrics.jsonl line: each rollout metric's (sum, count) pooled over every process; ledger
     token counts grow by the step's totals over every process."""
     dist = dist or distributed.Dist()
     rec: dict = {"step": step}
-    keys = list(rollout_metrics[0])
-    flat = []
-    for k in keys:
-        flat += [sum(m[k][0] for m in rollout_metrics if k in m), sum(m[k][1] for m in rollout_metrics if k in m)]
-    flat = dist.sum(flat)
+    keys = list(rollout_metrics)
+    flat = dist.sum([float(x) for k in keys for x in rollout_metrics[k]])
     for i, k in enumerate(keys):
         total, count = flat[2 * i], flat[2 * i + 1]
         if k in SUMMED_METRICS:

@@ -56,7 +56,7 @@ from tina.errors import TinaError
 from tina.files import append_jsonl, read_jsonl
 from tina.ledger import Ledger, adopt_untracked_eval, read_eval_costs, read_ledger
 from tina.models import base_weights_digest, count_parameters
-from tina.problems import PromptSampler, load_problems, render_prompts
+from tina.problems import PromptSampler, StepPrompts, load_problems, render_prompts
 from tina.records import postfix, step_record
 from tina.rewards import RewardSpec
 from tina.rollout import Sampling
@@ -92,6 +92,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     buffer: list = field(default_factory=list)  # micro-batches (tina.batch.MicroBatch) reused while num_iterations > 1
     bad_in_row: int = 0
+    rollout_metrics: dict = field(default_factory=dict)  # the buffer's rollout metrics, (sum, count) each
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Snapshot:
     scheduler: dict
     buffer: list
     bad_in_row: int
+    rollout_metrics: dict
 
 
 class Run:
@@ -115,7 +117,6 @@ class Run:
         self.engine = self.handover = None  # the rollout engine (attach_engine); the probe generates through it too
         self.ahead = None  # rollouts generated ahead by workers (tina.ahead.RolloutsAhead), when rollout.devices
         self.restored_ahead: list[dict] = []  # ... as a resumed checkpoint holds them
-        self.published = None  # the adapter version last handed to the engine
         self.content: ContentCheck | None = None  # the content probe of what the engine serves (attach_engine)
 
     # ---------------------------------------------------------------------------------------------------- open
@@ -182,6 +183,8 @@ class Run:
             self.optimizer = make_optimizer(self.model, t)
             self.scheduler = make_scheduler(self.optimizer, t)
             self.sampler = PromptSampler(len(self.problems), t.seed)
+            share = dist.share(self.per_micro)  # this process's prompts of each micro-batch
+            self.prompts = StepPrompts(self.sampler, self.per_micro, t.gradient_accumulation_steps, share)
             self.content = ContentCheck(self.model, self.ledger, dist, tolerance=cfg.rollout.canary_tolerance)
             saved = load_trainer_state(point[1]) if point else None
             self.state = self._restore(point[1], saved) if point else RunState()
@@ -239,8 +242,7 @@ class Run:
     def publish(self, version: int):
         """The adapter as it is now, published for the engine as ``version`` (the number of updates so far)."""
         state = self.dist.adapter_state(self.model) if self.handover.folder is not None else None  # FSDP: gathered
-        self.published = self.handover.publish(self.model, version, state=state)
-        return self.published
+        return self.handover.publish(self.model, version, state=state)  # the handover owns the current version
 
     def steps(self):
         """Step indices from the resume point to the last step; ends early after a graceful stop."""
@@ -249,35 +251,7 @@ class Run:
             if self.stopped_at is not None:
                 return
 
-    def draw(self, step: int) -> list[tuple[int, int]]:
-        """This process's prompts for ``step``: (problem index, key) pairs, micro-batch after micro-batch.
-
-        Every process draws the same global prompts and keeps its contiguous share; the key (the prompt's position
-        in the global order of the run) names its random stream, so completions do not depend on the process count
-        or on how the step is split into micro-batches."""
-        t, share = self.cfg.train, self.dist.share(self.per_micro)
-        out = []
-        for micro in range(t.gradient_accumulation_steps):
-            chosen = self.sampler.take(self.per_micro)[share]
-            first = (step * t.gradient_accumulation_steps + micro) * self.per_micro + share.start
-            out += [(i, first + j) for j, i in enumerate(chosen)]
-        return out
-
-    def draw_more(self, step: int, round_: int) -> list[tuple[int, int]]:
-        """More prompts for ``step`` (dynamic sampling's refill round ``round_`` >= 1): one step's worth, this
-        process's share, with keys that no regular draw uses."""
-        from tina.rollout.sampling import row_seed
-
-        t, share = self.cfg.train, self.dist.share(self.per_micro)
-        out = []
-        for micro in range(t.gradient_accumulation_steps):
-            chosen = self.sampler.take(self.per_micro)[share]
-            out += [
-                (i, row_seed(-1, step, round_, micro * self.per_micro + share.start + j)) for j, i in enumerate(chosen)
-            ]
-        return out
-
-    def end_step(self, step: int, out: dict, rollout_metrics: list[dict], step_start: float) -> None:
+    def end_step(self, step: int, out: dict, rollout_metrics: dict, step_start: float) -> None:
         """After the update of 0-based ``step``: schedule, metrics.jsonl, bad steps, checkpoint, ledger."""
         n, t, dist = step + 1, self.cfg.train, self.dist
         lr = self.optimizer.param_groups[0]["lr"]
@@ -346,6 +320,7 @@ class Run:
             copy.deepcopy(self.scheduler.state_dict()),
             list(s.buffer),
             s.bad_in_row,
+            dict(s.rollout_metrics),
         )
 
     def write_checkpoint(self, snap: Snapshot) -> Path | None:
@@ -375,6 +350,7 @@ class Run:
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
             "buffer": [batch.state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
+            "rollout_metrics": snap.rollout_metrics if cfg.algorithm.num_iterations > 1 else {},
             # rollouts generated ahead (rollout.max_staleness), each process's: the resumed run trains on these
             "ahead_by_rank": ahead,
             "content_probe": self.content.state(),  # the content check goes on after a resume as before
@@ -451,7 +427,9 @@ class Run:
         buffer = [batch.from_state(mb, self.device) for mb in ts.get("buffer", [])]
         by_rank = ts.get("ahead_by_rank") or []
         self.restored_ahead = list(by_rank[dist.rank]) if dist.rank < len(by_rank) else []
-        return RunState(history, buffer, int(ts.get("bad_in_row", 0)))
+        # a checkpoint written before the metrics left the micro-batches holds them in its first one
+        metrics = ts.get("rollout_metrics", (ts.get("buffer") or [{}])[0].get("metrics", {}))
+        return RunState(history, buffer, int(ts.get("bad_in_row", 0)), metrics)
 
     def abort_bad_steps(self, step: int):
         """Too many non-finite steps in a row: checkpoint the last good state (skipped steps changed neither the

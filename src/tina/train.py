@@ -2,7 +2,7 @@
 
 One optimizer step::
 
-    prompts = run.draw(step)                                        # sample prompts (this process's share)
+    prompts = run.prompts.draw(step)                                # sample prompts (this process's share)
     engine.load_adapter(run.publish(step))                          # hand the engine the current adapter
     rollout = engine.generate(prompts, G completions each)          # ONE engine call for the whole step
     check_served(rollout, ...)                                      # ... and it served that very adapter
@@ -31,7 +31,6 @@ from tina import distributed
 from tina.batch import MicroBatch, Scored, skipped_entropy
 from tina.config import Config
 from tina.errors import TinaError
-from tina.estimates import model_pass_tokens
 from tina.ledger import Ledger
 from tina.problems import Problem
 from tina.rewards import RewardBatch, RewardSpec, grade_batch, score
@@ -41,6 +40,7 @@ from tina.rl.losses import LOSSES, Norm
 from tina.rollout import Rollout, Sampling
 from tina.rollout.agreement import check_served, logp_diff, rollout_correction
 from tina.run import Run, TrainResult
+from tina.settings import StepSettings
 
 
 def train(
@@ -62,6 +62,7 @@ def train(
     check_engine_available(cfg)  # vLLM missing / a model or LoRA rank it cannot serve: one line, before any loading
     run = Run.open(cfg, run_dir, resume=resume, progress=progress, started_at=started_at)
     engine = open_engine(cfg, run)  # hf | vllm, here or in worker processes; checked against the trainer (the canary)
+    settings = StepSettings.of(run.cfg, run.model)  # resolved once for the run
     try:
         with run:
             for step in run.steps():
@@ -74,9 +75,10 @@ def train(
                     scored.metrics.update(lag)
                     if cfg.algorithm.dynamic_sampling:  # DAPO: groups without signal out, refilled from new prompts
                         rollout, scored = refill(engine, run, step, rollout, problems, scored)
-                    run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger)
-                out = update(run.train_model, run.state.buffer, run.cfg, run.optimizer, run.ledger, run.dist)
-                run.end_step(step, out, [mb.metrics for mb in run.state.buffer], step_start)
+                    run.state.buffer = micro_batches(rollout, scored, cfg, run.model, run.ledger, settings)
+                    run.state.rollout_metrics = scored.metrics  # beside the batch: reused steps log them again
+                out = update(run.train_model, run.state.buffer, run.cfg, run.optimizer, run.ledger, run.dist, settings)
+                run.end_step(step, out, run.state.rollout_metrics, step_start)
     finally:
         close_engine(engine)
     result = run.result(keep_model=keep_model)
@@ -87,13 +89,13 @@ def train(
 
 def rollout_step(engine, run: Run, step: int) -> tuple[list[tuple[int, int]], Rollout]:
     """The synchronous rollout of ``step``: draw its prompts, hand the engine the current adapter, generate, check."""
-    drawn = run.draw(step)
+    drawn = run.prompts.draw(step)
     problems = [run.problems[i] for i, _ in drawn]
     # FSDP: full weights for the rollout (no per-token collectives); a sleeping vLLM engine wakes once
     with run.dist.gathered(run.model), engine.awake():
         engine.load_adapter(run.publish(step))  # the adapter after `step` updates: a fresh version
         rollout = generate(engine, problems, [k for _, k in drawn], run.cfg, run.ledger)
-        check_served(rollout, run.published, step)  # ... and it served that very adapter (its version)
+        check_served(rollout, run.handover.current, step)  # ... and it served that very adapter (its version)
         run.content.check(step, rollout)  # ... and its content: a fixed probe scored by both sides
     return drawn, rollout
 
@@ -200,8 +202,7 @@ def score_rollout(
         batch = grade_batch(batch, timeout=cfg.train.grader_timeout)
         totals, components = score(batch, specs)
     rewards = torch.tensor([math.nan if t is None else float(t) for t in totals])  # [N]
-    batch_std = step_reward_std(rewards, dist) if a.scale_rewards == "batch" else None
-    adv, stats = group_advantages(rewards, g, scale=a.scale_rewards, batch_std=batch_std)
+    adv, stats = step_advantages(rewards, cfg, dist)
     valid = ~torch.isnan(rewards)  # [N]
     keep = valid & ~rollout.truncated if a.mask_truncated_completions else valid
     verdicts = batch.verdicts or []
@@ -246,11 +247,11 @@ def refill(engine, run: Run, step: int, rollout: Rollout, problems: list[Problem
     rounds = 0
     while dist.broadcast_flag(len(kept) < target) and rounds < cfg.algorithm.dynamic_sampling_rounds:
         rounds += 1
-        drawn = run.draw_more(step, rounds)
+        drawn = run.prompts.draw_more(step, rounds)
         more = [run.problems[i] for i, _ in drawn]
         with dist.gathered(run.model), engine.awake():
             extra = generate(engine, more, [k for _, k in drawn], cfg, run.ledger)
-        check_served(extra, run.published, step)
+        check_served(extra, run.handover.current, step)
         extra_scored = score_rollout(extra, more, cfg, run.specs, run.ledger, dist)
         pool.append((extra, extra_scored))
         kept += [(len(pool) - 1, i) for i in signal_groups(extra_scored.rewards, g)]
@@ -264,14 +265,19 @@ def refill(engine, run: Run, step: int, rollout: Rollout, problems: list[Problem
     new = Rollout.concat([r for r, _, _ in parts])
     rewards = torch.cat([s.rewards[r] for _, s, r in parts])
     keep = torch.cat([s.keep[r] for _, s, r in parts])
-    a = cfg.algorithm
-    batch_std = step_reward_std(rewards, dist) if a.scale_rewards == "batch" else None
-    adv, _ = group_advantages(rewards, g, scale=a.scale_rewards, batch_std=batch_std)
+    adv, _ = step_advantages(rewards, cfg, dist)
     metrics = dict(scored.metrics)
     metrics["tokens"] = (sum(r.n_tokens for r, _ in pool), 0)  # every round's generation is booked
     metrics["dynamic/rounds"] = (rounds, 1)
     metrics["dynamic/groups_with_signal"] = (min(len(kept), target), target)  # share of the step's groups
     return new, Scored(rewards, adv, keep, metrics)
+
+
+def step_advantages(rewards: torch.Tensor, cfg: Config, dist: distributed.Dist):
+    """Group-normalised advantages of the step's rewards (``scale_rewards: batch``: by the std over every process)."""
+    scale = cfg.algorithm.scale_rewards
+    batch_std = step_reward_std(rewards, dist) if scale == "batch" else None
+    return group_advantages(rewards, cfg.rollout.num_generations, scale=scale, batch_std=batch_std)
 
 
 def step_reward_std(rewards: torch.Tensor, dist: distributed.Dist) -> float:
@@ -283,21 +289,23 @@ def step_reward_std(rewards: torch.Tensor, dist: distributed.Dist) -> float:
     return math.sqrt(max(0.0, (ss - s * s / n) / (n - 1)))
 
 
-def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: Ledger) -> list[MicroBatch]:
+def micro_batches(
+    rollout: Rollout, scored: Scored, cfg: Config, model, ledger: Ledger, settings: StepSettings | None = None
+) -> list[MicroBatch]:
     """Split the step into ``train.gradient_accumulation_steps`` micro-batches (whole prompt groups, in order), trim
     each to its own widths, and store the log-probs the loss needs besides the live ones: the trainer's at rollout
     time (``num_iterations > 1``, or a masking rollout correction) and the reference's (``beta > 0``)."""
-    a, r = cfg.algorithm, cfg.rollout
+    a = cfg.algorithm
     device = next(model.parameters()).device
     completion_mask = rollout.completion_mask  # [N, T] from lengths: the attention mask
     loss_mask = completion_mask * scored.keep[:, None].float()  # [N, T]
     rows = rollout.completion_ids.shape[0]
     per = rows // cfg.train.gradient_accumulation_steps
-    correction = rollout_correction_mode(cfg)
+    settings = settings or StepSettings.of(cfg, model)
+    correction, g = settings.correction, settings.group
     need_old = a.num_iterations > 1 or correction.endswith("mask")
-    chunk = cfg.train.logprob_memory_mb * 2**20
     out = []
-    for i, start in enumerate(range(0, rows, per)):
+    for start in range(0, rows, per):
         sl = slice(start, start + per)
         width = max(1, int(rollout.lengths[sl].max()))  # this micro-batch's longest completion
         pmask = rollout.prompt_mask[sl]
@@ -310,20 +318,17 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
             advantages=scored.advantages[sl].to(device),
             old_logp=None,
             ref_logp=None,
-            metrics=scored.metrics if i == 0 else {},
             engine_logp=None if rollout.logprobs is None else rollout.logprobs[sl, :width].to(device),
             completion_mask=completion_mask[sl, :width].to(device),
         )
         args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
-        kwargs = dict(
-            loss_mask=mb.loss_mask, max_chunk_bytes=chunk, group_size=r.num_generations, **scored_distribution(cfg)
-        )
+        kwargs = dict(loss_mask=mb.loss_mask, max_chunk_bytes=settings.chunk_bytes, group_size=g)
         with ledger.phase("logprob"), torch.no_grad():
             if need_old:
-                mb.old_logp = token_logprobs(model, *args, **kwargs)
+                mb.old_logp = token_logprobs(model, *args, **kwargs, **settings.distribution)
             if a.beta > 0:
                 with model.disable_adapter():  # the reference is the base model: no second copy in memory
-                    mb.ref_logp = token_logprobs(model, *args, **kwargs)
+                    mb.ref_logp = token_logprobs(model, *args, **kwargs, **settings.distribution)
         if correction.endswith("mask") and mb.engine_logp is not None:  # masked tokens leave the loss and its norm,
             # not the attention: the remaining tokens keep the log-probs they have here (mb.completion_mask)
             _, keep = rollout_correction(
@@ -334,42 +339,19 @@ def micro_batches(rollout: Rollout, scored: Scored, cfg: Config, model, ledger: 
     return out
 
 
-def rollout_correction_mode(cfg: Config) -> str:
-    """``algorithm.rollout_correction`` resolved: ``auto`` is ``token_truncate`` for an engine with its own weights
-    (vLLM, or rollout workers: another implementation, or an older adapter) and ``none`` for the ``hf`` engine in the
-    training process (the trainer's own model: nothing to correct)."""
-    mode = cfg.algorithm.rollout_correction
-    if mode == "auto":
-        own = cfg.rollout.backend == "hf" and not (cfg.rollout.devices or cfg.rollout.servers)
-        mode = "none" if own else "token_truncate"
-    if not comparable_with_engine(cfg):
-        return "none"  # trainer log-probs of raw logits are not comparable with the engine's of the sampled ones
-    return mode
-
-
-def scored_distribution(cfg: Config) -> dict:
-    """The distribution the trainer scores tokens under (``token_logprobs`` keywords): the one they were sampled from
-    -- ``rollout.temperature``, ``top_k``, ``top_p`` -- or, with ``algorithm.logprobs_at_temperature: false``
-    (Tina's trainer), the raw logits (T = 1, untruncated)."""
-    r = cfg.rollout
-    if cfg.algorithm.logprobs_at_temperature:
-        return dict(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
-    return dict(temperature=1.0, top_k=0, top_p=1.0)
-
-
-def comparable_with_engine(cfg: Config) -> bool:
-    """Whether the trainer's log-probs are of the distribution the engine reports (the sampled one)."""
-    r = cfg.rollout
-    return cfg.algorithm.logprobs_at_temperature or (r.temperature == 1.0 and r.top_k == 0 and r.top_p == 1.0)
-
-
 def _sum_count(values) -> tuple[float, int]:
     kept = [float(v) for v in values if v is not None]
     return sum(kept), len(kept)
 
 
 def update(
-    model, micro_batches: list[MicroBatch], cfg: Config, optimizer, ledger: Ledger, dist: distributed.Dist | None = None
+    model,
+    micro_batches: list[MicroBatch],
+    cfg: Config,
+    optimizer,
+    ledger: Ledger,
+    dist: distributed.Dist | None = None,
+    settings: StepSettings | None = None,
 ) -> dict:
     """One optimizer step over the micro-batches: loss (chosen objective), backward, clip, step.
 
@@ -392,18 +374,17 @@ def update(
         n_micro=len(micro_batches) * dist.world_size,
         max_len=r.max_new_tokens,
     )
-    correction = rollout_correction_mode(cfg)
-    comparable = comparable_with_engine(cfg)  # the engine reports log-probs of the sampled distribution
+    settings = settings or StepSettings.of(cfg, model)
+    correction, comparable, g = settings.correction, settings.comparable, settings.group
     total_loss, extra, trained = 0.0, {}, 0
     diff_sum, diff_max, diff_count = 0.0, 0.0, 0
-    limit = model_pass_tokens(cfg, model)  # the number itself, or auto resolved (a run hands update it resolved)
     # without a KL term a completion whose advantage is 0 has no gradient: one process leaves its group out of the
     # loss pass (several must make the same collective calls)
     skip = t.skip_zero_advantage and a.beta == 0 and dist.world_size == 1 and not dist.is_deepspeed
-    live = [(mb, mb.with_signal(r.num_generations) if skip else mb) for mb in micro_batches]
-    passes = [(mb, piece) for mb, kept in live if kept is not None for piece in kept.pieces(r.num_generations, limit)]
+    live = [(mb, mb.with_signal(g) if skip else mb) for mb in micro_batches]
+    passes = [(mb, piece) for mb, kept in live if kept is not None for piece in kept.pieces(g, settings.pass_tokens)]
     passed_rows = sum(piece.loss_mask.shape[0] for _, piece in passes)
-    ent_sum, ent_count = skipped_entropy(live, r.num_generations) if comparable else (0.0, 0.0)
+    ent_sum, ent_count = skipped_entropy(live, g) if comparable else (0.0, 0.0)
     for i, (mb, piece) in enumerate(passes):
         with ledger.phase("backward"):
             dist.sync_gradients(model, i == len(passes) - 1)  # DDP / FSDP: communicate once, at the last pass
@@ -414,9 +395,9 @@ def update(
                 piece.completion_ids,
                 piece.completion_mask,
                 loss_mask=piece.loss_mask,
-                **scored_distribution(cfg),
-                max_chunk_bytes=t.logprob_memory_mb * 2**20,
-                group_size=r.num_generations,
+                **settings.distribution,
+                max_chunk_bytes=settings.chunk_bytes,
+                group_size=g,
             )  # [N, T]
             old = piece.old_logp if piece.old_logp is not None else logp.detach()
             weights, mb_diff, m = None, 0.0, 0.0

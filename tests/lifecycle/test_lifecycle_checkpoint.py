@@ -11,6 +11,8 @@ from lifecycle_util import OVERRIDES, assert_adapters_identical, metrics, reprod
 
 from tina.checkpoint import (
     MANIFEST_FILE,
+    STATE_FILE,
+    _file_entry,
     clean_partial,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -164,8 +166,19 @@ def test_resume_mid_rollout_reuse_is_bit_exact(tmp_path):
     train(cfg(*extra), full, progress=False)
     part = tmp_path / "part"
     train(cfg(*extra, "train.stop_step=3"), part, progress=False)  # checkpoint-3 sits between the two updates
-    assert len(load_trainer_state(part / "checkpoint-3")["buffer"]) == 2
+    saved = load_trainer_state(part / "checkpoint-3")
+    assert len(saved["buffer"]) == 2 and saved["rollout_metrics"]["reward"][1] > 0  # the metrics beside the buffer
+    older = tmp_path / "older"  # a checkpoint from before the metrics left the micro-batches: in the first one
+    shutil.copytree(part, older)
+    saved["buffer"][0]["metrics"] = saved.pop("rollout_metrics")
+    torch.save(saved, older / "checkpoint-3" / STATE_FILE)
+    manifest = json.loads((older / "checkpoint-3" / MANIFEST_FILE).read_text())
+    manifest["files"][STATE_FILE] = _file_entry(older / "checkpoint-3" / STATE_FILE)
+    (older / "checkpoint-3" / MANIFEST_FILE).write_text(json.dumps(manifest))
     train(cfg(*extra), part, resume=True, progress=False)
+    train(cfg(*extra), older, resume=True, progress=False)
     assert_adapters_identical(full / "checkpoint-6", part / "checkpoint-6")
-    assert reproducible(metrics(part)) == reproducible(metrics(full))
+    assert reproducible(metrics(part)) == reproducible(metrics(full)) == reproducible(metrics(older))
     assert all(m.get("kl") is not None for m in metrics(full))
+    # the reused step logs its rollout's metrics again: steps 3 and 4 share one rollout
+    assert [m["reward"] for m in metrics(part)][2] == [m["reward"] for m in metrics(part)][3]
