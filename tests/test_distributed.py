@@ -202,6 +202,28 @@ def test_a_two_process_run_resumes_bit_exact(runs, tmp_path):
     assert [m["reward"] for m in m_res] == [m["reward"] for m in m_ref]
 
 
+def test_a_two_process_run_resumes_between_two_updates_of_one_rollout(tmp_path):
+    """num_iterations=2: steps 3 and 4 train on step 3's rollouts, and a checkpoint at step 3 must hold EVERY
+    process's micro-batches and rollout metrics (each process trains on its own share): the resumed 2-process run
+    equals the uninterrupted one bit for bit."""
+    reuse = [*COMMON, "--set", "algorithm.num_iterations=2", "--set", "train.max_steps=4", "--num-processes", "2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    whole = _tina("train", "demo", "-o", str(full), *reuse, "--set", "train.save_steps=4")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _tina("train", "demo", "-o", str(part), *reuse, "--set", "train.stop_step=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = ["--set", "train.stop_step=4", "--set", "train.save_steps=4", *reuse[-2:], "--no-progress"]
+    second = _tina("train", str(part / "config.yaml"), "-o", str(part), "--resume", *again)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a = load_file(str(full / "checkpoint-4" / "adapter_model.safetensors"))
+    b = load_file(str(part / "checkpoint-4" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    m_full = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    m_part = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward", "tokens", "completion_length", "loss"):
+        assert [m[key] for m in m_part] == [m[key] for m in m_full], key
+
+
 # ------------------------------------------------------------------------------------ FSDP2 and DeepSpeed ZeRO-2
 # accelerate enables these only on accelerator devices; tests/accelerate_on_cpu.py runs the same accelerate code
 # (plugin from the shipped config, accelerator.prepare) on CPU processes with gloo.  fp32 here, so that two processes

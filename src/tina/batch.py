@@ -110,8 +110,9 @@ class Scored:
 
 
 def state(mb: MicroBatch) -> dict:
-    """A micro-batch as a plain dict of tensors (a checkpoint's ``buffer``)."""
-    return {f.name: getattr(mb, f.name) for f in dataclasses.fields(mb)}
+    """A micro-batch as a plain dict of CPU tensors (a checkpoint's ``buffer``; gathered from every process)."""
+    values = {f.name: getattr(mb, f.name) for f in dataclasses.fields(mb)}
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
 
 
 def from_state(saved: dict, device) -> MicroBatch:

@@ -330,6 +330,11 @@ class Run:
         dist, cfg, model = self.dist, self.cfg, self.model
         rngs = dist.all_gather_object(snap.rng)
         ahead = dist.all_gather_object(self.ahead.state() if self.ahead is not None else [])
+        # num_iterations > 1: each process trains on its own share of a reused rollout, so every process's is kept
+        reuse = cfg.algorithm.num_iterations > 1
+        reused = dist.all_gather_object(
+            ([batch.state(mb) for mb in snap.buffer], snap.rollout_metrics) if reuse else None
+        )
         adapter = dist.adapter_state(model)  # FSDP: the full LoRA tensors (every process takes part); else None
         optimizer_state = dist.optimizer_state(model, self.optimizer)
         completion = self.run_probe(snap.step)
@@ -349,8 +354,8 @@ class Run:
             "rng_by_rank": rngs if dist.enabled else [],
             "sampler": snap.sampler,
             "bad_in_row": snap.bad_in_row,
-            "buffer": [batch.state(mb) for mb in snap.buffer] if cfg.algorithm.num_iterations > 1 else [],
-            "rollout_metrics": snap.rollout_metrics if cfg.algorithm.num_iterations > 1 else {},
+            "buffer_by_rank": [b for b, _ in reused] if reuse else [],  # the micro-batches, each process's
+            "rollout_metrics_by_rank": [m for _, m in reused] if reuse else [],
             # rollouts generated ahead (rollout.max_staleness), each process's: the resumed run trains on these
             "ahead_by_rank": ahead,
             "content_probe": self.content.state(),  # the content check goes on after a resume as before
@@ -424,12 +429,34 @@ class Run:
         copy_path = ckpt / "metrics.jsonl"
         history = read_jsonl(copy_path if copy_path.is_file() else self.run_dir / "metrics.jsonl")
         history = [h for h in history if h.get("step", 0) <= ts["step"]]
-        buffer = [batch.from_state(mb, self.device) for mb in ts.get("buffer", [])]
+        buffer, metrics = self._reused(ts)
         by_rank = ts.get("ahead_by_rank") or []
         self.restored_ahead = list(by_rank[dist.rank]) if dist.rank < len(by_rank) else []
-        # a checkpoint written before the metrics left the micro-batches holds them in its first one
-        metrics = ts.get("rollout_metrics", (ts.get("buffer") or [{}])[0].get("metrics", {}))
         return RunState(history, buffer, int(ts.get("bad_in_row", 0)), metrics)
+
+    def _reused(self, ts: dict) -> tuple[list, dict]:
+        """This process's micro-batches and rollout metrics kept for the next update of the same rollout."""
+        dist = self.dist
+        if ts["step"] % self.cfg.algorithm.num_iterations == 0:  # the next step generates anew
+            return [], {}
+        if "buffer_by_rank" in ts:
+            by_rank, metrics = ts["buffer_by_rank"], ts["rollout_metrics_by_rank"]
+            if len(by_rank) != dist.world_size:
+                raise TinaError(
+                    f"checkpoint-{ts['step']} holds the reused rollouts of {len(by_rank)} process(es), between two "
+                    f"updates of one rollout; resume it with --num-processes {len(by_rank)}"
+                )
+            return [batch.from_state(mb, self.device) for mb in by_rank[dist.rank]], metrics[dist.rank]
+        saved = ts.get("buffer", [])  # written before every process's was kept: the main process's only
+        writers = max(1, len(ts.get("rng_by_rank") or []))
+        if saved and (writers > 1 or dist.world_size > 1):
+            raise TinaError(
+                f"checkpoint-{ts['step']} (an older tina's, {writers} process(es)) holds the main process's rollouts "
+                "only, between two updates of one rollout; resume from the checkpoint before it"
+                + ("" if writers > 1 else " or with one process")
+            )
+        metrics = saved[0].get("metrics", {}) if saved else {}  # then the metrics rode in the first micro-batch
+        return [batch.from_state(mb, self.device) for mb in saved], metrics
 
     def abort_bad_steps(self, step: int):
         """Too many non-finite steps in a row: checkpoint the last good state (skipped steps changed neither the

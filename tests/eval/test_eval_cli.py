@@ -129,7 +129,6 @@ def test_eval_user_errors_are_one_line(capsys, tmp_path):
     assert "--select-on chooses among checkpoints" in capsys.readouterr().err
 
 
-
 def test_each_backend_is_a_server_that_checks_its_own_options():
     """Evaluation asks the server of --backend, never branches on the name: its options, its random streams."""
     from tina.errors import TinaError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,14 +168,16 @@ def test_resume_mid_rollout_reuse_is_bit_exact(tmp_path):
     part = tmp_path / "part"
     train(cfg(*extra, "train.stop_step=3"), part, progress=False)  # checkpoint-3 sits between the two updates
     saved = load_trainer_state(part / "checkpoint-3")
-    assert len(saved["buffer"]) == 2 and saved["rollout_metrics"]["reward"][1] > 0  # the metrics beside the buffer
-    older = tmp_path / "older"  # a checkpoint from before the metrics left the micro-batches: in the first one
-    shutil.copytree(part, older)
-    saved["buffer"][0]["metrics"] = saved.pop("rollout_metrics")
-    torch.save(saved, older / "checkpoint-3" / STATE_FILE)
-    manifest = json.loads((older / "checkpoint-3" / MANIFEST_FILE).read_text())
-    manifest["files"][STATE_FILE] = _file_entry(older / "checkpoint-3" / STATE_FILE)
-    (older / "checkpoint-3" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert len(saved["buffer_by_rank"]) == 1 and len(saved["buffer_by_rank"][0]) == 2  # one process, 2 micro-batches
+    assert saved["rollout_metrics_by_rank"][0]["reward"][1] > 0  # the metrics beside the micro-batches
+    two = tmp_path / "two"  # as if two processes wrote it: one process cannot train on both shares
+    _rewrite_state(part, two, {**saved, "buffer_by_rank": saved["buffer_by_rank"] * 2})
+    with pytest.raises(TinaError, match="holds the reused rollouts of 2 process.es., .*--num-processes 2"):
+        train(cfg(*extra), two, resume=True, progress=False)
+    older = tmp_path / "older"  # an older tina's checkpoint: one buffer, the metrics in its first micro-batch
+    saved["buffer"] = saved.pop("buffer_by_rank")[0]
+    saved["buffer"][0]["metrics"] = saved.pop("rollout_metrics_by_rank")[0]
+    _rewrite_state(part, older, saved)
     train(cfg(*extra), part, resume=True, progress=False)
     train(cfg(*extra), older, resume=True, progress=False)
     assert_adapters_identical(full / "checkpoint-6", part / "checkpoint-6")
@@ -182,3 +185,12 @@ def test_resume_mid_rollout_reuse_is_bit_exact(tmp_path):
     assert all(m.get("kl") is not None for m in metrics(full))
     # the reused step logs its rollout's metrics again: steps 3 and 4 share one rollout
     assert [m["reward"] for m in metrics(part)][2] == [m["reward"] for m in metrics(part)][3]
+
+
+def _rewrite_state(run: Path, copy: Path, state: dict) -> None:
+    """A copy of ``run`` whose checkpoint-3 holds ``state`` as its trainer state (its manifest updated)."""
+    shutil.copytree(run, copy)
+    torch.save(state, copy / "checkpoint-3" / STATE_FILE)
+    manifest = json.loads((copy / "checkpoint-3" / MANIFEST_FILE).read_text())
+    manifest["files"][STATE_FILE] = _file_entry(copy / "checkpoint-3" / STATE_FILE)
+    (copy / "checkpoint-3" / MANIFEST_FILE).write_text(json.dumps(manifest))
