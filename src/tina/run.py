@@ -35,6 +35,7 @@ from tina import config as cfgmod
 from tina.build import (
     advance_schedule,
     build_model,
+    deterministic_kernels,
     make_optimizer,
     make_scheduler,
     render_probe,
@@ -175,6 +176,7 @@ class Run:
                 cfg, device=str(dist.device) if dist.enabled else None
             )
             self.device = next(self.model.parameters()).device
+            deterministic_kernels(self.device)  # CPU: the same bits run after run
             self.cfg = cfg = resolve_pass_tokens(cfg, self.model, say_it=self.main and progress)
             self.base_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.trainable, self.total = count_parameters(self.model)
