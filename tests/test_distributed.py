@@ -194,12 +194,7 @@ def test_a_two_process_run_resumes_bit_exact(runs, tmp_path):
         "--no-progress",
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    a = load_file(str(reference / "checkpoint-3" / "adapter_model.safetensors"))
-    b = load_file(str(part / "checkpoint-3" / "adapter_model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    m_ref = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    m_res = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
-    assert [m["reward"] for m in m_res] == [m["reward"] for m in m_ref]
+    _assert_same_run(reference, part, 3, ("reward",))
 
 
 def test_a_two_process_run_resumes_between_two_updates_of_one_rollout(tmp_path):
@@ -215,13 +210,18 @@ def test_a_two_process_run_resumes_between_two_updates_of_one_rollout(tmp_path):
     again = ["--set", "train.stop_step=4", "--set", "train.save_steps=4", *reuse[-2:], "--no-progress"]
     second = _tina("train", str(part / "config.yaml"), "-o", str(part), "--resume", *again)
     assert second.returncode == 0, second.stderr[-3000:]
-    a = load_file(str(full / "checkpoint-4" / "adapter_model.safetensors"))
-    b = load_file(str(part / "checkpoint-4" / "adapter_model.safetensors"))
+    _assert_same_run(full, part, 4, ("reward", "tokens", "completion_length", "loss"))
+
+
+def _assert_same_run(reference: Path, run: Path, step: int, keys: tuple[str, ...]) -> None:
+    """checkpoint-<step>'s adapter bit for bit, and these metrics of every step, equal the reference run's."""
+    a = load_file(str(reference / f"checkpoint-{step}" / "adapter_model.safetensors"))
+    b = load_file(str(run / f"checkpoint-{step}" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    m_full = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    m_part = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
-    for key in ("reward", "tokens", "completion_length", "loss"):
-        assert [m[key] for m in m_part] == [m[key] for m in m_full], key
+    m_ref = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    m_run = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in keys:
+        assert [m[key] for m in m_run] == [m[key] for m in m_ref], key
 
 
 # ------------------------------------------------------------------------------------ FSDP2 and DeepSpeed ZeRO-2
